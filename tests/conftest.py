@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random-weight models, synthetic images, the parity fixture folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PARITY_DIR = Path(os.environ.get("UNSAMV2_PARITY_DIR", REPO.parent / "shared" / "fixtures" / "unsamv2_decoder_parity"))
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    # Never skipped: CI always has ../shared beside the clone; a missing fixture is a failure.
+    assert PARITY_DIR.is_dir(), f"parity fixture not found at {PARITY_DIR} (set UNSAMV2_PARITY_DIR)"
+    return PARITY_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A seeded random-weight UnSAMv2 model on hiera-tiny (shared: do not mutate it in tests)."""
+    from unsamv2_engine.model import build_model
+
+    return build_model("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2_model():
+    """A seeded random-weight plain SAM 2.1 hiera-tiny model (no granularity module)."""
+    from unsamv2_engine.model import build_model
+
+    return build_model("tiny", granularity=False, seed=0)
+
+
+@pytest.fixture
+def cells_image() -> np.ndarray:
+    """A 96x128 uint8 RGB image with two bright blobs, each holding a brighter nucleus."""
+    yy, xx = np.mgrid[0:96, 0:128]
+    img = np.full((96, 128), 20, np.float32)
+    for cy, cx, r in [(40, 40, 22), (55, 95, 18)]:
+        d = np.hypot(yy - cy, xx - cx)
+        img[d < r] = 120
+        img[d < r / 2.5] = 230
+    rgb = np.stack([img, img * 0.8, img * 0.6], -1)
+    return rgb.astype(np.uint8)
