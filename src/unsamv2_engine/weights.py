@@ -1,0 +1,557 @@
+"""Registry of known model weights, with a cache and download on request.
+
+This module only uses the standard library and ``tqdm``: it must stay cheap to import
+(the ``unsamv2`` CLI imports it for ``--help``), so it never imports torch, sam2, napari
+or Qt. Nothing is downloaded at import time; :func:`download` is the only function that
+touches the network, and only when asked to.
+
+Where files live
+    :func:`cache_dir` is ``$UNSAMV2_CACHE`` if set, else ``$XDG_CACHE_HOME/unsamv2``,
+    else ``~/.cache/unsamv2``. Each entry is stored there under its ``filename``.
+
+Mirrors
+    If ``$UNSAMV2_WEIGHTS_MIRROR`` is set, files are fetched from
+    ``<mirror>/<filename>`` instead of their upstream URL (for labs with an internal
+    mirror, and for tests that serve files locally).
+
+A download is written to ``<filename>.part``, checked (length, content type, checksum
+when known, checkpoint magic bytes) and only then renamed atomically to its final name,
+so an interrupted or bad download never leaves a corrupt file in the cache.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Optional
+
+if TYPE_CHECKING:  # urllib / http.client are imported lazily: they cost ~40 ms
+    import http.client
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "REGISTRY",
+    "ChecksumMismatchError",
+    "IncompleteDownloadError",
+    "ModelEntry",
+    "OfflineError",
+    "UnknownModelError",
+    "WeightsError",
+    "WeightsNotFoundError",
+    "cache_dir",
+    "cached_path",
+    "download",
+    "download_url",
+    "get_entry",
+    "list_models",
+    "resolve_checkpoint",
+    "sha256_file",
+    "verify_file",
+]
+
+ProgressCallback = Callable[[int, Optional[int]], None]
+
+CACHE_ENV = "UNSAMV2_CACHE"
+MIRROR_ENV = "UNSAMV2_WEIGHTS_MIRROR"
+_CHUNK = 1 << 20  # bytes read per network / disk chunk
+_USER_AGENT = "napari-unsamv2 (weights downloader; python urllib)"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class WeightsError(RuntimeError):
+    """Base class for every error raised while finding, checking or fetching weights."""
+
+
+class UnknownModelError(WeightsError, KeyError):
+    """The name is not in :data:`REGISTRY`."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsNotFoundError(WeightsError):
+    """A registry model is not in the cache and downloading was not requested."""
+
+
+class ChecksumMismatchError(WeightsError):
+    """A file's SHA-256 differs from the one recorded in the registry."""
+
+
+class IncompleteDownloadError(WeightsError):
+    """The server sent fewer bytes than announced, or the transfer was cut off."""
+
+
+class OfflineError(WeightsError):
+    """The download server could not be reached (no network, DNS failure, timeout...)."""
+
+
+# ------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One known checkpoint.
+
+    Attributes:
+        name: registry key, e.g. ``"sam2.1-tiny"``.
+        family: ``"sam2.1"`` (plain SAM 2.1) or ``"unsamv2"`` (SAM 2.1 + granularity).
+        size: Hiera backbone size: ``"tiny"``, ``"small"``, ``"base_plus"`` or ``"large"``.
+        filename: file name in the cache (and on a mirror).
+        url: upstream download URL.
+        sha256: expected SHA-256 hex digest, or ``None`` when not known.
+        approx_mb: approximate file size in MB, for display only.
+        description: one line for humans.
+        licence: licence of the weights (SPDX id or a pointer).
+    """
+
+    name: str
+    family: str
+    size: str
+    filename: str
+    url: str
+    sha256: str | None
+    approx_mb: int | None
+    description: str
+    licence: str
+
+
+_SAM21_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
+_UNSAMV2_LICENCE = "see https://github.com/yujunwei04/UnSAMv2 (no licence file published)"
+
+
+def _gdrive_url(file_id: str) -> str:
+    """Direct-download URL of a public Google Drive file (skipping the virus-scan page)."""
+    return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
+
+
+def _sam21(size: str, approx_mb: int) -> ModelEntry:
+    """Registry entry of an official Meta SAM 2.1 checkpoint."""
+    filename = f"sam2.1_hiera_{size}.pt"
+    return ModelEntry(
+        name=f"sam2.1-{size.replace('_', '-')}",
+        family="sam2.1",
+        size=size,
+        filename=filename,
+        url=f"{_SAM21_BASE}/{filename}",
+        sha256=None,
+        approx_mb=approx_mb,
+        description=f"Official Meta SAM 2.1 Hiera-{size} checkpoint (no granularity module)",
+        licence="Apache-2.0",
+    )
+
+
+def _unsamv2(name: str, filename: str, drive_id: str, description: str) -> ModelEntry:
+    """Registry entry of an UnSAMv2 checkpoint published on Google Drive."""
+    return ModelEntry(
+        name=name,
+        family="unsamv2",
+        size="small",
+        filename=filename,
+        url=_gdrive_url(drive_id),
+        sha256=None,
+        approx_mb=None,
+        description=description,
+        licence=_UNSAMV2_LICENCE,
+    )
+
+
+def _build_registry() -> dict[str, ModelEntry]:
+    """All known checkpoints, keyed by name."""
+    entries = [
+        _sam21("tiny", 149),
+        _sam21("small", 176),
+        _sam21("base_plus", 309),
+        _sam21("large", 857),
+        _unsamv2(
+            "unsamv2",
+            "unsamv2_ckpt.pt",
+            "1iYmYFeJxY4aI1lG5F2ZFL8tzzyGkCgX0",
+            "UnSAMv2: SAM 2.1 Hiera-small + granularity module",
+        ),
+        _unsamv2(
+            "unsamv2-plus",
+            "unsamv2_plus_ckpt.pt",
+            "1M56QN2CWfou7h5azxJvc_igmbQh9D2af",
+            "UnSAMv2+: SAM 2.1 Hiera-small + granularity module (improved training)",
+        ),
+    ]
+    return {e.name: e for e in entries}
+
+
+REGISTRY: dict[str, ModelEntry] = _build_registry()
+"""Known checkpoints, keyed by name."""
+
+DEFAULT_MODEL = "unsamv2-plus"
+"""Name of the model used when none is given."""
+
+
+def get_entry(name: str) -> ModelEntry:
+    """Return the registry entry called ``name``.
+
+    Raises:
+        UnknownModelError: ``name`` is not a known model; the message lists known names.
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        pass
+    known = ", ".join(REGISTRY)
+    close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise UnknownModelError(f"unknown model '{name}'.{hint} Known models: {known}.")
+
+
+# ---------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """Directory holding downloaded weights (not created here).
+
+    ``$UNSAMV2_CACHE`` if set, else ``$XDG_CACHE_HOME/unsamv2``, else ``~/.cache/unsamv2``.
+    """
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg).expanduser() / "unsamv2"
+    return Path.home() / ".cache" / "unsamv2"
+
+
+def cached_path(name: str) -> Path:
+    """Path where the file of model ``name`` lives in the cache (it may not exist)."""
+    return cache_dir() / get_entry(name).filename
+
+
+def download_url(name: str) -> str:
+    """URL :func:`download` fetches model ``name`` from (honours ``$UNSAMV2_WEIGHTS_MIRROR``)."""
+    entry = get_entry(name)
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror:
+        return f"{mirror.rstrip('/')}/{entry.filename}"
+    return entry.url
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One dict per registry entry, for ``unsamv2 models``.
+
+    Keys: ``name``, ``family``, ``size``, ``approx_mb``, ``cached`` (bool), ``path``
+    (str, the cache location), ``url``, ``description``, ``licence``.
+    """
+    rows = []
+    for entry in REGISTRY.values():
+        path = cached_path(entry.name)
+        rows.append(
+            {
+                "name": entry.name,
+                "family": entry.family,
+                "size": entry.size,
+                "approx_mb": entry.approx_mb,
+                "cached": path.is_file(),
+                "path": str(path),
+                "url": entry.url,
+                "description": entry.description,
+                "licence": entry.licence,
+            }
+        )
+    return rows
+
+
+# ------------------------------------------------------------------------- checking
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = _CHUNK) -> str:
+    """SHA-256 hex digest of a file, read in ``chunk``-byte pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: str | os.PathLike[str], entry: ModelEntry) -> None:
+    """Check ``path`` against ``entry.sha256`` when that hash is known (else do nothing).
+
+    Raises:
+        ChecksumMismatchError: the file's hash differs; the message says what to do.
+    """
+    if not entry.sha256:
+        return
+    actual = sha256_file(path)
+    expected = entry.sha256.lower()
+    if actual != expected:
+        raise ChecksumMismatchError(
+            f"checksum mismatch for {path} (model '{entry.name}'): expected sha256 "
+            f"{expected}, got {actual}. The file is corrupt or not the right one: "
+            f"delete it and download again (unsamv2 models --download {entry.name})."
+        )
+
+
+def _check_magic(path: Path, entry: ModelEntry, url: str, final: Path) -> None:
+    """Raise unless ``path`` looks like a torch checkpoint (zip, or legacy pickle)."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return
+    if head.lstrip()[:1] == b"<":
+        raise WeightsError(_html_message(entry, url, final))
+    raise WeightsError(
+        f"{url} did not return a PyTorch checkpoint (the file starts with {head[:8]!r}, "
+        f"not a zip or pickle header): not a PyTorch checkpoint. Check the URL or "
+        f"mirror, or download '{entry.filename}' yourself and pass --checkpoint PATH."
+    )
+
+
+def _html_message(entry: ModelEntry, url: str, final: Path) -> str:
+    """Explain that an HTML page arrived instead of the checkpoint."""
+    return (
+        f"{url} returned an HTML page instead of a checkpoint (Google Drive shows one "
+        f"when its download quota is exceeded or it wants a confirmation). Download "
+        f"the file in a browser from {entry.url} and place it at {final}, "
+        f"or pass --checkpoint PATH."
+    )
+
+
+def _offline_message(url: str, reason: object, final: Path) -> str:
+    """Message of :class:`OfflineError`."""
+    return (
+        f"no network: could not reach {url} ({reason}). "
+        f"Place the file at {final} or pass --checkpoint PATH."
+    )
+
+
+# ------------------------------------------------------------------------- download
+
+
+def _open(url: str, timeout: float, final: Path) -> http.client.HTTPResponse:
+    """Open ``url``, mapping connection failures to :class:`OfflineError`."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https only)
+    except urllib.error.HTTPError as err:
+        err.close()
+        raise WeightsError(
+            f"download failed: {url} answered HTTP {err.code} ({err.reason}). "
+            f"Place the file at {final} or pass --checkpoint PATH."
+        ) from err
+    except urllib.error.URLError as err:
+        raise OfflineError(_offline_message(url, err.reason, final)) from err
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
+        raise OfflineError(_offline_message(url, str(err) or type(err).__name__, final)) from err
+
+
+def _content_length(response: http.client.HTTPResponse) -> int | None:
+    """Announced body size, or ``None`` when absent or unparsable."""
+    value = response.headers.get("Content-Length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _stream(
+    response: http.client.HTTPResponse,
+    out: BinaryIO,
+    total: int | None,
+    label: str,
+    progress: bool,
+    progress_callback: ProgressCallback | None,
+) -> int:
+    """Copy the response body to ``out``; return the number of bytes written."""
+    from tqdm import tqdm  # local: keeps module import minimal
+
+    done = 0
+    with tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=label,
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        while True:
+            block = response.read(_CHUNK)
+            if not block:
+                break
+            out.write(block)
+            done += len(block)
+            bar.update(len(block))
+            if progress_callback is not None:
+                progress_callback(done, total)
+    return done
+
+
+def _fetch_to(
+    part: Path,
+    url: str,
+    entry: ModelEntry,
+    final: Path,
+    *,
+    timeout: float,
+    progress: bool,
+    progress_callback: ProgressCallback | None,
+) -> None:
+    """Download ``url`` into ``part`` and run every check on it (raises on failure)."""
+    import http.client
+
+    response = _open(url, timeout, final)
+    with response:
+        if response.headers.get_content_type() == "text/html":
+            raise WeightsError(_html_message(entry, url, final))
+        total = _content_length(response)
+        with open(part, "wb") as out:
+            try:
+                done = _stream(response, out, total, entry.filename, progress, progress_callback)
+            except http.client.IncompleteRead as err:
+                raise IncompleteDownloadError(
+                    f"download of {url} was cut off: the server closed the connection "
+                    f"with {err.expected} bytes still missing. Run the download again."
+                ) from err
+            except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
+                raise IncompleteDownloadError(
+                    f"download of {url} was interrupted ({err}). Run the download again, "
+                    f"or place the file at {final} or pass --checkpoint PATH."
+                ) from err
+    if total is not None and done != total:
+        raise IncompleteDownloadError(
+            f"download of {url} is incomplete: received {done} of {total} bytes. "
+            f"Run the download again."
+        )
+    verify_file(part, entry)
+    _check_magic(part, entry, url, final)
+
+
+def download(
+    name: str,
+    *,
+    dest_dir: Path | None = None,
+    progress: bool = True,
+    progress_callback: ProgressCallback | None = None,
+    force: bool = False,
+    timeout: float = 30.0,
+) -> Path:
+    """Download model ``name`` into ``dest_dir`` (default: :func:`cache_dir`) and return its path.
+
+    If the file is already there and ``force`` is false, it is verified (SHA-256 when
+    known) and returned without touching the network.
+
+    Args:
+        name: registry name (see :data:`REGISTRY`).
+        dest_dir: target directory, created if needed.
+        progress: show a tqdm progress bar on stderr.
+        progress_callback: called as ``callback(done_bytes, total_bytes_or_None)`` after
+            every chunk (the GUI uses it). An exception raised by the callback cancels
+            the download (the partial file is removed) and propagates.
+        force: download again even if the file exists.
+        timeout: socket timeout in seconds.
+
+    Raises:
+        UnknownModelError: ``name`` is not a known model.
+        OfflineError: the server could not be reached.
+        IncompleteDownloadError: the transfer ended early.
+        ChecksumMismatchError: the file's SHA-256 is wrong.
+        WeightsError: an HTML page or a non-checkpoint file arrived, or an HTTP error.
+    """
+    entry = get_entry(name)
+    directory = Path(dest_dir) if dest_dir is not None else cache_dir()
+    final = directory / entry.filename
+    if final.is_file() and not force:
+        verify_file(final, entry)
+        return final
+
+    url = download_url(name)
+    directory.mkdir(parents=True, exist_ok=True)
+    part = directory / f"{entry.filename}.part"
+    try:
+        _fetch_to(
+            part,
+            url,
+            entry,
+            final,
+            timeout=timeout,
+            progress=progress,
+            progress_callback=progress_callback,
+        )
+        os.replace(part, final)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return final
+
+
+# -------------------------------------------------------------------------- resolve
+
+
+def _looks_like_path(text: str) -> bool:
+    """Whether a string that is neither a file nor a model name was meant as a path."""
+    seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return any(s in text for s in seps) or text.startswith("~") or Path(text).suffix != ""
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike[str],
+    *,
+    download_missing: bool = False,
+    progress: bool = True,
+    progress_callback: ProgressCallback | None = None,
+) -> Path:
+    """Turn a model name or a checkpoint path into the path of a local file.
+
+    * An existing file is returned as is (local paths are always accepted).
+    * A registry name gives the cached file (verified); if it is not cached it is
+      downloaded when ``download_missing`` is true.
+
+    Raises:
+        FileNotFoundError: a path that does not exist (and is not a model name).
+        WeightsNotFoundError: a model that is not cached, with ``download_missing`` false.
+        UnknownModelError: a bare word that is neither a file nor a known model.
+        WeightsError: see :func:`download`.
+    """
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if text in REGISTRY:
+        return _resolve_name(text, download_missing, progress, progress_callback)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a directory, not a checkpoint file.")
+    if isinstance(name_or_path, os.PathLike) or _looks_like_path(text):
+        raise FileNotFoundError(
+            f"checkpoint file not found: {path}. Give an existing .pt file, or one of "
+            f"the model names: {', '.join(REGISTRY)}."
+        )
+    get_entry(text)  # raises UnknownModelError with the list of names
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _resolve_name(
+    name: str,
+    download_missing: bool,
+    progress: bool,
+    progress_callback: ProgressCallback | None,
+) -> Path:
+    """Cached (verified) file of a registry model, downloading it when allowed."""
+    entry = get_entry(name)
+    final = cached_path(name)
+    if final.is_file():
+        verify_file(final, entry)
+        return final
+    if download_missing:
+        return download(name, progress=progress, progress_callback=progress_callback)
+    raise WeightsNotFoundError(
+        f"model '{name}' is not in the cache. Run 'unsamv2 models --download {name}' "
+        f"(needs network), or place the file at {final}, or pass --checkpoint PATH."
+    )
