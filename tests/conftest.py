@@ -35,8 +35,7 @@ def tiny_sam2_model():
     return build_model("tiny", granularity=False, seed=0)
 
 
-@pytest.fixture
-def cells_image() -> np.ndarray:
+def make_cells_image() -> np.ndarray:
     """A 96x128 uint8 RGB image with two bright blobs, each holding a brighter nucleus."""
     yy, xx = np.mgrid[0:96, 0:128]
     img = np.full((96, 128), 20, np.float32)
@@ -46,3 +45,8 @@ def cells_image() -> np.ndarray:
         img[d < r / 2.5] = 230
     rgb = np.stack([img, img * 0.8, img * 0.6], -1)
     return rgb.astype(np.uint8)
+
+
+@pytest.fixture
+def cells_image() -> np.ndarray:
+    return make_cells_image()

@@ -1,0 +1,108 @@
+"""Model structure: published key layout, parameter counts, LoRA, size detection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from unsamv2_engine.model import SIZES, build_model, detect_size, normalise_size
+from unsamv2_engine.model.lora import LoRALinear, lora_layers
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return build_model("small", seed=0)
+
+
+def test_state_dict_is_the_published_layout(small_model, parity_dir):
+    """Names, shapes and order of every tensor equal the authors' hiera-small model (589 entries)."""
+    published = json.loads((parity_dir / "keys.json").read_text())["unsamv2_full"]
+    ours = {k: list(v.shape) for k, v in small_model.sam.state_dict().items()}
+    assert list(ours) == list(published)
+    assert ours == published
+
+
+def test_plain_sam2_layout_matches_upstream(parity_dir):
+    published = json.loads((parity_dir / "keys.json").read_text())["sam2.1_hiera_small"]
+    plain = build_model("small", granularity=False, seed=0)
+    assert {k: list(v.shape) for k, v in plain.sam.state_dict().items()} == published
+    assert not plain.has_granularity and not plain.has_lora
+
+
+def test_parameter_counts(small_model):
+    """345,760 added parameters on 46,060,610 of SAM 2.1-S (UNSAMV2_FACTS §1.7)."""
+    added = small_model.granularity_parameters()
+    assert sum(p.numel() for p in added.values()) == 345_760
+    assert len(added) == 70
+    assert sum(p.numel() for p in small_model.sam.state_dict().values()) == 46_406_370
+    lora = sum(p.numel() for n, p in added.items() if "lora_" in n)
+    assert lora == 94_208
+
+
+def test_lora_on_the_28_decoder_linears_only(small_model):
+    layers = lora_layers(small_model.sam)
+    assert len(layers) == 28
+    assert all(layer.scale == 2.0 and layer.rank == 8 for layer in layers)
+    assert not lora_layers(small_model.sam.image_encoder)
+    assert not lora_layers(small_model.sam.memory_attention)
+
+
+def test_lora_fold_is_exact_and_training_unfolds():
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(16, 8))
+    torch.nn.init.normal_(layer.lora_B, std=0.5)
+    layer.eval()
+    x = torch.randn(4, 16)
+    separate = layer(x)
+    assert not torch.allclose(separate, layer.original_layer(x))  # the update does something
+    layer.merge()
+    torch.testing.assert_close(layer(x), separate, atol=1e-6, rtol=0)
+    layer.train()
+    assert not layer.merged
+    assert "_merged_weight" not in dict(layer.state_dict())
+
+
+def test_lora_dropout_only_in_training():
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(64, 64), dropout=0.5)
+    torch.nn.init.normal_(layer.lora_B, std=1.0)
+    x = torch.randn(2, 64)
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
+    layer.train()
+    assert not torch.equal(layer(x), layer(x))
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_detect_size_from_shapes(size):
+    spec = SIZES[size]
+    state = {"image_encoder.trunk.patch_embed.proj.weight": torch.empty(spec.embed_dim, 3, 7, 7)}
+    state.update({f"image_encoder.trunk.blocks.{i}.norm1.weight": torch.empty(1) for i in range(spec.num_blocks)})
+    assert detect_size(state) == size
+
+
+def test_detect_size_on_real_models(tiny_model, small_model):
+    assert detect_size(tiny_model.sam.state_dict()) == "tiny"
+    assert detect_size(small_model.sam.state_dict()) == "small"
+
+
+def test_detect_size_errors():
+    with pytest.raises(ValueError, match="adapter"):
+        detect_size({"sam_mask_decoder.gra_token.weight": torch.empty(1, 256)})
+    with pytest.raises(ValueError, match="matches no SAM 2.1 size"):
+        detect_size({"image_encoder.trunk.patch_embed.proj.weight": torch.empty(100, 3, 7, 7)})
+
+
+def test_size_aliases():
+    assert normalise_size("b+") == "base_plus" and normalise_size("Large") == "large"
+    with pytest.raises(ValueError, match="tiny, small, base_plus, large"):
+        normalise_size("huge")
+
+
+def test_unsamv2_config_flags(tiny_model, tiny_sam2_model):
+    """unsamv2_small.yaml turns off three multimask flags that SAM 2.1 has on."""
+    for flag in ("multimask_output_in_sam", "multimask_output_for_tracking", "use_multimask_token_for_obj_ptr"):
+        assert getattr(tiny_model.sam, flag) is False
+        assert getattr(tiny_sam2_model.sam, flag) is True
