@@ -195,6 +195,9 @@ def test_truncated_file_is_explained(files, tmp_path):
         load_checkpoint(tmp_path / "trunc.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nothing.pt")
+    (tmp_path / "image.pt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "image.pt")
 
 
 def test_save_unsamv2_needs_granularity(tiny_sam2_model, tmp_path):

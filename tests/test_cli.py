@@ -22,7 +22,7 @@ import tifffile
 from PIL import Image
 
 from unsamv2_engine import cli
-from unsamv2_engine.cli import main, parse_granularities, parse_point
+from unsamv2_engine.cli import main, parse_device, parse_granularities, parse_point
 from unsamv2_engine.io import read_labels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +70,7 @@ def _cells_rgb() -> np.ndarray:
 
 _MODELS: dict[tuple, object] = {}
 _EMBEDDINGS: dict[tuple, tuple] = {}
+_LOAD, _LOAD_FOR_CONVERT, _EMBED = cli._load_model, cli._load_for_convert, cli._embed
 
 
 def _file_key(path: object) -> tuple | None:
@@ -79,37 +80,49 @@ def _file_key(path: object) -> tuple | None:
     return (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
 
+def _shared_load(path, *, source, device, adapter, allow_base_mismatch):
+    key = ("inference", _file_key(path), _file_key(adapter), str(device), allow_base_mismatch)
+    if key not in _MODELS:
+        _MODELS[key] = _LOAD(path, source=source, device=device, adapter=adapter,
+                             allow_base_mismatch=allow_base_mismatch)
+    return _MODELS[key]
+
+
+def _shared_load_for_convert(path, *, adapter, allow_base_mismatch, source):
+    key = ("convert", _file_key(path), _file_key(adapter), allow_base_mismatch, source)
+    if key not in _MODELS:
+        _MODELS[key] = _LOAD_FOR_CONVERT(path, adapter=adapter, allow_base_mismatch=allow_base_mismatch,
+                                         source=source)
+    return _MODELS[key]
+
+
+def _shared_embed(session, rgb8):
+    key = (id(session.model), rgb8.shape, hashlib.sha1(rgb8.tobytes()).hexdigest())
+    if key not in _EMBEDDINGS:
+        _EMBED(session, rgb8)
+        _EMBEDDINGS[key] = (session.features, session.image_hw)
+    else:
+        session.set_features(*_EMBEDDINGS[key])
+
+
 @pytest.fixture(autouse=True)
 def _share_work(monkeypatch):
     """Reuse loaded models and image embeddings across CLI calls of this module (see module doc)."""
-    load, embed = cli._load_model, cli._embed
-
-    def shared_load(path, *, source, device, adapter, allow_base_mismatch):
-        key = (_file_key(path), _file_key(adapter), str(device), allow_base_mismatch)
-        if key not in _MODELS:
-            _MODELS[key] = load(path, source=source, device=device, adapter=adapter,
-                                allow_base_mismatch=allow_base_mismatch)
-        return _MODELS[key]
-
-    def shared_embed(session, rgb8):
-        key = (id(session.model), rgb8.shape, hashlib.sha1(rgb8.tobytes()).hexdigest())
-        if key not in _EMBEDDINGS:
-            embed(session, rgb8)
-            _EMBEDDINGS[key] = (session.features, session.image_hw)
-        else:
-            session.set_features(*_EMBEDDINGS[key])
-
-    monkeypatch.setattr(cli, "_load_model", shared_load)
-    monkeypatch.setattr(cli, "_embed", shared_embed)
+    monkeypatch.setattr(cli, "_load_model", _shared_load)
+    monkeypatch.setattr(cli, "_load_for_convert", _shared_load_for_convert)
+    monkeypatch.setattr(cli, "_embed", _shared_embed)
 
 
 @pytest.fixture(scope="module")
 def reference_session(ckpts):
-    """An ImageSession on the UnSAMv2 file and the cells image, built without the CLI."""
-    from unsamv2_engine.model.checkpoint import load_checkpoint
+    """An ImageSession on the UnSAMv2 file and the cells image, embedded here (not through the CLI)."""
+    import torch
+
     from unsamv2_engine.session import ImageSession
 
-    session = ImageSession(load_checkpoint(ckpts["unsamv2"]))
+    model = _shared_load(ckpts["unsamv2"], source=str(ckpts["unsamv2"]), device=torch.device("cpu"), adapter=None,
+                         allow_base_mismatch=False)
+    session = ImageSession(model)
     session.set_image(_cells_rgb())
     return session
 
@@ -161,8 +174,17 @@ def test_negative_values_after_options():
     assert args.model is None and args.checkpoint is None and args.device == "auto"
 
 
+def test_parse_device():
+    import argparse
+
+    assert [parse_device(d) for d in ("auto", "CPU", "cuda", "cuda:1", "mps")] == ["auto", "cpu", "cuda", "cuda:1",
+                                                                                    "mps"]
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_device("tpu")
+
+
 # ============================================================================ segment
-@pytest.mark.parametrize("fmt", ["png", "tif", "jpg"])
+@pytest.mark.parametrize("fmt", ["png", "tif"])  # JPEG: test_segment_jpeg_with_plain_sam2_model
 def test_segment_writes_labels_and_json(capsys, tmp_path, ckpts, images, fmt):
     out, meta_path = tmp_path / "mask.tif", tmp_path / "meta.json"
     code, stdout, stderr = _run(capsys, "segment", images[fmt], "--point", POINT, "--point", NEG_POINT,
@@ -205,24 +227,27 @@ def test_segment_json_to_stdout(capsys, tmp_path, ckpts, images):
     assert "wrote" in err
 
 
-def test_segment_plain_sam2_model_warns(capsys, tmp_path, ckpts, images):
+def test_segment_jpeg_with_plain_sam2_model(capsys, tmp_path, ckpts, images):
     out = tmp_path / "sam.tif"
-    code, _, err = _run(capsys, "segment", images["png"], "--point", POINT, "-g", 0.9, "--checkpoint", ckpts["sam2"],
-                        "-o", out, "--json", tmp_path / "sam.json")
-    assert code == 0 and "no granularity module" in err
-    assert json.loads((tmp_path / "sam.json").read_text())["model_family"] == "sam2.1"
-    assert read_labels(out)[0].shape == (96, 128)
+    code, stdout, err = _run(capsys, "segment", images["jpg"], "--point", POINT, "-g", 0.9, "--checkpoint",
+                             ckpts["sam2"], "-o", out, "--json", tmp_path / "sam.json")
+    assert code == 0 and "no granularity module" in err and stdout.startswith("wrote")
+    meta = json.loads((tmp_path / "sam.json").read_text())
+    assert meta["model_family"] == "sam2.1" and meta["image"] == str(images["jpg"])
+    labels, metadata = read_labels(out)
+    assert labels.shape == (96, 128) and labels.dtype == np.uint8 and labels.any()
+    assert metadata["area"] == meta["area"] == int(labels.sum())
 
 
 # ============================================================================ sweep
 def test_sweep_pages_table_json_equal_session(capsys, tmp_path, ckpts, images, reference_session):
     out, table, meta_path = tmp_path / "sweep.tif", tmp_path / "sweep.csv", tmp_path / "sweep.json"
-    code, stdout, err = _run(capsys, "sweep", images["tif"], "--point", POINT, "--granularities", "0.1:1.0:10",
+    code, stdout, err = _run(capsys, "sweep", images["tif"], "--point", POINT, "--granularities", "0.1:1.0:4",
                              "--checkpoint", ckpts["unsamv2"], "-o", out, "--table", table, "--json", meta_path)
     assert code == 0, err
-    gs = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    gs = [0.1, 0.4, 0.7, 1.0]
     labels, metadata = read_labels(out)
-    assert labels.shape == (10, 96, 128) and labels.dtype == np.uint8
+    assert labels.shape == (4, 96, 128) and labels.dtype == np.uint8
     assert metadata["granularities"] == pytest.approx(gs)
     ref = reference_session.sweep([[40, 40]], [1], gs)
     np.testing.assert_array_equal(labels.astype(bool), ref.masks)
@@ -230,14 +255,14 @@ def test_sweep_pages_table_json_equal_session(capsys, tmp_path, ckpts, images, r
     with table.open() as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["page", "granularity", "area", "score", "object_score"]
-    assert [int(r["page"]) for r in rows] == list(range(10))
+    assert [int(r["page"]) for r in rows] == list(range(4))
     assert [float(r["granularity"]) for r in rows] == pytest.approx(gs)
     assert [int(r["area"]) for r in rows] == ref.areas.tolist()
     assert [float(r["score"]) for r in rows] == pytest.approx(ref.scores.tolist(), abs=1e-6)
     assert [float(r["object_score"]) for r in rows] == pytest.approx(ref.object_scores.tolist(), abs=1e-6)
 
     meta = json.loads(meta_path.read_text())
-    assert meta["granularities"] == pytest.approx(gs) and len(meta["pages"]) == 10
+    assert meta["granularities"] == pytest.approx(gs) and len(meta["pages"]) == 4
     assert meta["model_size"] == "tiny" and {"embed_s", "decode_s"} <= set(meta["timings"])
     assert stdout.splitlines()[0].startswith(f"wrote {out}")
 
@@ -255,7 +280,7 @@ def test_sweep_keeps_the_given_order(capsys, tmp_path, ckpts, images, reference_
 
 
 # ============================================================================ convert
-def test_convert_round_trip(capsys, tmp_path, ckpts, images):
+def test_convert_round_trip(capsys, tmp_path, ckpts, images, reference_session):
     """unsamv2 -> (sam2 file, adapter) -> the same masks; sam2 + adapter -> the same unsamv2 file."""
     import torch
 
@@ -266,16 +291,14 @@ def test_convert_round_trip(capsys, tmp_path, ckpts, images):
     described = json.loads(out)["checkpoint"]
     assert code == 0 and described["kind"] == "adapter" and described["base"]["size"] == "tiny"
 
-    sweeps = {}
-    for name, extra in {"original": ["--checkpoint", ckpts["unsamv2"]],
-                        "adapter": ["--checkpoint", sam2_file, "--adapter", adapter]}.items():
-        out_tif = tmp_path / f"{name}.tif"
-        code, _, err = _run(capsys, "sweep", images["png"], "--point", POINT, "--granularities", "0.1,0.5,1.0",
-                            *extra, "-o", out_tif, "--json", tmp_path / f"{name}.json")
-        assert code == 0, err
-        sweeps[name] = read_labels(out_tif)[0]
-    np.testing.assert_array_equal(sweeps["adapter"], sweeps["original"])
-    assert json.loads((tmp_path / "adapter.json").read_text())["adapter"] == str(adapter)
+    out_tif, meta_path = tmp_path / "adapter.tif", tmp_path / "adapter.json"
+    code, _, err = _run(capsys, "sweep", images["png"], "--point", POINT, "--granularities", "0.1,0.5,1.0",
+                        "--checkpoint", sam2_file, "--adapter", adapter, "-o", out_tif, "--json", meta_path)
+    assert code == 0, err
+    original = reference_session.sweep([[40, 40]], [1], [0.1, 0.5, 1.0])  # the UnSAMv2 file itself
+    np.testing.assert_array_equal(read_labels(out_tif)[0].astype(bool), original.masks)
+    meta = json.loads(meta_path.read_text())
+    assert meta["adapter"] == str(adapter) and meta["model_family"] == "unsamv2" and "adapter" in meta["model"]
 
     assert _run(capsys, "convert", sam2_file, "--adapter", adapter, "-o", rebuilt, "--to", "unsamv2")[0] == 0
     original = torch.load(ckpts["unsamv2"], weights_only=True)["model"]
@@ -285,15 +308,23 @@ def test_convert_round_trip(capsys, tmp_path, ckpts, images):
 
 
 def test_convert_errors(capsys, tmp_path, ckpts):
+    import torch
+
     code, _, err = _run(capsys, "convert", ckpts["sam2"], "-o", tmp_path / "a.pt", "--to", "adapter")
     assert code == 2 and "no granularity module" in err
     code, _, err = _run(capsys, "convert", ckpts["sam2"], "-o", ckpts["sam2"], "--to", "sam2")
     assert code == 2 and "overwrite" in err
     code, _, err = _run(capsys, "convert", ckpts["unsamv2"], "-o", tmp_path / "b.pt", "--to", "sam2", "--base", "x")
     assert code == 2 and "--base" in err
+    other = torch.load(ckpts["sam2"], weights_only=True)
+    other["model"]["sam_mask_decoder.iou_token.weight"] += 1.0  # another model's SAM weights
+    torch.save(other, tmp_path / "other.pt")
     code, _, err = _run(capsys, "convert", ckpts["unsamv2"], "-o", tmp_path / "a.pt", "--to", "adapter",
-                        "--base", ckpts["sam2"])  # another model's SAM weights
+                        "--base", tmp_path / "other.pt")
     assert code == 2 and "--allow-base-mismatch" in err and not (tmp_path / "a.pt").exists()
+    code, _, err = _run(capsys, "convert", ckpts["unsamv2"], "-o", tmp_path / "a.pt", "--to", "adapter",
+                        "--base", tmp_path / "other.pt", "--allow-base-mismatch")
+    assert code == 0 and "warning" in err and (tmp_path / "a.pt").is_file()
 
 
 # ============================================================================ errors
@@ -302,14 +333,14 @@ def _segment_args(image: object, *extra: object) -> list[object]:
 
 
 @pytest.mark.parametrize("case", ["outside", "granularity", "missing_image", "truncated", "unknown_model",
-                                  "not_cached", "not_an_image", "bad_suffix", "no_point", "not_a_checkpoint",
+                                  "not_cached", "not_an_image", "bad_suffix", "not_a_checkpoint",
                                   "missing_adapter", "stack_without_frame"])
 def test_user_errors_exit_2_with_message(capsys, tmp_path, monkeypatch, ckpts, images, case):
     monkeypatch.setenv("UNSAMV2_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     png, unsamv2 = images["png"], ckpts["unsamv2"]
     (tmp_path / "broken.png").write_bytes(b"not a png at all")
-    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 16, 16), np.uint16))
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 16, 16), np.uint16), photometric="minisblack")
     argv, expected = {
         "outside": (["segment", png, "--point", "500,10", "-g", 0.5, "--checkpoint", unsamv2, "-o", "m.tif"],
                     "outside the 128x96"),
@@ -320,7 +351,6 @@ def test_user_errors_exit_2_with_message(capsys, tmp_path, monkeypatch, ckpts, i
         "not_cached": (_segment_args(png, "--model", "unsamv2"), "unsamv2 models --download unsamv2"),
         "not_an_image": (_segment_args(tmp_path / "broken.png", "--checkpoint", unsamv2), "broken.png"),
         "bad_suffix": (["segment", png, "--point", POINT, "-g", 0.5, "-o", "m.png"], ".tif"),
-        "no_point": (["segment", png, "-g", 0.5, "--checkpoint", unsamv2, "-o", "m.tif"], "--point"),
         "not_a_checkpoint": (_segment_args(png, "--checkpoint", png), "PyTorch checkpoint"),
         "missing_adapter": (_segment_args(png, "--checkpoint", unsamv2, "--adapter", "gone.pt"), "gone.pt"),
         "stack_without_frame": (_segment_args(tmp_path / "stack.tif", "--checkpoint", unsamv2), "--frame"),
@@ -332,11 +362,22 @@ def test_user_errors_exit_2_with_message(capsys, tmp_path, monkeypatch, ckpts, i
     assert not (tmp_path / "m.tif").exists() and not (tmp_path / "never.tif").exists()
 
 
+def test_unavailable_device_exits_2(capsys, ckpts, images):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    code, out, err = _run(capsys, *_segment_args(images["png"], "--checkpoint", ckpts["unsamv2"], "--device", "cuda"))
+    assert code == 2 and "CUDA is not available" in err and out == ""
+
+
 def test_usage_errors_exit_2(capsys, images):
     code, _, err = _run(capsys, "segment", images["png"], "--point", "1,2,maybe", "-g", 0.5, "-o", "m.tif")
     assert code == 2 and "pos or neg" in err
     code, _, err = _run(capsys, "segment", images["png"], "--point", POINT, "-o", "m.tif")
     assert code == 2 and "--granularity" in err  # required
+    code, _, err = _run(capsys, "segment", images["png"], "-g", 0.5, "-o", "m.tif")
+    assert code == 2 and "--point" in err  # required
     code, _, err = _run(capsys, "segment", images["png"], "--point", POINT, "-g", 0.5, "-o", "m.tif",
                         "--model", "unsamv2", "--checkpoint", "x.pt")
     assert code == 2 and "not allowed with" in err
@@ -371,7 +412,7 @@ def test_models_download_from_mirror_and_errors(capsys, tmp_path, monkeypatch):
     assert code == 2 and "unknown model" in err
     # a cached file is returned without touching the network
     cached = tmp_path / "cache" / "sam2.1_hiera_tiny.pt"
-    cached.parent.mkdir()
+    cached.parent.mkdir(exist_ok=True)
     cached.write_bytes(b"PK")
     code, out, _ = _run(capsys, "models", "--download", "sam2.1-tiny", "--json")
     assert code == 0 and json.loads(out) == {"name": "sam2.1-tiny", "path": str(cached)}

@@ -30,6 +30,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,14 @@ def parse_point(text: str) -> tuple[float, float, int]:
                 f"point label must be pos or neg (also 1/0, +/-, positive/negative), got {parts[2]!r} in {text!r}")
         label = _POINT_LABELS[key]
     return x, y, label
+
+
+def parse_device(text: str) -> str:
+    """``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (availability is checked when the model loads)."""
+    name = text.strip().lower()
+    if name in DEVICE_CHOICES or re.fullmatch(r"cuda:\d+", name):
+        return name
+    raise argparse.ArgumentTypeError(f"device must be one of {', '.join(DEVICE_CHOICES)} or cuda:N, got {text!r}")
 
 
 def parse_contrast_limits(text: str) -> tuple[float, float]:
@@ -138,12 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_engine_version()}")
     _allow_negative_values(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    common, model, prompt = _common_parent(), _model_parent(), _prompt_parent()
-    _add_segment(sub, [common, model, prompt])
-    _add_sweep(sub, [common, model, prompt])
-    _add_models(sub, [common])
-    _add_info(sub, [common])
-    _add_convert(sub, [common])
+    inference = [_add_prompt_options, _add_model_options, _add_common_options]
+    _add_segment(sub, inference)
+    _add_sweep(sub, inference)
+    _add_models(sub, [_add_common_options])
+    _add_info(sub, [_add_common_options])
+    _add_convert(sub, [_add_common_options])
     return parser
 
 
@@ -152,29 +161,36 @@ def _allow_negative_values(parser: argparse.ArgumentParser) -> None:
     parser._negative_number_matcher = _NEGATIVE_VALUE  # type: ignore[attr-defined]
 
 
-def _subparser(sub: Any, name: str, parents: list[argparse.ArgumentParser], help_text: str,
-               description: str, epilog: str) -> argparse.ArgumentParser:
+OptionAdder = Callable[[argparse.ArgumentParser], None]
+
+
+def _subparser(sub: Any, name: str, help_text: str, description: str, epilog: str) -> argparse.ArgumentParser:
     """Add one subcommand parser with a shared layout."""
-    parser = sub.add_parser(name, parents=parents, help=help_text, description=textwrap.fill(description, 79),
-                            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(name, help=help_text, description=textwrap.fill(description, 79), epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     _allow_negative_values(parser)
     return parser
 
 
-def _common_parent() -> argparse.ArgumentParser:
+def _finish(parser: argparse.ArgumentParser, shared: list[OptionAdder],
+            func: Callable[[argparse.Namespace], int]) -> None:
+    """Add the shared option groups (after the command's own options) and the command function."""
+    for add in shared:
+        add(parser)
+    parser.set_defaults(func=func)
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
     """Options of every subcommand."""
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("output")
+    group = parser.add_argument_group("messages")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress or stage messages on stderr")
     group.add_argument("--traceback", action="store_true",
                        help="show the Python traceback of an error (for bug reports)")
-    return parent
 
 
-def _model_parent() -> argparse.ArgumentParser:
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
     """Model selection options shared by ``segment`` and ``sweep``."""
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("model")
+    group = parser.add_argument_group("model")
     which = group.add_mutually_exclusive_group()
     which.add_argument("--checkpoint", metavar="PATH",
                        help="a SAM 2.1 or UnSAMv2 checkpoint file (.pt)")
@@ -184,18 +200,16 @@ def _model_parent() -> argparse.ArgumentParser:
                        help="an UnSAMv2 adapter file (granularity module + LoRA) applied on top of the model")
     group.add_argument("--allow-base-mismatch", action="store_true",
                        help="apply --adapter even if it records another base model")
-    group.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
-                       help="where to run: auto = cuda, then mps, then cpu (default: auto)")
+    group.add_argument("--device", default="auto", type=parse_device, metavar="{auto,cpu,cuda,mps}",
+                       help="where to run: auto = cuda, then mps, then cpu; cuda:N picks a GPU (default: auto)")
     group.add_argument("--download", action="store_true",
                        help="download the --model if it is not in the cache yet (needs network)")
-    return parent
 
 
-def _prompt_parent() -> argparse.ArgumentParser:
+def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
     """Prompt and image options shared by ``segment`` and ``sweep``."""
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("prompt")
-    group.add_argument("--point", metavar="X,Y[,pos|neg]", action="append", type=parse_point, default=[],
+    group = parser.add_argument_group("prompt and image")
+    group.add_argument("--point", metavar="X,Y[,pos|neg]", action="append", type=parse_point, required=True,
                        help="a point prompt in pixels, x = column, y = row; repeat for more points. "
                             "Label pos (default) or neg; also 1/0, +/-, positive/negative")
     group.add_argument("--mask-threshold", type=float, default=0.0, metavar="T",
@@ -207,12 +221,11 @@ def _prompt_parent() -> argparse.ArgumentParser:
                             "8-bit images are used as they are)")
     group.add_argument("--frame", type=int, metavar="INDEX",
                        help="for a stack ([N, H, W] or [N, H, W, C]): the 2D image to segment, counted from 0")
-    return parent
 
 
-def _add_segment(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+def _add_segment(sub: Any, shared: list[OptionAdder]) -> None:
     parser = _subparser(
-        sub, "segment", parents, "segment one object at one granularity",
+        sub, "segment", "segment one object at one granularity",
         "Segment the object under the point prompts at granularity G and write a label TIFF "
         "(foreground = 1, uint8).",
         "example:\n  unsamv2 segment cells.png --point 40,40 --granularity 0.4 -o mask.tif --json mask.json")
@@ -221,12 +234,12 @@ def _add_segment(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         help="0.1 (smallest parts) .. 1.0 (whole objects)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.tif", help="label TIFF to write")
     parser.add_argument("--json", metavar="META.json", help="also write the result's metadata as JSON ('-': stdout)")
-    parser.set_defaults(func=cmd_segment)
+    _finish(parser, shared, cmd_segment)
 
 
-def _add_sweep(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+def _add_sweep(sub: Any, shared: list[OptionAdder]) -> None:
     parser = _subparser(
-        sub, "sweep", parents, "segment one prompt at several granularities",
+        sub, "sweep", "segment one prompt at several granularities",
         "Decode the same prompt at every granularity and write a multi-page label TIFF, one page per "
         "granularity in the order given.",
         "examples:\n  unsamv2 sweep cells.png --point 40,40 --granularities 0.1:1.0:10 -o sweep.tif --table sweep.csv\n"
@@ -237,36 +250,36 @@ def _add_sweep(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT.tif", help="multi-page label TIFF to write")
     parser.add_argument("--table", metavar="SWEEP.csv", help="also write one CSV row per granularity")
     parser.add_argument("--json", metavar="META.json", help="also write the sweep's metadata as JSON ('-': stdout)")
-    parser.set_defaults(func=cmd_sweep)
+    _finish(parser, shared, cmd_sweep)
 
 
-def _add_models(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+def _add_models(sub: Any, shared: list[OptionAdder]) -> None:
     parser = _subparser(
-        sub, "models", parents, "list the known models; download one",
+        sub, "models", "list the known models; download one",
         "List the model registry (name, family, size, approximate size, whether it is cached, cache path), "
         "or download one model into the cache.",
         "examples:\n  unsamv2 models\n  unsamv2 models --download unsamv2-plus")
     parser.add_argument("--download", metavar="NAME", help="download this model into the cache and print its path")
     parser.add_argument("--force", action="store_true", help="with --download: download again even if cached")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.set_defaults(func=cmd_models)
+    _finish(parser, shared, cmd_models)
 
 
-def _add_info(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+def _add_info(sub: Any, shared: list[OptionAdder]) -> None:
     parser = _subparser(
-        sub, "info", parents, "versions, devices, cache, intensity rule; describe a checkpoint",
+        sub, "info", "versions, devices, cache, intensity rule; describe a checkpoint",
         "Print versions, available devices, the weights cache directory and the intensity rule; "
         "with CHECKPOINT, also describe that file (kind, model size, tensors, parameters).",
         "examples:\n  unsamv2 info\n  unsamv2 info ~/.cache/unsamv2/unsamv2_plus_ckpt.pt --json")
     parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
                         help="a checkpoint or adapter file, or a cached registry model name")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.set_defaults(func=cmd_info)
+    _finish(parser, shared, cmd_info)
 
 
-def _add_convert(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+def _add_convert(sub: Any, shared: list[OptionAdder]) -> None:
     parser = _subparser(
-        sub, "convert", parents, "convert between UnSAMv2, SAM 2.1 and adapter files",
+        sub, "convert", "convert between UnSAMv2, SAM 2.1 and adapter files",
         "Load IN (optionally with --adapter applied) and write it as a full UnSAMv2 file, a plain SAM 2.1 "
         "file (the UnSAMv2 additions dropped), or an adapter file (granularity module + LoRA only).",
         "examples:\n  unsamv2 convert unsamv2.pt -o sam2.pt --to sam2\n"
@@ -281,7 +294,7 @@ def _add_convert(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--base", metavar="PATH",
                         help="with --to adapter: the base checkpoint the adapter is meant for (its sha256 is "
                              "recorded; default: IN)")
-    parser.set_defaults(func=cmd_convert)
+    _finish(parser, shared, cmd_convert)
 
 
 # ============================================================================ entry point
@@ -458,7 +471,22 @@ def _timed(func: Callable[[], Any], device: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def _prepare(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """What ``segment`` and ``sweep`` share once the model is loaded and the image embedded."""
+
+    image: np.ndarray  # as stored in the file (after --frame)
+    points: np.ndarray  # [N, 2] float32 (x, y)
+    labels: np.ndarray  # [N] int32
+    checkpoint: Path
+    device: Any  # torch.device
+    model: UnSAMv2Model
+    session: ImageSession
+    load_s: float
+    embed_s: float
+
+
+def _prepare(args: argparse.Namespace) -> _Run:
     """Everything ``segment`` and ``sweep`` share: validated inputs, loaded model, embedded image.
 
     Every cheap check (image, points, output names, model file) runs before the model is loaded.
@@ -478,30 +506,30 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
     session = ImageSession(model, mask_threshold=args.mask_threshold)
     _say(args, f"embedding {args.image} ({rgb8.shape[1]}x{rgb8.shape[0]}) ...")
     _, embed_s = _timed(lambda: _embed(session, rgb8), device)
-    return {"image": image, "rgb8": rgb8, "points": points, "labels": labels, "checkpoint": path,
-            "device": device, "model": model, "session": session, "load_s": load_s, "embed_s": embed_s}
+    return _Run(image=image, points=points, labels=labels, checkpoint=path, device=device, model=model,
+                session=session, load_s=load_s, embed_s=embed_s)
 
 
-def _base_metadata(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
+def _base_metadata(args: argparse.Namespace, run: _Run) -> dict[str, Any]:
     """JSON fields shared by ``segment`` and ``sweep``."""
-    model = run["model"]
+    model = run.model
     return {
         "engine_version": _engine_version(),
         "image": str(args.image),
-        "image_shape": list(run["image"].shape),
-        "image_dtype": str(run["image"].dtype),
+        "image_shape": list(run.image.shape),
+        "image_dtype": str(run.image.dtype),
         "frame": args.frame,
         "contrast_limits": list(args.contrast_limits) if args.contrast_limits else None,
-        "points": run["points"].tolist(),
-        "labels": run["labels"].tolist(),
+        "points": run.points.tolist(),
+        "labels": run.labels.tolist(),
         "mask_threshold": args.mask_threshold,
         "m2m": bool(args.m2m),
         "model": model.info.label,
         "model_family": model.info.family,
         "model_size": model.info.size,
-        "checkpoint": str(run["checkpoint"]),
+        "checkpoint": str(run.checkpoint),
         "adapter": str(args.adapter) if args.adapter else None,
-        "device": str(run["device"]),
+        "device": str(run.device),
     }
 
 
@@ -531,8 +559,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     granularity = check_granularity(args.granularity)
     run = _prepare(args)
     _say(args, f"decoding at granularity {granularity:g} ...")
-    pred, decode_s = _timed(lambda: run["session"].predict(run["points"], run["labels"], granularity,
-                                                           m2m=args.m2m), run["device"])
+    pred, decode_s = _timed(lambda: run.session.predict(run.points, run.labels, granularity, m2m=args.m2m),
+                            run.device)
     meta = {**_base_metadata(args, run), "granularity": granularity, "score": pred.score,
             "object_score": pred.object_score, "area": pred.area}
     from unsamv2_engine.io import write_labels
@@ -543,7 +571,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         _warn(f"the mask is empty (object score {pred.object_score:.2f}): try another point, granularity "
               "or a lower --mask-threshold")
     meta["output"] = str(args.output)
-    meta["timings"] = {"load_s": run["load_s"], "embed_s": run["embed_s"], "decode_s": decode_s}
+    meta["timings"] = {"load_s": run.load_s, "embed_s": run.embed_s, "decode_s": decode_s}
     _emit_json(args.json, meta)
     _summary(args, f"wrote {args.output} (area {pred.area} px, score {pred.score:.2f}, granularity "
                    f"{granularity:g})")
@@ -559,8 +587,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     granularities = check_granularities(args.granularities)
     run = _prepare(args)
     _say(args, f"decoding {len(granularities)} granularities ...")
-    sweep, decode_s = _timed(lambda: run["session"].sweep(run["points"], run["labels"], granularities,
-                                                          m2m=args.m2m), run["device"])
+    sweep, decode_s = _timed(lambda: run.session.sweep(run.points, run.labels, granularities, m2m=args.m2m),
+                             run.device)
     rows = _sweep_rows(granularities, sweep)
     base = _base_metadata(args, run)
     from unsamv2_engine.io import write_labels, write_table_csv
@@ -572,7 +600,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.table:
         write_table_csv(args.table, rows, columns=["page", "granularity", "area", "score", "object_score"])
     meta = {**base, "granularities": granularities, "pages": rows, "output": str(args.output),
-            "table": args.table, "timings": {"load_s": run["load_s"], "embed_s": run["embed_s"],
+            "table": args.table, "timings": {"load_s": run.load_s, "embed_s": run.embed_s,
                                              "decode_s": decode_s}}
     _emit_json(args.json, meta)
     _summary(args, f"wrote {args.output} ({len(rows)} pages)" + (f" and {args.table}" if args.table else ""))
@@ -700,7 +728,7 @@ def _plain(value: Any) -> str:
 def cmd_convert(args: argparse.Namespace) -> int:
     """``unsamv2 convert``: rewrite a checkpoint as an UnSAMv2, SAM 2.1 or adapter file."""
     from unsamv2_engine import weights
-    from unsamv2_engine.model.checkpoint import load_checkpoint, save_adapter, save_checkpoint
+    from unsamv2_engine.model.checkpoint import save_adapter, save_checkpoint
 
     source = weights.resolve_checkpoint(args.input)
     if args.base and args.to != "adapter":
@@ -713,19 +741,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if _same_file(source, args.output) or (args.adapter and _same_file(args.adapter, args.output)):
         raise CliError(f"-o {args.output} would overwrite an input file; choose another output name")
     _say(args, f"loading {source}" + (f" + adapter {args.adapter}" if args.adapter else "") + " ...")
-    with _reading_checkpoints(source, args.adapter):
-        model = load_checkpoint(source, device="cpu", adapter=args.adapter,
-                                allow_base_mismatch=args.allow_base_mismatch, merge_lora=False, source=args.input)
+    model = _load_for_convert(source, adapter=args.adapter, allow_base_mismatch=args.allow_base_mismatch,
+                              source=args.input)
     if args.to == "adapter":
         if args.base:
             _check_base(model, base, args.allow_base_mismatch)
         _say(args, f"hashing base {base} ...")
-        save_adapter(model, args.output, base_sha256=weights.sha256_file(base), base_source=str(args.base or args.input),
-                     metadata={"converted_from": str(args.input)})
+        save_adapter(model, args.output, base_sha256=weights.sha256_file(base),
+                     base_source=str(args.base or args.input), metadata={"converted_from": str(args.input)})
     else:
         save_checkpoint(model, args.output, kind=args.to)
     print(f"wrote {args.output} ({args.to}, {model.info.size})")
     return EXIT_OK
+
+
+def _load_for_convert(path: Path, *, adapter: str | None, allow_base_mismatch: bool, source: str) -> UnSAMv2Model:
+    """Load a checkpoint (plus adapter) on the CPU with LoRA unmerged, as the files store it."""
+    from unsamv2_engine.model.checkpoint import load_checkpoint
+
+    with _reading_checkpoints(path, adapter):
+        return load_checkpoint(path, device="cpu", adapter=adapter, allow_base_mismatch=allow_base_mismatch,
+                               merge_lora=False, source=source)
 
 
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,7 +55,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, pickle.UnpicklingError) as exc:
         size = path.stat().st_size
         raise CheckpointError(
             f"cannot read {path} ({size} bytes): {exc}. The file is truncated or not a PyTorch checkpoint; "
