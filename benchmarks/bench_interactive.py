@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -36,14 +37,27 @@ GRANULARITY = 0.5
 
 
 @dataclass
+class Timing:
+    """Median and fastest of the timed repeats, in milliseconds."""
+
+    median: float
+    best: float
+
+
+@dataclass
 class Row:
-    """One line of the results table: a median time (ms) or a ratio, with an optional verdict."""
+    """One line of the results table: a median time (ms), a ratio of medians or a memory size.
+
+    best: the fastest repeat (ms), for timings only; a large gap to the median means the
+    machine was busy with something else.
+    """
 
     name: str
     value: float
     unit: str  # "ms", "x" or "MiB"
     note: str = ""
     verdict: str = ""
+    best: float | None = None
 
 
 @dataclass
@@ -56,6 +70,9 @@ class Report:
 
     def add(self, name: str, value: float, unit: str, note: str = "", verdict: str = "") -> None:
         self.rows.append(Row(name, value, unit, note, verdict))
+
+    def add_timing(self, name: str, timing: Timing, note: str = "") -> None:
+        self.rows.append(Row(name, timing.median, "ms", note, best=timing.best))
 
 
 # ---------------------------------------------------------------- setup
@@ -86,11 +103,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> str:
+    """The 1-minute load average: above the thread count, other processes competed for the CPU."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
 def machine_info(device: torch.device) -> dict[str, str]:
     info = {"cpu": cpu_model(), "threads": str(torch.get_num_threads()), "torch": torch.__version__,
             "python": platform.python_version(), "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    info["load_at_start"] = load_average()
     return info
 
 
@@ -120,15 +146,20 @@ def time_once(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+def summarise(seconds: list[float]) -> Timing:
+    return Timing(1e3 * statistics.median(seconds), 1e3 * min(seconds))
+
+
+def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
+    """Time ``fn`` ``repeats`` times after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
-    return 1e3 * statistics.median(time_once(fn, device) for _ in range(repeats))
+    return summarise([time_once(fn, device) for _ in range(repeats)])
 
 
-def interleaved_median_ms(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
-                          repeats: int) -> dict[str, float]:
-    """Median ms of each function, the functions taking turns so that drift affects all alike."""
+def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
+                        repeats: int) -> dict[str, Timing]:
+    """Time several functions taking turns, so that load from elsewhere affects them alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -136,7 +167,7 @@ def interleaved_median_ms(fns: dict[str, Callable[[], object]], device: torch.de
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].append(time_once(fn, device))
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    return {name: summarise(t) for name, t in times.items()}
 
 
 def verdict(ok: bool) -> str:
@@ -161,26 +192,22 @@ def add_memory_rows(report: Report, device: torch.device, phase: str) -> None:
 # ---------------------------------------------------------------- measurements
 def bench_unsamv2(report: Report, args: argparse.Namespace, device: torch.device, image: np.ndarray,
                   point: list[list[float]]) -> ImageSession:
-    """Embedding, one decode, and the 10-g sweep against 10 decodes, on the UnSAMv2 model."""
+    """Embedding, and the 10-g sweep against 10 decodes, on the UnSAMv2 model; returns its session."""
     model = build_model(args.size, seed=0, device=device)
     session = ImageSession(model, decode_batch_size=args.decode_batch_size)
-    embed = median_ms(lambda: session.set_image(image), device, 1, args.embed_repeats)
-    report.add("image embedding (set_image)", embed, "ms", f"median of {args.embed_repeats}, after 1 warm-up")
+    embed = measure(lambda: session.set_image(image), device, 1, args.embed_repeats)
+    report.add_timing("image embedding (set_image)", embed, f"{args.embed_repeats} repeats after 1 warm-up")
 
-    one = median_ms(lambda: session.predict(point, [1], GRANULARITY), device, args.warmup, args.repeats)
-    report.add("UnSAMv2 decode, 1 point, g=0.5", one, "ms", "incl. upsampling to a full-resolution mask")
-
-    times = interleaved_median_ms({
+    times = measure_interleaved({
         "sweep": lambda: session.sweep(point, [1], SWEEP_GRANULARITIES),
         "loop": lambda: [session.predict(point, [1], g) for g in SWEEP_GRANULARITIES],
     }, device, args.warmup, args.repeats)
-    report.add("sweep of 10 g, batched (session.sweep)", times["sweep"], "ms",
-               f"decode batch size {session.decode_batch_size}")
-    report.add("10 separate decodes (session.predict)", times["loop"], "ms")
-    speedup = times["loop"] / times["sweep"]
+    report.add_timing("sweep of 10 g, batched (session.sweep)", times["sweep"],
+                      f"decode batch size {session.decode_batch_size}")
+    report.add_timing("10 separate decodes (session.predict)", times["loop"])
+    speedup = times["loop"].median / times["sweep"].median
     report.add("sweep speed-up (10 decodes / sweep)", speedup, "x", f"target >= {SWEEP_TARGET:g}x",
                verdict(speedup >= SWEEP_TARGET))
-    report.rows.append(Row("_unsamv2_decode_ms", one, "ms"))  # kept for the upstream ratio, not printed
     add_memory_rows(report, device, "UnSAMv2 model")
     return session
 
@@ -196,30 +223,29 @@ def upstream_decode(predictor: object, coords: np.ndarray, device: torch.device)
     return run
 
 
-def bench_upstream(report: Report, args: argparse.Namespace, device: torch.device, image: np.ndarray,
-                   point: list[list[float]]) -> None:
-    """Upstream SAM2ImagePredictor vs our decodes on the same plain SAM 2.1 model and image."""
+def bench_decodes(report: Report, args: argparse.Namespace, device: torch.device, image: np.ndarray,
+                  point: list[list[float]], unsamv2: ImageSession) -> None:
+    """One UnSAMv2 decode, and upstream SAM2ImagePredictor vs ours on the same plain SAM 2.1 model."""
     model: UnSAMv2Model = build_model(args.size, granularity=False, seed=0, device=device)
-    ours = ImageSession(model, decode_batch_size=args.decode_batch_size)
-    ours.set_image(image)
+    plain = ImageSession(model, decode_batch_size=args.decode_batch_size)
+    plain.set_image(image)
     predictor = upstream_image_predictor(model)
     with inference_context(device):  # same precision as ours (bf16 autocast on CUDA)
         predictor.set_image(image)
 
-    times = interleaved_median_ms({
+    times = measure_interleaved({
+        "unsamv2": lambda: unsamv2.predict(point, [1], GRANULARITY),
         "upstream": upstream_decode(predictor, np.asarray(point, np.float32), device),
-        "plain": lambda: ours.predict(point, [1], GRANULARITY),
+        "plain": lambda: plain.predict(point, [1], GRANULARITY),
     }, device, args.warmup, args.repeats)
-    report.add("upstream SAM2ImagePredictor.predict, multimask", times["upstream"], "ms",
-               "plain SAM 2.1, 3 full-resolution masks")
-    report.add("our plain-SAM decode (session.predict)", times["plain"], "ms", "same plain model, 1 mask")
-    unsamv2 = next(r.value for r in report.rows if r.name == "_unsamv2_decode_ms")
-    ratio = unsamv2 / times["upstream"]
-    report.add("UnSAMv2 decode / upstream decode", ratio, "x", f"target <= {UPSTREAM_TARGET:g}",
-               verdict(ratio <= UPSTREAM_TARGET))
-    plain_ratio = times["plain"] / times["upstream"]
-    report.add("our plain-SAM decode / upstream decode", plain_ratio, "x", f"target <= {UPSTREAM_TARGET:g}",
-               verdict(plain_ratio <= UPSTREAM_TARGET))
+    report.add_timing("UnSAMv2 decode, 1 point, g=0.5", times["unsamv2"], "incl. full-resolution mask")
+    report.add_timing("upstream SAM2ImagePredictor.predict, multimask", times["upstream"],
+                      "plain SAM 2.1; 3 full-resolution masks")
+    report.add_timing("our plain-SAM decode (session.predict)", times["plain"], "same plain model; 1 mask")
+    for name, key in (("UnSAMv2 decode / upstream decode", "unsamv2"),
+                      ("our plain-SAM decode / upstream decode", "plain")):
+        ratio = times[key].median / times["upstream"].median
+        report.add(name, ratio, "x", f"target <= {UPSTREAM_TARGET:g}", verdict(ratio <= UPSTREAM_TARGET))
     add_memory_rows(report, device, "end")
 
 
@@ -231,14 +257,14 @@ def format_value(row: Row) -> str:
 
 
 def table_lines(report: Report, markdown: bool) -> list[str]:
-    rows = [r for r in report.rows if not r.name.startswith("_")]
-    header = ("measurement", "result", "verdict", "note")
-    cells = [(r.name, format_value(r), r.verdict, r.note) for r in rows]
+    header = ("measurement", "median", "fastest", "verdict", "note")
+    cells = [(r.name, format_value(r), "" if r.best is None else f"{r.best:.1f} ms", r.verdict, r.note)
+             for r in report.rows]
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---:", ":---:", "---"]) + "|"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---:", "---:", ":---:", "---"]) + "|"]
         return lines + ["| " + " | ".join(c) + " |" for c in cells]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *cells)]
-    fmt = "  ".join(f"{{:{'>' if i == 1 else '<'}{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:{'>' if i in (1, 2) else '<'}{w}}}" for i, w in enumerate(widths))
     return [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in cells]
 
 
@@ -253,7 +279,7 @@ def print_report(report: Report, markdown: bool) -> None:
 
 def write_json(report: Report, path: Path) -> None:
     data = {"machine": report.machine, "settings": report.settings, "random_weights": True,
-            "rows": [asdict(r) for r in report.rows if not r.name.startswith("_")]}
+            "rows": [asdict(r) for r in report.rows]}
     path.write_text(json.dumps(data, indent=2))
 
 
@@ -267,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(machine_info(device), {
         "size": args.size, "image": f"{args.image_size}x{args.image_size}", "repeats": args.repeats,
         "embed_repeats": args.embed_repeats, "warmup": args.warmup, "decode_batch_size": args.decode_batch_size})
-    bench_unsamv2(report, args, device, image, point)
-    bench_upstream(report, args, device, image, point)
+    session = bench_unsamv2(report, args, device, image, point)
+    bench_decodes(report, args, device, image, point, session)
+    report.machine["load_at_end"] = load_average()
     print_report(report, args.markdown)
     if args.json:
         write_json(report, args.json)

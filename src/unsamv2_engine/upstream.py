@@ -44,7 +44,8 @@ def greedy_nms(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -
     score (stable for ties); a box is dropped when its IoU with an already kept box is
     strictly greater than ``iou_threshold``. Returns the int64 indices of the kept boxes in
     decreasing score order. The arithmetic follows torchvision's CPU kernel (areas without
-    +1, IoU in the boxes' dtype), so results match it exactly.
+    +1, IoU in the boxes' dtype, ``inter / (area_i + area_j - inter)``); the tests check it
+    against a brute-force NMS. Cost: one vectorised IoU row per kept box.
     """
     _check_nms_inputs(dets, scores)
     if dets.shape[0] == 0:
