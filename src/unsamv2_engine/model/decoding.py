@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unsamv2_engine.model.granularity import granularity_token
+from unsamv2_engine.model.two_way import two_way_transformer
 
 LOW_RES_LOGIT_CLAMP = 32.0
 
@@ -91,9 +92,10 @@ def run_mask_decoder(decoder: nn.Module, features: ImageFeatures, image_pe: torc
     output_tokens = torch.cat(token_weights, dim=0).unsqueeze(0).expand(batch, -1, -1)
     tokens = torch.cat([output_tokens.to(sparse.dtype), sparse], dim=1)
 
-    src = features.image_embed + dense  # broadcasts the one image over the prompt batch
-    pos = image_pe.expand(batch, -1, -1, -1)
-    hs, src = decoder.transformer(src, pos, tokens)
+    if dense.shape[0] > 1 and dense.stride(0) == 0:  # the same no-mask embedding for every prompt
+        dense = dense[:1]
+    src = features.image_embed + dense  # batch 1 unless mask inputs differ per prompt
+    hs, src = two_way_transformer(decoder.transformer, src, image_pe, tokens)
     b, c, h, w = src.shape[0], src.shape[2], *dense.shape[-2:]
     src = src.transpose(1, 2).reshape(b, c, h, w)
 
