@@ -24,6 +24,7 @@ from PIL import Image
 from unsamv2_engine import cli
 from unsamv2_engine.cli import main, parse_device, parse_granularities, parse_point
 from unsamv2_engine.io import read_labels
+from tests.conftest import make_cells_image
 
 REPO = Path(__file__).resolve().parents[1]
 POINT = "40,40"  # inside the left blob of the cells image (x = column, y = row)
@@ -48,24 +49,13 @@ def ckpts(tmp_path_factory, tiny_model, tiny_sam2_model) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
     """The conftest cells image (96x128 RGB) as PNG, TIFF and JPEG files."""
-    rgb = _cells_rgb()
+    rgb = make_cells_image()
     folder = tmp_path_factory.mktemp("images")
     paths = {"png": folder / "cells.png", "tif": folder / "cells.tif", "jpg": folder / "cells.jpg"}
     Image.fromarray(rgb).save(paths["png"])
     tifffile.imwrite(paths["tif"], rgb, photometric="rgb")
     Image.fromarray(rgb).save(paths["jpg"], quality=95)
     return paths
-
-
-def _cells_rgb() -> np.ndarray:
-    """Same picture as conftest's ``cells_image`` (a function-scoped fixture there)."""
-    yy, xx = np.mgrid[0:96, 0:128]
-    img = np.full((96, 128), 20, np.float32)
-    for cy, cx, r in [(40, 40, 22), (55, 95, 18)]:
-        d = np.hypot(yy - cy, xx - cx)
-        img[d < r] = 120
-        img[d < r / 2.5] = 230
-    return np.stack([img, img * 0.8, img * 0.6], -1).astype(np.uint8)
 
 
 _MODELS: dict[tuple, object] = {}
@@ -123,7 +113,7 @@ def reference_session(ckpts):
     model = _shared_load(ckpts["unsamv2"], source=str(ckpts["unsamv2"]), device=torch.device("cpu"), adapter=None,
                          allow_base_mismatch=False)
     session = ImageSession(model)
-    session.set_image(_cells_rgb())
+    session.set_image(make_cells_image())
     return session
 
 
