@@ -106,3 +106,14 @@ def test_unsamv2_config_flags(tiny_model, tiny_sam2_model):
     for flag in ("multimask_output_in_sam", "multimask_output_for_tracking", "use_multimask_token_for_obj_ptr"):
         assert getattr(tiny_model.sam, flag) is False
         assert getattr(tiny_sam2_model.sam, flag) is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["tiny", "base_plus", "large"])
+def test_every_sam21_size_builds_with_the_same_granularity_module(size):
+    """The granularity module lives in the 256-d decoder, so it is the same for every image-encoder size."""
+    model = build_model(size, seed=0)
+    state = model.sam.state_dict()
+    assert detect_size(state) == size
+    assert sum(p.numel() for p in model.granularity_parameters().values()) == 345_760
+    assert len(lora_layers(model.sam)) == 28
