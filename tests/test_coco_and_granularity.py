@@ -20,7 +20,8 @@ def test_sqrt_area_rule_edge_cases():
     assert sqrt_area_granularity([7, 7, 7]).tolist() == [1.0, 1.0, 1.0]
     assert sqrt_area_granularity([]).size == 0
     g = sqrt_area_granularity([0, 9, 36])
-    assert g[0] == 0.1 and g[2] == 1.0 and g[1] == pytest.approx(0.1 + 0.9 * 3 / 6)
+    r = np.sqrt(np.array([0, 9, 36]) + 1e-10)  # the rule adds 1e-10 inside each sqrt
+    assert g[0] == 0.1 and g[2] == 1.0 and g[1] == pytest.approx(0.1 + 0.9 * (r[1] - r[0]) / (r[2] - r[0]), abs=1e-12)
     with pytest.raises(ValueError):
         sqrt_area_granularity(np.ones((2, 2)))
 
