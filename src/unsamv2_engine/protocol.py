@@ -1,0 +1,161 @@
+"""The typed protocol between a front end (the napari widget, a script) and the engine.
+
+Requests and replies are plain dataclasses of numbers, strings and numpy arrays: they travel
+unchanged in-process, to a local engine process (pickled over a pipe), or to a remote engine.
+Every request carries a ``request_id``; its reply carries the same id. Replies to failed
+requests are :class:`Failure`; long jobs send :class:`Progress` messages before their reply.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+_ids = itertools.count(1)
+
+
+def next_request_id() -> int:
+    return next(_ids)
+
+
+# ------------------------------------------------------------------------------------ requests
+@dataclass
+class LoadModel:
+    """Load a checkpoint (path) or a registry model (name), optionally with an adapter."""
+
+    checkpoint: str | None = None
+    model_name: str | None = None
+    adapter: str | None = None
+    device: str = "auto"
+    download: bool = False
+    allow_base_mismatch: bool = False
+    request_id: int = field(default_factory=next_request_id)
+
+
+@dataclass
+class SetImage:
+    """Embed a 2D image under a key (e.g. ``"<layer>@<slice index>"``); kept in a small cache."""
+
+    image_key: str
+    image: np.ndarray
+    contrast_limits: tuple[float, float] | None = None
+    rgb: bool | None = None
+    request_id: int = field(default_factory=next_request_id)
+
+
+@dataclass
+class Predict:
+    """Decode one object on an embedded image. points_xy ``[N, 2]`` (x, y) pixels, labels ``[N]`` 1/0."""
+
+    image_key: str
+    points_xy: np.ndarray
+    labels: np.ndarray
+    granularity: float | None
+    mask_threshold: float = 0.0
+    m2m: bool = False
+    mask_input: np.ndarray | None = None
+    request_id: int = field(default_factory=next_request_id)
+
+
+@dataclass
+class SweepRequest:
+    """Decode one prompt at several granularities (one batched decoder pass)."""
+
+    image_key: str
+    points_xy: np.ndarray
+    labels: np.ndarray
+    granularities: list[float]
+    mask_threshold: float = 0.0
+    m2m: bool = False
+    request_id: int = field(default_factory=next_request_id)
+
+
+@dataclass
+class Shutdown:
+    request_id: int = field(default_factory=next_request_id)
+
+
+Request = Union[LoadModel, SetImage, Predict, SweepRequest, Shutdown]
+
+
+# ------------------------------------------------------------------------------------ replies
+@dataclass
+class ModelLoaded:
+    request_id: int
+    label: str
+    family: str
+    size: str
+    has_granularity: bool
+    device: str
+
+
+@dataclass
+class ImageEmbedded:
+    request_id: int
+    image_key: str
+    image_hw: tuple[int, int]
+    seconds: float
+    cached: bool
+
+
+@dataclass
+class Decoded:
+    """mask bool ``[H, W]``; low_res_logits ``[256, 256]`` float32."""
+
+    request_id: int
+    image_key: str
+    mask: np.ndarray
+    low_res_logits: np.ndarray
+    score: float
+    granularity: float | None
+    seconds: float
+
+
+@dataclass
+class SweepDecoded:
+    """masks bool ``[G, H, W]``; scores, areas ``[G]``; granularities in the order asked."""
+
+    request_id: int
+    image_key: str
+    granularities: list[float]
+    masks: np.ndarray
+    scores: np.ndarray
+    areas: np.ndarray
+    seconds: float
+
+
+@dataclass
+class Progress:
+    request_id: int
+    stage: str
+    done: int
+    total: int | None
+
+
+@dataclass
+class Failure:
+    """A request that failed. ``kind`` is the exception class name; ``user_error`` marks input
+    problems (bad prompt, missing weights) as opposed to bugs."""
+
+    request_id: int
+    kind: str
+    message: str
+    user_error: bool
+
+
+@dataclass
+class Stopped:
+    request_id: int
+
+
+Reply = Union[ModelLoaded, ImageEmbedded, Decoded, SweepDecoded, Progress, Failure, Stopped]
+
+
+def describe(message: Any) -> str:
+    """A short one-line description of a request or reply (logs, status bars)."""
+    name = type(message).__name__
+    key = getattr(message, "image_key", None)
+    return f"{name}#{getattr(message, 'request_id', '?')}" + (f" [{key}]" if key else "")
