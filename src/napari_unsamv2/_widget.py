@@ -1,0 +1,494 @@
+"""The UnSAMv2 dock widget: click, turn the granularity dial, watch the labels follow.
+
+A thin shell: layers become typed requests (:mod:`unsamv2_engine.protocol`), the engine runs
+outside the GUI thread (:mod:`unsamv2_engine.client`; a separate engine process by default,
+``UNSAMV2_ENGINE=thread`` for an in-process worker thread), and replies become layers. Replies
+arrive on a background thread and are handed to the GUI thread through a Qt signal.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
+                            QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QSlider, QVBoxLayout,
+                            QWidget)
+
+from napari_unsamv2 import _layers as L
+
+if TYPE_CHECKING:
+    import napari
+
+PROMPTS_LAYER = "UnSAMv2 prompts"
+PREVIEW_LAYER = "UnSAMv2 preview"
+OBJECTS_LAYER = "UnSAMv2 objects"
+DIAL_STEPS = 90  # slider 10..100 -> g 0.10..1.00
+NUDGE = 0.05
+CHECKPOINT_CHOICE = "checkpoint file…"
+KEYS = {"granularity_up": ".", "granularity_down": ",", "commit": "Shift-Enter", "clear": "Shift-Backspace",
+        "toggle_polarity": "n"}
+
+
+class _Relay(QObject):
+    """Carries engine replies from the reply thread to the GUI thread (queued connection)."""
+
+    reply = Signal(object)
+
+
+class UnSAMv2Widget(QWidget):
+    """Dock widget. ``engine`` may be injected (tests); otherwise one is started on first use."""
+
+    preview_updated = Signal(object)   # the Decoded reply shown in the preview layer
+    model_loaded = Signal(object)
+    sweep_added = Signal(list)         # the Labels layers of a sweep
+
+    def __init__(self, napari_viewer: "napari.Viewer", *, engine: Any = None) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self._engine = engine
+        self._relay = _Relay()
+        self._relay.reply.connect(self._on_reply)
+        self._model_ready = False
+        self._embedded_key: str | None = None
+        self._embedding_key: str | None = None
+        self._last_decoded: Any = None
+        self._pending: dict[int, str] = {}
+        self._sweep_count = 0
+        self._build_ui()
+        self._connect_viewer()
+        self._bind_keys()
+
+    # ================================================================== UI
+    def _build_ui(self) -> None:
+        from unsamv2_engine.weights import DEFAULT_MODEL, REGISTRY
+
+        layout = QVBoxLayout(self)
+
+        model_box = QGroupBox("Model")
+        form = QFormLayout(model_box)
+        self.model_combo = QComboBox()
+        self.model_combo.addItems(list(REGISTRY) + [CHECKPOINT_CHOICE])
+        self.model_combo.setCurrentText(DEFAULT_MODEL)
+        form.addRow("model", self.model_combo)
+        self.checkpoint_edit = self._path_row(form, "checkpoint", "a SAM 2.1 or UnSAMv2 .pt file")
+        self.adapter_edit = self._path_row(form, "adapter", "optional adapter .pt")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        form.addRow("device", self.device_combo)
+        self.download_check = QCheckBox("download if missing")
+        form.addRow("", self.download_check)
+        self.load_button = QPushButton("Load model")
+        self.load_button.clicked.connect(self.load_model)
+        form.addRow(self.load_button)
+        self.status_label = QLabel("no model loaded")
+        self.status_label.setWordWrap(True)
+        form.addRow(self.status_label)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
+        form.addRow(self.progress_bar)
+        layout.addWidget(model_box)
+
+        seg_box = QGroupBox("Segment")
+        seg = QFormLayout(seg_box)
+        self.image_combo = QComboBox()
+        self.image_combo.currentIndexChanged.connect(lambda _: self._ensure_embedding())
+        seg.addRow("image", self.image_combo)
+        dial_row = QHBoxLayout()
+        self.dial = QSlider(Qt.Orientation.Horizontal)
+        self.dial.setRange(10, 100)
+        self.dial.setValue(50)
+        self.dial.setToolTip(f"granularity: parts (0.1) to wholes (1.0); keys '{KEYS['granularity_down']}' "
+                             f"and '{KEYS['granularity_up']}' nudge it")
+        self.dial.valueChanged.connect(self._on_dial)
+        self.dial_label = QLabel("0.50")
+        dial_row.addWidget(self.dial)
+        dial_row.addWidget(self.dial_label)
+        seg.addRow("granularity", dial_row)
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(-10.0, 10.0)
+        self.threshold_spin.setSingleStep(0.5)
+        self.threshold_spin.setValue(0.0)
+        self.threshold_spin.valueChanged.connect(lambda _: self.request_preview())
+        seg.addRow("mask threshold", self.threshold_spin)
+        self.m2m_check = QCheckBox("M2M refinement (second pass)")
+        self.m2m_check.toggled.connect(lambda _: self.request_preview())
+        seg.addRow("", self.m2m_check)
+        buttons = QHBoxLayout()
+        self.prompts_button = QPushButton("Prompts layer")
+        self.prompts_button.clicked.connect(self.ensure_prompts_layer)
+        self.commit_button = QPushButton("Commit (⇧⏎)")
+        self.commit_button.clicked.connect(self.commit)
+        self.clear_button = QPushButton("Clear (⇧⌫)")
+        self.clear_button.clicked.connect(self.clear)
+        for b in (self.prompts_button, self.commit_button, self.clear_button):
+            buttons.addWidget(b)
+        seg.addRow(buttons)
+        layout.addWidget(seg_box)
+
+        sweep_box = QGroupBox("Sweep → hierarchy")
+        sw = QFormLayout(sweep_box)
+        self.sweep_edit = QLineEdit("0.1:1.0:10")
+        self.sweep_edit.setToolTip("a list (0.2,0.5,1.0) or START:STOP:N")
+        sw.addRow("granularities", self.sweep_edit)
+        self.sweep_button = QPushButton("Sweep current prompt")
+        self.sweep_button.clicked.connect(self.sweep)
+        sw.addRow(self.sweep_button)
+        layout.addWidget(sweep_box)
+        layout.addStretch(1)
+        self.model_combo.currentTextChanged.connect(self._on_model_choice)
+        self._on_model_choice(self.model_combo.currentText())
+
+    def _path_row(self, form: QFormLayout, name: str, placeholder: str) -> QLineEdit:
+        row = QHBoxLayout()
+        edit = QLineEdit()
+        edit.setPlaceholderText(placeholder)
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+
+        def pick() -> None:
+            path, _ = QFileDialog.getOpenFileName(self, f"Choose {name}", "", "PyTorch checkpoints (*.pt *.pth)")
+            if path:
+                edit.setText(path)
+
+        browse.clicked.connect(pick)
+        row.addWidget(edit)
+        row.addWidget(browse)
+        form.addRow(name, row)
+        return edit
+
+    def _on_model_choice(self, text: str) -> None:
+        self.checkpoint_edit.setEnabled(text == CHECKPOINT_CHOICE)
+
+    # ================================================================== viewer wiring
+    def _connect_viewer(self) -> None:
+        layers = self.viewer.layers
+        layers.events.inserted.connect(lambda e: self._refresh_images())
+        layers.events.removed.connect(lambda e: self._refresh_images())
+        self.viewer.dims.events.current_step.connect(lambda e: self._ensure_embedding())
+        self._refresh_images()
+
+    def _bind_keys(self) -> None:
+        bindings = {KEYS["granularity_up"]: lambda v: self.nudge(+NUDGE),
+                    KEYS["granularity_down"]: lambda v: self.nudge(-NUDGE),
+                    KEYS["commit"]: lambda v: self.commit(),
+                    KEYS["clear"]: lambda v: self.clear()}
+        for key, func in bindings.items():
+            self.viewer.bind_key(key, func, overwrite=True)
+        self._bound_keys = list(bindings)
+
+    def _image_layers(self) -> list:
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_images(self) -> None:
+        current = self.image_combo.currentText()
+        names = [layer.name for layer in self._image_layers()]
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        self.image_combo.blockSignals(False)
+        self._ensure_embedding()
+
+    def image_layer(self):
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    # ================================================================== engine
+    @property
+    def engine(self):
+        if self._engine is None:
+            from unsamv2_engine.client import EngineClient, ProcessTransport, ThreadTransport
+
+            mode = os.environ.get("UNSAMV2_ENGINE", "process")
+            self._engine = EngineClient(ThreadTransport() if mode == "thread" else ProcessTransport())
+        return self._engine
+
+    def _submit(self, request, purpose: str) -> None:
+        self._pending[request.request_id] = purpose
+        self.engine.submit(request, self._relay.reply.emit)
+
+    def load_model(self) -> None:
+        from unsamv2_engine import protocol as p
+
+        choice = self.model_combo.currentText()
+        checkpoint = self.checkpoint_edit.text().strip() if choice == CHECKPOINT_CHOICE else None
+        if choice == CHECKPOINT_CHOICE and not checkpoint:
+            self._notify("choose a checkpoint file first (or a model from the list)", "warning")
+            return
+        request = p.LoadModel(checkpoint=checkpoint, model_name=None if checkpoint else choice,
+                              adapter=self.adapter_edit.text().strip() or None,
+                              device=self.device_combo.currentText(), download=self.download_check.isChecked())
+        self._model_ready = False
+        self._embedded_key = self._embedding_key = None
+        self._busy(f"loading {checkpoint or choice}…")
+        self._submit(request, "load")
+
+    def _ensure_embedding(self) -> None:
+        from unsamv2_engine import protocol as p
+
+        layer = self.image_layer()
+        if not self._model_ready or layer is None:
+            return
+        leading = L.leading_indices(self.viewer.dims.current_step, layer.data.ndim, layer.rgb)
+        key = L.image_key(layer.name, id(layer), leading)
+        if key in (self._embedded_key, self._embedding_key):
+            if key == self._embedded_key:
+                self.request_preview()
+            return
+        plane = L.plane_of(layer.data, leading, layer.rgb)
+        contrast = None if plane.dtype == np.uint8 else tuple(float(c) for c in layer.contrast_limits)
+        self._embedding_key = key
+        self._busy(f"computing the image embedding of {layer.name}…")
+        self._submit(p.SetImage(key, np.ascontiguousarray(plane), contrast_limits=contrast, rgb=layer.rgb), "embed")
+
+    @property
+    def granularity(self) -> float:
+        return self.dial.value() / 100.0
+
+    def set_granularity(self, g: float) -> None:
+        self.dial.setValue(int(round(min(max(g, 0.1), 1.0) * 100)))
+
+    def nudge(self, delta: float) -> None:
+        self.set_granularity(self.granularity + delta)
+
+    def _on_dial(self, value: int) -> None:
+        self.dial_label.setText(f"{value / 100:.2f}")
+        self.request_preview()
+
+    def current_prompt(self) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]] | None:
+        layer, points = self.image_layer(), self._prompts_layer()
+        if layer is None or points is None or len(points.data) == 0:
+            return None
+        leading = L.leading_indices(self.viewer.dims.current_step, layer.data.ndim, layer.rgb)
+        data = np.array([layer.world_to_data(points.data_to_world(pt)) for pt in points.data])
+        spatial = L.spatial_ndim(layer.data.ndim, layer.rgb)
+        xy, labels = L.prompt_from_points(data[:, -spatial:], list(points.features[L.POLARITY]), leading)
+        if not np.any(labels == 1):
+            return None
+        return xy, labels, leading
+
+    def request_preview(self) -> None:
+        from unsamv2_engine import protocol as p
+
+        prompt = self.current_prompt()
+        if self._embedded_key is None or prompt is None:
+            return
+        xy, labels, _ = prompt
+        self._submit(p.Predict(self._embedded_key, xy, labels, self.granularity,
+                               mask_threshold=self.threshold_spin.value(), m2m=self.m2m_check.isChecked()),
+                     "preview")
+
+    # ================================================================== replies (GUI thread)
+    def _on_reply(self, reply) -> None:
+        from unsamv2_engine import protocol as p
+
+        if isinstance(reply, p.Progress):
+            self._progress(reply)
+            return
+        purpose = self._pending.pop(reply.request_id, None)
+        if isinstance(reply, p.Failure):
+            self._idle(f"error: {reply.message}" if purpose == "load" else None)
+            if purpose == "embed":
+                self._embedding_key = None
+            self._notify(reply.message if reply.user_error else f"{reply.kind}: {reply.message}", "error")
+        elif isinstance(reply, p.ModelLoaded):
+            self._model_ready = True
+            grain = "granularity module" if reply.has_granularity else "plain SAM 2.1: the dial picks among 3 masks"
+            self._idle(f"{reply.label} on {reply.device} ({grain})")
+            self.model_loaded.emit(reply)
+            self._ensure_embedding()
+        elif isinstance(reply, p.ImageEmbedded):
+            if reply.image_key == self._embedding_key:
+                self._embedded_key, self._embedding_key = reply.image_key, None
+                self._idle(f"image ready ({reply.image_hw[1]}x{reply.image_hw[0]}, {reply.seconds:.1f} s)")
+                self.request_preview()
+        elif isinstance(reply, p.Decoded):
+            if reply.image_key == self._embedded_key:
+                self._show_preview(reply)
+        elif isinstance(reply, p.SweepDecoded):
+            self._add_sweep(reply)
+
+    def _show_preview(self, reply) -> None:
+        layer = self.image_layer()
+        if layer is None:
+            return
+        self._last_decoded = reply
+        leading = L.leading_indices(self.viewer.dims.current_step, layer.data.ndim, layer.rgb)
+        shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
+        preview = self._labels_layer(PREVIEW_LAYER, shape, layer, opacity=0.5)
+        data = np.zeros(shape, np.uint8) if preview.data.shape != tuple(shape) else preview.data
+        data[...] = 0
+        data[tuple(leading)] = reply.mask.astype(np.uint8)
+        preview.data = data
+        self.preview_updated.emit(reply)
+
+    # ================================================================== actions
+    def ensure_prompts_layer(self):
+        layer = self._prompts_layer()
+        if layer is not None:
+            return layer
+        image = self.image_layer()
+        ndim = L.spatial_ndim(image.data.ndim, image.rgb) if image is not None else 2
+        layer = self.viewer.add_points(
+            np.zeros((0, ndim)), name=PROMPTS_LAYER, ndim=ndim, size=10, border_width=0.1,
+            features={L.POLARITY: np.array([], dtype=object)}, feature_defaults={L.POLARITY: L.POSITIVE},
+            face_color=L.POLARITY, face_color_cycle=[L.POLARITY_COLOURS[L.POSITIVE], L.POLARITY_COLOURS[L.NEGATIVE]],
+            scale=image.scale[-ndim:] if image is not None else None,
+            translate=image.translate[-ndim:] if image is not None else None,
+        )
+        layer.face_color_cycle_map = {L.POSITIVE: L.POLARITY_COLOURS[L.POSITIVE],
+                                      L.NEGATIVE: L.POLARITY_COLOURS[L.NEGATIVE]}
+        layer.mode = "add"
+        layer.events.data.connect(lambda e: self.request_preview())
+        layer.bind_key(KEYS["toggle_polarity"], lambda lyr: self.toggle_polarity(), overwrite=True)
+        return layer
+
+    def _prompts_layer(self):
+        return self.viewer.layers[PROMPTS_LAYER] if PROMPTS_LAYER in self.viewer.layers else None
+
+    def toggle_polarity(self) -> str:
+        """Switch the polarity of the next clicks (and of the selected points)."""
+        layer = self.ensure_prompts_layer()
+        current = layer.feature_defaults[L.POLARITY][0]
+        new = L.NEGATIVE if current == L.POSITIVE else L.POSITIVE
+        layer.feature_defaults = {L.POLARITY: new}
+        if layer.selected_data:
+            feats = layer.features.copy()
+            for i in layer.selected_data:
+                feats.loc[i, L.POLARITY] = new
+            layer.features = feats
+            layer.refresh_colors()
+            self.request_preview()
+        self.status_label.setText(f"next clicks: {new}")
+        return new
+
+    def add_point(self, row: float, col: float, positive: bool = True) -> None:
+        """Add a prompt at (row, col) of the current plane (what a click does; used by scripts/tests)."""
+        layer = self.ensure_prompts_layer()
+        image = self.image_layer()
+        leading = L.leading_indices(self.viewer.dims.current_step, image.data.ndim, image.rgb) if image else ()
+        layer.feature_defaults = {L.POLARITY: L.POSITIVE if positive else L.NEGATIVE}
+        layer.add(np.array([[*leading, row, col]], dtype=float))
+        layer.feature_defaults = {L.POLARITY: L.POSITIVE}
+
+    def commit(self) -> int | None:
+        """Paint the previewed object into the objects layer (undoable) with a features row."""
+        reply, image = self._last_decoded, self.image_layer()
+        if reply is None or image is None or reply.image_key != self._embedded_key or not reply.mask.any():
+            self._notify("nothing to commit: click on an object first", "info")
+            return None
+        leading = L.leading_indices(self.viewer.dims.current_step, image.data.ndim, image.rgb)
+        shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        objects = self._labels_layer(OBJECTS_LAYER, shape, image, dtype=np.uint32)
+        label = int(objects.data.max()) + 1
+        parent = L.parent_label(np.asarray(objects.data[tuple(leading)]), reply.mask)
+        objects.data_setitem(L.plane_indices(reply.mask, leading), label)
+        features = {k: list(v) for k, v in objects.features.to_dict("list").items()} if len(objects.features) else {}
+        objects.features = L.append_row(features, {
+            "index": label, "granularity": reply.granularity, "score": float(reply.score), "parent": parent,
+            "area": int(reply.mask.sum()), "plane": ",".join(map(str, leading))})
+        self.clear()
+        return label
+
+    def clear(self) -> None:
+        points = self._prompts_layer()
+        if points is not None and len(points.data):
+            points.data = np.zeros((0, points.ndim))
+        if PREVIEW_LAYER in self.viewer.layers:
+            self.viewer.layers[PREVIEW_LAYER].data = np.zeros_like(self.viewer.layers[PREVIEW_LAYER].data)
+        self._last_decoded = None
+
+    def sweep(self) -> None:
+        from unsamv2_engine import protocol as p
+
+        try:
+            granularities = L.parse_granularity_list(self.sweep_edit.text())
+        except ValueError as exc:
+            self._notify(f"granularities: {exc}", "warning")
+            return
+        prompt = self.current_prompt()
+        if self._embedded_key is None or prompt is None:
+            self._notify("load a model and click a positive point first", "info")
+            return
+        xy, labels, _ = prompt
+        self._busy(f"sweeping {len(granularities)} granularities…")
+        self._submit(p.SweepRequest(self._embedded_key, xy, labels, granularities,
+                                    mask_threshold=self.threshold_spin.value(), m2m=self.m2m_check.isChecked()),
+                     "sweep")
+
+    def _add_sweep(self, reply) -> None:
+        from unsamv2_engine.io.hierarchy import build_hierarchy, enforce_nesting
+
+        image = self.image_layer()
+        self._idle(f"sweep of {len(reply.granularities)} granularities in {reply.seconds:.2f} s")
+        if image is None:
+            return
+        self._sweep_count += 1
+        hierarchy = enforce_nesting(build_hierarchy([m.astype(np.uint32) for m in reply.masks],
+                                                    list(reply.granularities), scores=list(reply.scores)))
+        leading = L.leading_indices(self.viewer.dims.current_step, image.data.ndim, image.rgb)
+        shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        layers = []
+        meta = {"granularities": hierarchy.granularities, "table": hierarchy.table, "sweep": self._sweep_count,
+                "plane": list(leading)}
+        for level, g in enumerate(hierarchy.granularities):
+            data = np.zeros(shape, np.uint32)
+            data[tuple(leading)] = hierarchy.labels[level]
+            rows = [r for r in hierarchy.table if r["level"] == level]
+            features = {"index": [r["label"] for r in rows], "granularity": [r["granularity"] for r in rows],
+                        "parent": [r["parent"] for r in rows], "area": [r["area"] for r in rows],
+                        "score": [r["score"] for r in rows]}
+            layer = self.viewer.add_labels(data, name=f"sweep {self._sweep_count} g={g:.2f}", features=features,
+                                           scale=image.scale[-len(shape):], translate=image.translate[-len(shape):],
+                                           metadata={"unsamv2_hierarchy": {**meta, "level": level}}, opacity=0.6)
+            layers.append(layer)
+        self.sweep_added.emit(layers)
+
+    # ================================================================== helpers
+    def _labels_layer(self, name: str, shape, image, *, dtype=np.uint8, opacity: float = 0.7):
+        if name in self.viewer.layers and self.viewer.layers[name].data.shape == tuple(shape):
+            return self.viewer.layers[name]
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        spatial = len(shape)
+        layer = self.viewer.add_labels(np.zeros(shape, dtype), name=name, opacity=opacity,
+                                       scale=image.scale[-spatial:], translate=image.translate[-spatial:])
+        self.viewer.layers.selection.active = self._prompts_layer() or layer
+        return layer
+
+    def _busy(self, text: str) -> None:
+        self.status_label.setText(text)
+        self.progress_bar.setRange(0, 0)
+        self.progress_bar.setVisible(True)
+
+    def _idle(self, text: str | None) -> None:
+        if text:
+            self.status_label.setText(text)
+        self.progress_bar.setVisible(False)
+
+    def _progress(self, reply) -> None:
+        if reply.total:
+            self.progress_bar.setRange(0, 1000)
+            self.progress_bar.setValue(int(1000 * reply.done / reply.total))
+        self.status_label.setText(f"{reply.stage}…")
+
+    def _notify(self, message: str, level: str) -> None:
+        from napari.utils import notifications
+
+        {"error": notifications.show_error, "warning": notifications.show_warning,
+         "info": notifications.show_info}[level](message)
+
+    def close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        self.close_engine()
+        super().closeEvent(event)
