@@ -286,6 +286,14 @@ class UnSAMv2Widget(QWidget):
 
     # ================================================================== replies (GUI thread)
     def _on_reply(self, reply) -> None:
+        """Turn one engine reply into layer updates; a failure here becomes a notification, never a crash."""
+        try:
+            self._handle_reply(reply)
+        except Exception as exc:  # noqa: BLE001 - napari must survive any bug in the hand-over
+            self._idle(None)
+            self._notify(f"UnSAMv2 could not show the result: {type(exc).__name__}: {exc}", "error")
+
+    def _handle_reply(self, reply) -> None:
         from unsamv2_engine import protocol as p
 
         if isinstance(reply, p.Progress):
@@ -430,8 +438,8 @@ class UnSAMv2Widget(QWidget):
         if image is None:
             return
         self._sweep_count += 1
-        hierarchy = enforce_nesting(build_hierarchy([m.astype(np.uint32) for m in reply.masks],
-                                                    list(reply.granularities), scores=list(reply.scores)))
+        hierarchy = enforce_nesting(build_hierarchy([[m] for m in reply.masks], list(reply.granularities),
+                                                    scores=[[float(s)] for s in reply.scores]))
         leading = L.leading_indices(self.viewer.dims.current_step, image.data.ndim, image.rgb)
         shape = image.data.shape[:-1] if image.rgb else image.data.shape
         layers = []
