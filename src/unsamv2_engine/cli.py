@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub, [_add_common_options])
     _add_info(sub, [_add_common_options])
     _add_convert(sub, [_add_common_options])
+    _add_napari(sub, [_add_model_options, _add_common_options])
+    from unsamv2_engine.evaluate.cli import add_parser as add_evaluate  # standard library only
+
+    add_evaluate(sub)
     return parser
 
 
@@ -295,6 +299,27 @@ def _add_convert(sub: Any, shared: list[OptionAdder]) -> None:
                         help="with --to adapter: the base checkpoint the adapter is meant for (its sha256 is "
                              "recorded; default: IN)")
     _finish(parser, shared, cmd_convert)
+
+
+def _add_napari(sub: Any, shared: list[OptionAdder]) -> None:
+    parser = _subparser(
+        sub, "napari", "open napari with the UnSAMv2 widget docked",
+        "Open napari on IMAGE (or a bundled sample), dock the UnSAMv2 widget and load the model. Click on an "
+        "object, turn the granularity dial, commit objects, sweep a hierarchy.",
+        "examples:\n  unsamv2 napari --sample cells --model unsamv2-plus --download\n"
+        "  unsamv2 napari cells.tif --checkpoint sam2.1_hiera_small.pt --adapter lab.pt")
+    parser.add_argument("image", nargs="?", metavar="IMAGE", help="an image file napari can open")
+    parser.add_argument("--sample", default="cells", choices=["cells", "ihc", "cell"],
+                        help="sample shown when no IMAGE is given (default: synthetic cells)")
+    parser.add_argument("--no-load", action="store_true", help="do not start loading the model")
+    _finish(parser, shared, cmd_napari)
+
+
+def cmd_napari(args: argparse.Namespace) -> int:
+    """Run napari with the widget (needs a display and a Qt binding: the pyqt6 extra)."""
+    from napari_unsamv2.launch import run_from_args
+
+    return run_from_args(args)
 
 
 # ============================================================================ entry point

@@ -1,0 +1,289 @@
+"""The ``unsamv2 evaluate`` command: interactive NoC / 1-IoU per granularity mode, sweeps, whole-image AR.
+
+::
+
+    unsamv2 evaluate DATASET -o OUT_DIR [--checkpoint PATH | --model NAME] [--adapter PATH] [--device D]
+        [--modes oracle,fixed:0.5,level,sam-single,sam-oracle3] [--max-clicks 20] [--mask-threshold -1]
+        [--max-objects-per-image N] [--levels cell,nucleus] [--predictions dets.json]
+
+Wiring: ``add_parser(subparsers)`` registers the command (with its own ``-q/--quiet`` and
+``--traceback``) and sets ``func=run``; ``run(args)`` returns the exit code. This module imports
+the standard library only; everything heavy is imported inside :func:`run`. Errors a user can fix
+are raised as ``ValueError`` / ``OSError`` (the main CLI prints them as one line, exit 2).
+:func:`main` runs the command on its own (``python -m unsamv2_engine.evaluate.cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "main", "run"]
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+_NEGATIVE_VALUE = re.compile(r"^-\.?\d")
+
+DESCRIPTION = (
+    "Evaluate a model on a dataset of images with ground-truth objects. Interactive protocol of "
+    "RITM/GraCo/UnSAMv2: the RITM click simulator, up to --max-clicks clicks per object, the previous "
+    "logits fed back, NoC@80/85/90, NoF and 1-IoU per mode and per hierarchy level. With --predictions, "
+    "class-agnostic AR@100/AR@1000 of the given detections (COCOeval, useCats=0)."
+)
+EPILOG = """\
+modes:
+  oracle       per object, the g in the oracle grid with the fewest clicks (GraCo/UnSAMv2; optimistic)
+  fixed:G      one granularity G for every object
+  level        g* from the object's place in the GT hierarchy (sqrt-area rule on the masks containing
+               its first click; not an oracle)
+  sam-single   plain SAM 2.1, single-mask output (needs a SAM 2.1 model: --baseline-checkpoint/-model
+               when the main model is UnSAMv2)
+  sam-oracle3  plain SAM 2.1, best of its 3 multimask outputs against the GT at every click
+default modes: oracle,level for an UnSAMv2 model, sam-single,sam-oracle3 for a SAM 2.1 model;
+none with --predictions (AR only, no model is loaded). --modes none skips the interactive part.
+
+datasets: a folder of images/ + labels/ (or NAME.tif + NAME_labels.tif), a COCO .json (images next to
+it, or --image-dir), or a folder of synthetic samples (hierarchy.csv + labels_<level>.tif).
+
+outputs in OUT_DIR: results.json, objects.csv, summary.csv, summary.md, iou_vs_clicks.png,
+area_vs_g.png, ar_vs_iou.png. Reference: docs/evaluation.md.
+"""
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one value")
+    return values
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _grid(text: str) -> list[float]:
+    """``0.1,0.5,1.0`` or ``START:STOP:N``."""
+    if ":" in text:
+        parts = text.split(":")
+        try:
+            start, stop, n = float(parts[0]), float(parts[1]), int(parts[2])
+        except (ValueError, IndexError):
+            raise argparse.ArgumentTypeError(f"START:STOP:N, e.g. 0.1:1.0:10; got {text!r}") from None
+        if len(parts) != 3 or n < 1:
+            raise argparse.ArgumentTypeError(f"START:STOP:N, e.g. 0.1:1.0:10; got {text!r}")
+        return [round(start + i * (stop - start) / max(n - 1, 1), 10) for i in range(n)]
+    values = _float_list(text)
+    if any(not 0.1 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"granularities must lie in [0.1, 1.0], got {text!r}")
+    return values
+
+
+def _device(text: str) -> str:
+    name = text.strip().lower()
+    if name in DEVICE_CHOICES or re.fullmatch(r"cuda:\d+", name):
+        return name
+    raise argparse.ArgumentTypeError(f"device must be one of {', '.join(DEVICE_CHOICES)} or cuda:N, got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``evaluate`` on an ``argparse`` subparsers object; returns its parser (``func=run``)."""
+    parser = subparsers.add_parser("evaluate", help="evaluate interactive segmentation (NoC, 1-IoU) and AR",
+                                   description=textwrap.fill(DESCRIPTION, 79), epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser._negative_number_matcher = _NEGATIVE_VALUE  # type: ignore[attr-defined]  # --mask-threshold -1
+    parser.add_argument("dataset", metavar="DATASET", help="dataset folder or COCO .json (see below)")
+    parser.add_argument("-o", "--output", dest="out_dir", metavar="OUT_DIR", required=True,
+                        help="folder for the result files (created)")
+
+    model = parser.add_argument_group("model")
+    which = model.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", metavar="PATH", help="a SAM 2.1 or UnSAMv2 checkpoint file (.pt)")
+    which.add_argument("--model", metavar="NAME", help="a registry model ('unsamv2 models'); default: unsamv2-plus")
+    model.add_argument("--adapter", metavar="PATH", help="an UnSAMv2 adapter file applied on top of the model")
+    model.add_argument("--allow-base-mismatch", action="store_true",
+                       help="apply --adapter even if it records another base model")
+    base = model.add_mutually_exclusive_group()
+    base.add_argument("--baseline-checkpoint", metavar="PATH",
+                      help="SAM 2.1 checkpoint for the sam-single / sam-oracle3 modes")
+    base.add_argument("--baseline-model", metavar="NAME", help="registry SAM 2.1 model for the sam-* modes")
+    model.add_argument("--device", default="auto", type=_device, metavar="{auto,cpu,cuda,mps}",
+                       help="where to run (default: auto)")
+    model.add_argument("--download", action="store_true", help="download registry models that are not cached")
+
+    proto = parser.add_argument_group("interactive protocol")
+    proto.add_argument("--modes", metavar="LIST", default=None,
+                       help="comma-separated: oracle, fixed:G, level, sam-single, sam-oracle3, or none")
+    proto.add_argument("--max-clicks", type=_positive_int, default=20, metavar="N", help="click budget (default: 20)")
+    proto.add_argument("--target-iou", type=float, default=None, metavar="T",
+                       help="stop an object at this IoU (default: the largest --thresholds value)")
+    proto.add_argument("--thresholds", type=_float_list, default=[0.80, 0.85, 0.90], metavar="LIST",
+                       help="NoC/NoF IoU levels (default: 0.8,0.85,0.9)")
+    proto.add_argument("--full-curves", action="store_true",
+                       help="always simulate --max-clicks clicks (exact IoU-vs-click curves; slower)")
+    proto.add_argument("--mask-threshold", type=float, default=-1.0, metavar="T",
+                       help="logits above T are foreground (default: -1, as the UnSAMv2 evaluation)")
+    proto.add_argument("--granularities", type=_grid, default=None, metavar="LIST",
+                       help="the oracle's g grid, 0.1,0.5,1.0 or START:STOP:N (default: 0.1:1.0:10)")
+    proto.add_argument("--no-oracle-cutoff", action="store_true",
+                       help="run every g of the oracle to the end (same result, slower; full per-g counts)")
+    proto.add_argument("--sweep-granularities", type=_grid, default=None, metavar="LIST",
+                       help="g grid of the first-click area/nestedness sweep (default: the oracle grid)")
+    proto.add_argument("--no-sweep", action="store_true", help="skip the first-click granularity sweep")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--levels", metavar="LIST", default=None, help="evaluate only these levels (e.g. cell,nucleus)")
+    data.add_argument("--max-objects-per-image", type=_positive_int, default=None, metavar="N",
+                      help="evaluate a seeded random subset of at most N objects per image")
+    data.add_argument("--min-area", type=_positive_int, default=1, metavar="PX",
+                      help="evaluate only objects of at least PX pixels (default: 1)")
+    data.add_argument("--seed", type=int, default=0, help="subsampling seed (default: 0)")
+    data.add_argument("--limit-images", type=_positive_int, default=None, metavar="N",
+                      help="use only the first N images")
+    data.add_argument("--image-dir", metavar="DIR", default=None, help="COCO datasets: folder of the images")
+
+    whole = parser.add_argument_group("whole-image AR")
+    whole.add_argument("--predictions", metavar="DETS.json", default=None,
+                       help="COCO detection results (list, or a COCO document) for AR against every GT object; "
+                            "image_id may be the image's number (1..N in dataset order) or its name")
+    whole.add_argument("--max-dets", type=_int_list, default=[1, 100, 1000], metavar="LIST",
+                       help="COCOeval maxDets (default: 1,100,1000)")
+
+    msg = parser.add_argument_group("messages")
+    msg.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    msg.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
+    msg.add_argument("--traceback", action="store_true", help="show the Python traceback of an error")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _load(source: str, *, is_path: bool, args: argparse.Namespace, adapter: str | None, device: Any) -> Any:
+    """Resolve and load one model."""
+    from unsamv2_engine import weights
+    from unsamv2_engine.model.checkpoint import load_checkpoint
+
+    if not is_path:
+        weights.get_entry(source)
+    path = weights.resolve_checkpoint(source, download_missing=args.download, progress=not args.quiet)
+    if adapter and not Path(adapter).is_file():
+        raise FileNotFoundError(f"adapter file not found: {adapter}")
+    _say(args, f"loading {source}" + (f" + adapter {adapter}" if adapter else "") + f" on {device} ...")
+    return load_checkpoint(path, device=device, adapter=adapter, allow_base_mismatch=args.allow_base_mismatch,
+                           source=source)
+
+
+def _dataset(args: argparse.Namespace) -> Any:
+    from unsamv2_engine.evaluate.datasets import load_dataset
+
+    levels = [v.strip() for v in args.levels.split(",") if v.strip()] if args.levels else None
+    ds = load_dataset(args.dataset, image_dir=args.image_dir, levels=levels, min_area=args.min_area,
+                      max_objects_per_image=args.max_objects_per_image, seed=args.seed)
+    if args.limit_images is not None and args.limit_images < len(ds):
+        ds = ds.head(args.limit_images)
+    return ds
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``unsamv2 evaluate``; returns 0. Raises ValueError / OSError for user errors."""
+    from unsamv2_engine.evaluate.interactive import DEFAULT_GRID, parse_modes
+    from unsamv2_engine.evaluate.report import markdown_summary, write_report
+    from unsamv2_engine.evaluate.runner import evaluate_interactive, evaluate_whole_image
+
+    if args.predictions and not Path(args.predictions).is_file():
+        raise FileNotFoundError(f"predictions file not found: {args.predictions}")
+    if len(args.max_dets) != 3:
+        raise ValueError("--max-dets needs three values, e.g. 1,100,1000")
+    modes_text = args.modes if args.modes is not None else ("none" if args.predictions else None)
+    modes = None if modes_text is None else ([] if modes_text.strip().lower() == "none" else parse_modes(modes_text))
+    dataset = _dataset(args)
+    _say(args, f"dataset {args.dataset}: {len(dataset)} images ({dataset.kind})")
+
+    interactive = None
+    if modes is None or modes:
+        from unsamv2_engine.devices import resolve_device
+        from unsamv2_engine.evaluate.predictors import SessionPredictor
+        from unsamv2_engine.weights import DEFAULT_MODEL
+
+        try:
+            device = resolve_device(args.device)
+        except RuntimeError as exc:
+            raise ValueError(str(exc)) from None
+        main_source = args.checkpoint or args.model or DEFAULT_MODEL
+        model = _load(main_source, is_path=bool(args.checkpoint), args=args, adapter=args.adapter, device=device)
+        predictor = SessionPredictor(model, mask_threshold=args.mask_threshold)
+        if modes is None:
+            modes = parse_modes("oracle,level" if model.has_granularity else "sam-single,sam-oracle3")
+        baseline = None
+        if args.baseline_checkpoint or args.baseline_model:
+            base_model = _load(args.baseline_checkpoint or args.baseline_model, is_path=bool(args.baseline_checkpoint),
+                               args=args, adapter=None, device=device)
+            baseline = SessionPredictor(base_model, mask_threshold=args.mask_threshold)
+        target = args.target_iou if args.target_iou is not None else max(args.thresholds)
+        grid = args.granularities or list(DEFAULT_GRID)
+        sweep_grid = None if args.no_sweep else (args.sweep_granularities or grid)
+        _say(args, f"modes {', '.join(m.name for m in modes)}; target IoU {target}, <= {args.max_clicks} clicks, "
+                   f"mask threshold {args.mask_threshold}")
+        interactive = evaluate_interactive(
+            dataset, predictor, modes, baseline=baseline, max_clicks=args.max_clicks, target_iou=target,
+            thresholds=args.thresholds, stop_early=not args.full_curves, grid=grid,
+            oracle_cutoff=not args.no_oracle_cutoff, sweep_grid=sweep_grid,
+            progress=None if args.quiet else (lambda line: _say(args, line)))
+
+    whole = None
+    if args.predictions:
+        _say(args, f"whole-image AR of {args.predictions} ...")
+        whole = evaluate_whole_image(dataset, json.loads(Path(args.predictions).read_text()), max_dets=args.max_dets)
+
+    config = {"command": "evaluate", "dataset": str(args.dataset), "predictions": args.predictions,
+              "checkpoint": args.checkpoint, "model": args.model, "adapter": args.adapter,
+              "baseline": args.baseline_checkpoint or args.baseline_model, "mask_threshold": args.mask_threshold}
+    files = write_report(args.out_dir, interactive=interactive, whole_image=whole, config=config,
+                         plots=not args.no_plots)
+    print(markdown_summary(interactive, whole))
+    print(f"wrote {len(files)} files to {args.out_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command on its own: ``python -m unsamv2_engine.evaluate.cli DATASET -o OUT ...``."""
+    parser = argparse.ArgumentParser(prog="unsamv2")
+    sub = parser.add_subparsers(dest="command")
+    add_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv if argv[:1] == ["evaluate"] else ["evaluate", *argv])
+    try:
+        return run(args)
+    except (ValueError, OSError) as exc:
+        if args.traceback:
+            raise
+        print(f"unsamv2: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
