@@ -428,13 +428,15 @@ def test_help_does_not_import_torch():
         "import sys\n"
         "from unsamv2_engine.cli import main\n"
         "for argv in (['--help'], ['segment', '--help'], ['sweep', '--help'], ['models', '--help'],\n"
-        "             ['info', '--help'], ['convert', '--help'], ['--version']):\n"
+        "             ['info', '--help'], ['convert', '--help'], ['synth', '--help'], ['evaluate', '--help'],\n"
+        "             ['napari', '--help'], ['--version']):\n"
         "    try:\n"
         "        rc = main(argv)\n"
         "    except SystemExit as exc:\n"
         "        rc = exc.code\n"
         "    assert rc in (0, None), (argv, rc)\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sam2', 'hydra', 'napari'))\n"
+        "heavy = sorted(m for m in sys.modules\n"
+        "               if m.split('.')[0] in ('torch', 'sam2', 'hydra', 'napari', 'numpy', 'scipy', 'skimage'))\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -446,5 +448,5 @@ def test_python_dash_m_help():
     result = subprocess.run([sys.executable, "-m", "unsamv2_engine", "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: unsamv2")
-    for command in ("segment", "sweep", "models", "info", "convert"):
+    for command in ("segment", "sweep", "models", "info", "convert", "synth", "evaluate", "napari"):
         assert command in result.stdout

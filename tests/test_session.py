@@ -33,6 +33,7 @@ def test_predict_outputs(session):
     assert pred.low_res_logits.shape == (256, 256) and pred.low_res_logits.dtype == np.float32
     assert 0.0 <= pred.score <= 1.0 and np.isfinite(pred.object_score)
     assert pred.granularity == 0.5 and pred.area == int(pred.mask.sum())
+    assert session.predict(POINT, [1], 0.37).granularity == 0.37  # exactly the value asked for
     assert np.abs(pred.low_res_logits).max() <= 32.0
 
 

@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub, [_add_common_options])
     _add_napari(sub, [_add_model_options, _add_common_options])
     from unsamv2_engine.evaluate.cli import add_parser as add_evaluate  # standard library only
+    from unsamv2_engine.synth.cli import add_parser as add_synth
 
+    add_synth(sub)
     add_evaluate(sub)
     return parser
 

@@ -194,7 +194,7 @@ class ImageSession:
                                                              threshold, m2m)
             masks = upsample_logits(logits, hw)[:, 0] > threshold
             low_res = clamp_low_res(logits)[:, 0]
-        gs = np.array([np.nan if g is None else g for g in granularities], np.float32)
+        gs = np.array([np.nan if g is None else g for g in granularities], np.float64)
         return Sweep(gs, masks.cpu().numpy(), low_res.float().cpu().numpy(), scores.float().cpu().numpy(),
                      obj.float().cpu().numpy())
 

@@ -18,8 +18,7 @@ numpy / scipy; only the model adapter imports torch, when built.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from unsamv2_engine._lazy import lazy_exports
 
 # Names re-exported lazily (PEP 562), so that ``import unsamv2_engine.evaluate.cli`` (which the
 # ``unsamv2`` command line does for ``--help``) stays standard-library only.
@@ -35,41 +34,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
-
-__all__ = [
-    "Click",
-    "Clicker",
-    "DEFAULT_GRID",
-    "EvalDataset",
-    "EvalItem",
-    "GTObject",
-    "InteractiveResults",
-    "Mode",
-    "ObjectResult",
-    "Predictor",
-    "PredictorOutput",
-    "SessionPredictor",
-    "average_recall",
-    "evaluate_interactive",
-    "evaluate_whole_image",
-    "iou",
-    "load_dataset",
-    "next_click",
-    "noc",
-    "noc_summary",
-    "parse_mode",
-    "parse_modes",
-    "sweep_nestedness",
-]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,0 +1,49 @@
+"""Seeded, reproducible synthetic microscopy with an exact part/whole hierarchy (EVALUATION.md §5).
+
+Levels, coarse to fine: tissue -> cluster -> cell -> nucleus -> nucleolus, one instance label image
+per level with ids unique across levels, child ⊂ parent guaranteed. Modalities: fluorescence
+(uint16), brightfield (uint8 grey) and H&E-like RGB (uint8); 2D, 3D stacks and 2D time-lapse.
+Granularity targets follow UnSAMv2's sqrt-area rule within each tissue tree. See
+``docs/synthetic.md``.
+
+Its modules import numpy, scipy, scikit-image, tifffile, Pillow and pycocotools; never torch.
+
+>>> from unsamv2_engine.synth import generate_sample, write_dataset
+>>> sample = generate_sample(0, modality="fluorescence", ndim="2", shape=(128, 128))
+>>> sample.image.shape, sorted(sample.labels)[:2]
+((128, 128), ['cell', 'cluster'])
+"""
+
+from __future__ import annotations
+
+from unsamv2_engine._lazy import lazy_exports
+
+# Loaded on first use, so that ``unsamv2 --help`` (which imports ``synth.cli``) stays light.
+_EXPORTS = {
+    "DEFAULT_SHAPES": "config", "DIFFICULTIES": "config", "LEVELS": "config", "MODALITIES": "config",
+    "NDIMS": "config", "SynthConfig": "config",
+    "iter_dataset": "dataset", "load_sample": "dataset", "sample_seeds": "dataset", "verify_manifest": "dataset",
+    "write_dataset": "dataset", "write_sample": "dataset",
+    "GENERATOR_VERSION": "generate", "Sample": "generate", "generate_sample": "generate",
+    "ObjectRecord": "scene",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+__all__ = [
+    "DEFAULT_SHAPES",
+    "DIFFICULTIES",
+    "GENERATOR_VERSION",
+    "LEVELS",
+    "MODALITIES",
+    "NDIMS",
+    "ObjectRecord",
+    "Sample",
+    "SynthConfig",
+    "generate_sample",
+    "iter_dataset",
+    "load_sample",
+    "sample_seeds",
+    "verify_manifest",
+    "write_dataset",
+    "write_sample",
+]
