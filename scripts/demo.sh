@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up, fetch UnSAMv2+ (needs network once; or give a local file
-# with CHECKPOINT=/path/to/unsamv2_plus_ckpt.pt), and segment a bundled immunohistochemistry image
-# at three granularities from one click (parts -> whole).
+# The main job on a fresh machine: set up, then open napari with the UnSAMv2 widget docked on the
+# synthetic cells sample, loading UnSAMv2+ (downloaded once; or CHECKPOINT=/path/to/file.pt).
+# With --cli (no display needed): segment a bundled immunohistochemistry image at three
+# granularities from one click, into a multi-page label TIFF.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=pyqt6 bash scripts/setup.sh
+if [ "${1:-}" != "--cli" ]; then
+  if [ -n "${CHECKPOINT:-}" ]; then
+    exec .venv/bin/unsamv2 napari --sample cells --checkpoint "$CHECKPOINT"
+  fi
+  exec .venv/bin/unsamv2 napari --sample cells --model "${MODEL:-unsamv2-plus}" --download
+fi
 mkdir -p demo-out
 .venv/bin/python -c "import skimage.data, skimage.io; skimage.io.imsave('demo-out/ihc.png', skimage.data.immunohistochemistry())"
 if [ -n "${CHECKPOINT:-}" ]; then
