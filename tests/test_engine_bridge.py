@@ -112,3 +112,64 @@ def test_process_engine_loads_a_checkpoint_and_decodes(checkpoint, tiny_model, t
     finally:
         client.close()
     assert not transport._process.is_alive()
+
+
+FAST = {"preset": "cpu", "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
+
+def test_segment_all_and_hierarchy_through_the_service(tiny_model):
+    from unsamv2_engine.automatic import AutomaticSegmenter, AutoSettings
+    from unsamv2_engine.io.hierarchy import Hierarchy, check_nesting
+
+    service = EngineService(tiny_model)
+    image = make_cells_image()
+    service.handle(p.SetImage("img", image))
+    progress = []
+    seg = service.handle(p.SegmentAll("img", 0.5, FAST), progress.append)
+    assert isinstance(seg, p.Segmented) and seg.labels.shape == (96, 128)
+    direct = AutomaticSegmenter(tiny_model, AutoSettings.cpu().with_(**{k: v for k, v in FAST.items() if k != "preset"}))
+    np.testing.assert_array_equal(seg.labels, direct.generate(image, 0.5).label_image())
+    assert progress and progress[-1].done == progress[-1].total == 16
+    built = service.handle(p.BuildHierarchy("img", [0.3, 1.0], FAST))
+    assert isinstance(built, p.HierarchyBuilt) and built.labels.shape == (2, 96, 128)
+    assert check_nesting(Hierarchy(built.labels, built.granularities, ["a", "b"], built.table, {})) == []
+
+
+def test_a_running_whole_image_job_can_be_cancelled(client):
+    client.call(p.SetImage("img", make_cells_image()), timeout=60)
+    replies, done = [], threading.Event()
+
+    def on_reply(reply):
+        replies.append(reply)
+        if isinstance(reply, p.Progress) and reply.done >= 8:
+            client.cancel()
+        if isinstance(reply, p.Failure):
+            done.set()
+
+    client.submit(p.SegmentAll("img", 0.5, {**FAST, "points_per_side": 16}), on_reply)
+    assert done.wait(120)
+    assert replies[-1].kind == "Cancelled" and replies[-1].user_error
+    assert max(r.done for r in replies if isinstance(r, p.Progress)) < 256
+    assert isinstance(client.call(p.Predict("img", POINTS, LABELS, 0.5), timeout=60), p.Decoded)  # still serving
+
+
+def test_cancel_reaches_a_busy_engine_process(checkpoint):
+    client = EngineClient(ProcessTransport(torch_threads=1))
+    try:
+        client.call(p.LoadModel(checkpoint=str(checkpoint), device="cpu"), timeout=120)
+        client.call(p.SetImage("img", make_cells_image()), timeout=120)
+        done = threading.Event()
+        replies = []
+
+        def on_reply(reply):
+            replies.append(reply)
+            if isinstance(reply, p.Progress) and reply.done >= 8:
+                client.cancel()
+            if not isinstance(reply, p.Progress):
+                done.set()
+
+        client.submit(p.SegmentAll("img", 0.5, {**FAST, "points_per_side": 16}), on_reply)
+        assert done.wait(180)
+        assert isinstance(replies[-1], p.Failure) and replies[-1].kind == "Cancelled"
+    finally:
+        client.close()

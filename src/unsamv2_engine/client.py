@@ -23,7 +23,8 @@ from unsamv2_engine import protocol as p
 
 log = logging.getLogger(__name__)
 Callback = Callable[[p.Reply], None]
-_FINAL = (p.ModelLoaded, p.ImageEmbedded, p.Decoded, p.SweepDecoded, p.Failure, p.Stopped)
+_FINAL = (p.ModelLoaded, p.ImageEmbedded, p.Decoded, p.SweepDecoded, p.Segmented, p.HierarchyBuilt, p.Failure,
+          p.Stopped)
 
 
 class EngineRequestError(RuntimeError):
@@ -35,6 +36,8 @@ class EngineRequestError(RuntimeError):
 
 
 class Transport(Protocol):
+    cancel_event: object  # threading.Event or multiprocessing Event shared with the engine
+
     def start(self, on_reply: Callback) -> None: ...
     def send(self, request: p.Request) -> None: ...
     def close(self, timeout: float) -> None: ...
@@ -83,6 +86,11 @@ class EngineClient:
             raise EngineRequestError(box[0])
         return box[0]
 
+    def cancel(self) -> None:
+        """Stop the running whole-image job at its next batch (it then answers with a Failure
+        of kind ``Cancelled``). Works while the engine is busy: the flag is shared, not queued."""
+        self._transport.cancel_event.set()
+
     def close(self, timeout: float = 10.0) -> None:
         if self._closed:
             return
@@ -118,6 +126,7 @@ class ThreadTransport:
         from unsamv2_engine.service import EngineService
 
         self.service = service or EngineService()
+        self.cancel_event = self.service.cancel_event
         self._queue: queue.Queue[p.Request | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -145,6 +154,8 @@ class ProcessTransport:
 
     def __init__(self, *, torch_threads: int | None = None) -> None:
         self._torch_threads = torch_threads
+        self._ctx = mp.get_context("spawn")
+        self.cancel_event = self._ctx.Event()
         self._conn = None
         self._process = None
         self._reader: threading.Thread | None = None
@@ -153,9 +164,9 @@ class ProcessTransport:
     def start(self, on_reply: Callback) -> None:
         from unsamv2_engine.server import serve_connection
 
-        ctx = mp.get_context("spawn")
+        ctx = self._ctx
         parent, child = ctx.Pipe()
-        self._process = ctx.Process(target=serve_connection, args=(child, self._torch_threads),
+        self._process = ctx.Process(target=serve_connection, args=(child, self._torch_threads, self.cancel_event),
                                     name="unsamv2-engine", daemon=True)
         self._process.start()
         child.close()

@@ -74,11 +74,34 @@ class SweepRequest:
 
 
 @dataclass
+class SegmentAll:
+    """Whole-image segmentation of an embedded image at one granularity.
+
+    settings: :class:`~unsamv2_engine.automatic.AutoSettings` fields to override (e.g. a preset's).
+    """
+
+    image_key: str
+    granularity: float | None
+    settings: dict = field(default_factory=dict)
+    request_id: int = field(default_factory=next_request_id)
+
+
+@dataclass
+class BuildHierarchy:
+    """Whole-image segmentation at several granularities, nested into one label hierarchy."""
+
+    image_key: str
+    granularities: list[float]
+    settings: dict = field(default_factory=dict)
+    request_id: int = field(default_factory=next_request_id)
+
+
+@dataclass
 class Shutdown:
     request_id: int = field(default_factory=next_request_id)
 
 
-Request = Union[LoadModel, SetImage, Predict, SweepRequest, Shutdown]
+Request = Union[LoadModel, SetImage, Predict, SweepRequest, SegmentAll, BuildHierarchy, Shutdown]
 
 
 # ------------------------------------------------------------------------------------ replies
@@ -128,6 +151,31 @@ class SweepDecoded:
 
 
 @dataclass
+class Segmented:
+    """labels ``[H, W]`` (1..N, larger objects painted first); scores, areas ``[N]`` by label - 1."""
+
+    request_id: int
+    image_key: str
+    granularity: float | None
+    labels: np.ndarray
+    scores: np.ndarray
+    areas: np.ndarray
+    seconds: float
+
+
+@dataclass
+class HierarchyBuilt:
+    """labels ``[L, H, W]`` nested, ids unique across levels; table rows label/level/granularity/parent/area/score."""
+
+    request_id: int
+    image_key: str
+    granularities: list[float]
+    labels: np.ndarray
+    table: list[dict]
+    seconds: float
+
+
+@dataclass
 class Progress:
     request_id: int
     stage: str
@@ -151,7 +199,8 @@ class Stopped:
     request_id: int
 
 
-Reply = Union[ModelLoaded, ImageEmbedded, Decoded, SweepDecoded, Progress, Failure, Stopped]
+Reply = Union[ModelLoaded, ImageEmbedded, Decoded, SweepDecoded, Segmented, HierarchyBuilt, Progress, Failure,
+              Stopped]
 
 
 def describe(message: Any) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from unsamv2_engine import protocol as p
 
 
-def serve_connection(conn, torch_threads: int | None = None) -> None:
+def serve_connection(conn, torch_threads: int | None = None, cancel_event=None) -> None:
     """Receive requests on ``conn`` and send back replies, until a Shutdown or a closed pipe."""
     import torch
 
@@ -17,7 +17,7 @@ def serve_connection(conn, torch_threads: int | None = None) -> None:
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    service = EngineService()
+    service = EngineService(cancel_event=cancel_event)
     while True:
         try:
             request = conn.recv()

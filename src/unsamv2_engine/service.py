@@ -25,12 +25,20 @@ class EngineStateError(RuntimeError):
 
 
 class EngineService:
-    """Handle requests one at a time; ``handle`` returns the final reply (and may emit progress)."""
+    """Handle requests one at a time; ``handle`` returns the final reply (and may emit progress).
 
-    def __init__(self, model=None, *, cache_size: int = EMBEDDING_CACHE_SIZE) -> None:
+    ``cancel_event`` (threading or multiprocessing Event, shared with the client) stops a long job
+    (whole-image segmentation, hierarchy) between batches; it is cleared when such a job starts.
+    """
+
+    def __init__(self, model=None, *, cache_size: int = EMBEDDING_CACHE_SIZE, cancel_event=None) -> None:
+        import threading
+
         self.model = model
         self.cache_size = cache_size
-        self._embeddings: OrderedDict[str, tuple[object, tuple[int, int]]] = OrderedDict()
+        self.cancel_event = cancel_event if cancel_event is not None else threading.Event()
+        # image key -> (features, (H, W), the 2D image, its contrast limits)
+        self._embeddings: OrderedDict[str, tuple[object, tuple[int, int], np.ndarray, object]] = OrderedDict()
         self._session = None
         if model is not None:
             self._use_model(model)
@@ -47,6 +55,8 @@ class EngineService:
                 return self._predict(request)
             if isinstance(request, p.SweepRequest):
                 return self._sweep(request)
+            if isinstance(request, (p.SegmentAll, p.BuildHierarchy)):
+                return self._whole_image(request, emit)
             if isinstance(request, p.Shutdown):
                 return p.Stopped(request.request_id)
             raise TypeError(f"unknown request {type(request).__name__}")
@@ -89,11 +99,12 @@ class EngineService:
         session = self._require_session()
         if request.image_key in self._embeddings:
             self._embeddings.move_to_end(request.image_key)
-            _, hw = self._embeddings[request.image_key]
+            hw = self._embeddings[request.image_key][1]
             return p.ImageEmbedded(request.request_id, request.image_key, hw, 0.0, True)
         start = time.perf_counter()
         session.set_image(request.image, contrast_limits=request.contrast_limits, rgb=request.rgb)
-        self._embeddings[request.image_key] = (session.features, session.image_hw)
+        self._embeddings[request.image_key] = (session.features, session.image_hw, request.image,
+                                               request.contrast_limits)
         while len(self._embeddings) > self.cache_size:
             self._embeddings.popitem(last=False)
         return p.ImageEmbedded(request.request_id, request.image_key, session.image_hw,
@@ -104,7 +115,8 @@ class EngineService:
         if image_key not in self._embeddings:
             raise EngineStateError(f"image {image_key!r} is not embedded (send SetImage first)")
         self._embeddings.move_to_end(image_key)
-        session.set_features(*self._embeddings[image_key])
+        features, hw, _, _ = self._embeddings[image_key]
+        session.set_features(features, hw)
         return session
 
     def _predict(self, request: p.Predict) -> p.Decoded:
@@ -123,6 +135,30 @@ class EngineService:
         return p.SweepDecoded(request.request_id, request.image_key, [float(g) for g in sweep.granularities],
                               sweep.masks, sweep.scores, np.asarray(sweep.areas), time.perf_counter() - start)
 
+    def _whole_image(self, request, emit: Emit):
+        from unsamv2_engine.automatic import AutomaticSegmenter, AutoSettings
+        from unsamv2_engine.automatic.hierarchy import levels_to_hierarchy
+
+        self._activate(request.image_key)
+        features, hw, image, contrast = self._embeddings[request.image_key]
+        settings = AutoSettings.preset(request.settings.get("preset", "cpu")).with_(
+            **{k: v for k, v in request.settings.items() if k != "preset"})
+        segmenter = AutomaticSegmenter(self.model, settings)
+        stage = "segment" if isinstance(request, p.SegmentAll) else "hierarchy"
+        self.cancel_event.clear()
+        start = time.perf_counter()
+        levels = segmenter.generate_levels(
+            image, [request.granularity] if isinstance(request, p.SegmentAll) else request.granularities,
+            progress=lambda done, total: emit(p.Progress(request.request_id, stage, done, total)),
+            cancel=self.cancel_event.is_set, contrast_limits=contrast, features=(features, hw))
+        if isinstance(request, p.SegmentAll):
+            level = levels[0]
+            return p.Segmented(request.request_id, request.image_key, level.granularity, level.label_image(),
+                               level.scores, level.areas, time.perf_counter() - start)
+        hierarchy = levels_to_hierarchy(levels)
+        return p.HierarchyBuilt(request.request_id, request.image_key, list(hierarchy.granularities), hierarchy.labels,
+                                hierarchy.table, time.perf_counter() - start)
+
     # ------------------------------------------------------------------ helpers
     def _require_model(self):
         if self.model is None:
@@ -138,4 +174,6 @@ def _is_user_error(exc: BaseException) -> bool:
     from unsamv2_engine.model.checkpoint import CheckpointError
     from unsamv2_engine.weights import WeightsError
 
-    return isinstance(exc, (ValueError, FileNotFoundError, CheckpointError, WeightsError, EngineStateError))
+    from unsamv2_engine.automatic import Cancelled
+
+    return isinstance(exc, (ValueError, FileNotFoundError, CheckpointError, WeightsError, EngineStateError, Cancelled))

@@ -106,15 +106,19 @@ class AutomaticSegmenter:
 
     # ------------------------------------------------------------------ public
     def generate(self, image: np.ndarray, granularity: float | None, *, progress: Progress | None = None,
-                 cancel: Callable[[], bool] | None = None, contrast_limits=None) -> AutoMasks:
+                 cancel: Callable[[], bool] | None = None, contrast_limits=None, features=None) -> AutoMasks:
         """All objects of ``image`` at ``granularity`` (None: no granularity token)."""
         return self.generate_levels(image, [granularity], progress=progress, cancel=cancel,
-                                    contrast_limits=contrast_limits)[0]
+                                    contrast_limits=contrast_limits, features=features)[0]
 
     def generate_levels(self, image: np.ndarray, granularities: Sequence[float | None], *,
                         progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
-                        contrast_limits=None) -> list[AutoMasks]:
-        """One :class:`AutoMasks` per granularity; each crop is embedded once for all levels."""
+                        contrast_limits=None, features=None) -> list[AutoMasks]:
+        """One :class:`AutoMasks` per granularity; each crop is embedded once for all levels.
+
+        ``features`` = (ImageFeatures, (H, W)) of the whole image, computed earlier with the same
+        model (e.g. by an :class:`~unsamv2_engine.session.ImageSession`), skips that embedding.
+        """
         from unsamv2_engine.intensity import to_uint8_rgb
 
         levels = [check_granularity(g) for g in granularities]
@@ -139,7 +143,10 @@ class AutomaticSegmenter:
         per_level: list[list[dict[str, torch.Tensor]]] = [[] for _ in levels]
         for crop, layer in zip(boxes, layer_ids):
             x0, y0, x1, y1 = crop
-            self.session.set_image(rgb[y0:y1, x0:x1])
+            if features is not None and crop == [0, 0, w, h] and tuple(features[1]) == (h, w):
+                self.session.set_features(*features)
+            else:
+                self.session.set_image(rgb[y0:y1, x0:x1])
             points = torch.from_numpy(grids[layer] * np.array([x1 - x0, y1 - y0])).float()
             for li, g in enumerate(levels):
                 found = self._crop_candidates(points, g, crop, (h, w), tick)
