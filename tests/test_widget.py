@@ -148,3 +148,36 @@ def test_stack_prompts_on_the_current_slice(make_napari_viewer, qtbot, checkpoin
         qtbot.waitUntil(lambda: w._embedded_key is not None and w._embedded_key.endswith("@2"), timeout=WAIT)
     finally:
         w.close_engine()
+
+
+def test_segment_all_and_build_hierarchy(widget, qtbot):
+    from unsamv2_engine.io.hierarchy import Hierarchy, check_nesting
+
+    widget.preset_combo.setCurrentText("cpu")
+    widget._whole_image_settings = lambda: {"preset": "cpu", "points_per_side": 4, "pred_iou_thresh": 0.0,
+                                            "stability_score_thresh": 0.0}
+    with qtbot.waitSignal(widget.whole_image_added, timeout=WAIT) as blocker:
+        widget.segment_all()
+    (layer,) = blocker.args[0]
+    assert layer.name == "all g=0.50" and layer.data.max() >= 1
+    assert list(layer.features["index"]) == list(range(1, len(layer.features) + 1))
+    assert widget.segment_all_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+    widget.sweep_edit.setText("0.3,1.0")
+    with qtbot.waitSignal(widget.whole_image_added, timeout=WAIT) as blocker:
+        widget.build_hierarchy()
+    levels = blocker.args[0]
+    assert [lyr.name for lyr in levels] == ["hierarchy 1 g=0.30", "hierarchy 1 g=1.00"]
+    meta = levels[0].metadata["unsamv2_hierarchy"]
+    h = Hierarchy(np.stack([lyr.data for lyr in levels]), meta["granularities"], ["a", "b"], meta["table"], {})
+    assert check_nesting(h) == []
+
+
+def test_whole_image_job_can_be_cancelled_from_the_widget(widget, qtbot):
+    widget._whole_image_settings = lambda: {"preset": "cpu", "points_per_side": 24}
+    widget.segment_all()
+    assert widget.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: widget.progress_bar.maximum() == 1000 and widget.progress_bar.value() > 0, timeout=WAIT)
+    widget.cancel_job()
+    qtbot.waitUntil(lambda: widget.status_label.text() == "cancelled", timeout=WAIT)
+    assert widget.segment_all_button.isEnabled()

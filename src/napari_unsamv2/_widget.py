@@ -44,6 +44,7 @@ class UnSAMv2Widget(QWidget):
     preview_updated = Signal(object)   # the Decoded reply shown in the preview layer
     model_loaded = Signal(object)
     sweep_added = Signal(list)         # the Labels layers of a sweep
+    whole_image_added = Signal(list)   # the Labels layers of "segment all" / "build hierarchy"
 
     def __init__(self, napari_viewer: "napari.Viewer", *, engine: Any = None) -> None:
         super().__init__()
@@ -137,6 +138,24 @@ class UnSAMv2Widget(QWidget):
         self.sweep_button.clicked.connect(self.sweep)
         sw.addRow(self.sweep_button)
         layout.addWidget(sweep_box)
+
+        whole_box = QGroupBox("Whole image")
+        wh = QFormLayout(whole_box)
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(["cpu", "authors"])
+        self.preset_combo.setToolTip("cpu: 24x24 points, no M2M; authors: 64x64 points, M2M (UnSAMv2's settings)")
+        wh.addRow("preset", self.preset_combo)
+        self.segment_all_button = QPushButton("Segment all at g")
+        self.segment_all_button.clicked.connect(self.segment_all)
+        self.hierarchy_button = QPushButton("Build hierarchy (granularities above)")
+        self.hierarchy_button.clicked.connect(self.build_hierarchy)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel_job)
+        wh.addRow(self.segment_all_button)
+        wh.addRow(self.hierarchy_button)
+        wh.addRow(self.cancel_button)
+        layout.addWidget(whole_box)
         layout.addStretch(1)
         self.model_combo.currentTextChanged.connect(self._on_model_choice)
         self._on_model_choice(self.model_combo.currentText())
@@ -302,6 +321,10 @@ class UnSAMv2Widget(QWidget):
         purpose = self._pending.pop(reply.request_id, None)
         if isinstance(reply, p.Failure):
             self._idle(f"error: {reply.message}" if purpose == "load" else None)
+            if purpose == "whole":
+                self._job_done("cancelled" if reply.kind == "Cancelled" else f"error: {reply.message}")
+                if reply.kind == "Cancelled":
+                    return
             if purpose == "embed":
                 self._embedding_key = None
             self._notify(reply.message if reply.user_error else f"{reply.kind}: {reply.message}", "error")
@@ -321,6 +344,13 @@ class UnSAMv2Widget(QWidget):
                 self._show_preview(reply)
         elif isinstance(reply, p.SweepDecoded):
             self._add_sweep(reply)
+        elif isinstance(reply, p.Segmented):
+            self._job_done(f"{int(reply.labels.max())} objects at g={reply.granularity:.2f} in {reply.seconds:.1f} s")
+            self._add_segmented(reply)
+        elif isinstance(reply, p.HierarchyBuilt):
+            self._job_done(f"hierarchy of {len(reply.granularities)} levels, {len(reply.table)} objects "
+                           f"in {reply.seconds:.1f} s")
+            self._add_hierarchy_reply(reply)
 
     def _show_preview(self, reply) -> None:
         layer = self.image_layer()
@@ -433,30 +463,103 @@ class UnSAMv2Widget(QWidget):
     def _add_sweep(self, reply) -> None:
         from unsamv2_engine.io.hierarchy import build_hierarchy, enforce_nesting
 
-        image = self.image_layer()
         self._idle(f"sweep of {len(reply.granularities)} granularities in {reply.seconds:.2f} s")
-        if image is None:
-            return
         self._sweep_count += 1
         hierarchy = enforce_nesting(build_hierarchy([[m] for m in reply.masks], list(reply.granularities),
                                                     scores=[[float(s)] for s in reply.scores]))
+        layers = self._add_hierarchy_layers(hierarchy.labels, hierarchy.granularities, hierarchy.table,
+                                            f"sweep {self._sweep_count}", {"sweep": self._sweep_count})
+        if layers:
+            self.sweep_added.emit(layers)
+
+    def _add_hierarchy_layers(self, labels: np.ndarray, granularities, table, prefix: str, extra: dict) -> list:
+        """One Labels layer per level (placed on the current plane), with features and the hierarchy
+        in metadata, so the writer saves them as one hierarchy file."""
+        image = self.image_layer()
+        if image is None:
+            return []
         leading = L.leading_indices(self.viewer.dims.current_step, image.data.ndim, image.rgb)
         shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        meta = {"granularities": list(granularities), "table": table, "plane": list(leading), **extra}
         layers = []
-        meta = {"granularities": hierarchy.granularities, "table": hierarchy.table, "sweep": self._sweep_count,
-                "plane": list(leading)}
-        for level, g in enumerate(hierarchy.granularities):
+        for level, g in enumerate(granularities):
             data = np.zeros(shape, np.uint32)
-            data[tuple(leading)] = hierarchy.labels[level]
-            rows = [r for r in hierarchy.table if r["level"] == level]
-            features = {"index": [r["label"] for r in rows], "granularity": [r["granularity"] for r in rows],
-                        "parent": [r["parent"] for r in rows], "area": [r["area"] for r in rows],
-                        "score": [r["score"] for r in rows]}
-            layer = self.viewer.add_labels(data, name=f"sweep {self._sweep_count} g={g:.2f}", features=features,
-                                           scale=image.scale[-len(shape):], translate=image.translate[-len(shape):],
-                                           metadata={"unsamv2_hierarchy": {**meta, "level": level}}, opacity=0.6)
-            layers.append(layer)
-        self.sweep_added.emit(layers)
+            data[tuple(leading)] = labels[level]
+            rows = [r for r in table if r["level"] == level]
+            features = {key: [r[key] for r in rows] for key in ("granularity", "parent", "area", "score")}
+            features = {"index": [r["label"] for r in rows], **features}
+            layers.append(self.viewer.add_labels(
+                data, name=f"{prefix} g={g:.2f}", features=features, scale=image.scale[-len(shape):],
+                translate=image.translate[-len(shape):], metadata={"unsamv2_hierarchy": {**meta, "level": level}},
+                opacity=0.6))
+        return layers
+
+    def _whole_image_settings(self) -> dict:
+        return {"preset": self.preset_combo.currentText(), "mask_threshold": self.threshold_spin.value()}
+
+    def segment_all(self) -> None:
+        """Every object of the current image (plane) at the dial's granularity, in the background."""
+        from unsamv2_engine import protocol as p
+
+        if self._embedded_key is None:
+            self._notify("load a model and choose an image first", "info")
+            return
+        self._start_job(f"segmenting everything at g={self.granularity:.2f}…")
+        self._submit(p.SegmentAll(self._embedded_key, self.granularity, self._whole_image_settings()), "whole")
+
+    def build_hierarchy(self) -> None:
+        """Whole-image segmentation at every granularity of the sweep list, nested into levels."""
+        from unsamv2_engine import protocol as p
+
+        try:
+            granularities = L.parse_granularity_list(self.sweep_edit.text())
+        except ValueError as exc:
+            self._notify(f"granularities: {exc}", "warning")
+            return
+        if self._embedded_key is None:
+            self._notify("load a model and choose an image first", "info")
+            return
+        self._start_job(f"building a {len(granularities)}-level hierarchy…")
+        self._submit(p.BuildHierarchy(self._embedded_key, granularities, self._whole_image_settings()), "whole")
+
+    def cancel_job(self) -> None:
+        if self._engine is not None:
+            self._engine.cancel()
+            self.status_label.setText("cancelling…")
+
+    def _start_job(self, text: str) -> None:
+        self._busy(text)
+        self.cancel_button.setEnabled(True)
+        self.segment_all_button.setEnabled(False)
+        self.hierarchy_button.setEnabled(False)
+
+    def _job_done(self, text: str) -> None:
+        self._idle(text)
+        self.cancel_button.setEnabled(False)
+        self.segment_all_button.setEnabled(True)
+        self.hierarchy_button.setEnabled(True)
+
+    def _add_segmented(self, reply) -> None:
+        image = self.image_layer()
+        if image is None:
+            return
+        leading = L.leading_indices(self.viewer.dims.current_step, image.data.ndim, image.rgb)
+        shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        data = np.zeros(shape, np.uint32)
+        data[tuple(leading)] = reply.labels
+        n = len(reply.scores)
+        layer = self.viewer.add_labels(
+            data, name=f"all g={reply.granularity:.2f}", scale=image.scale[-len(shape):],
+            translate=image.translate[-len(shape):], opacity=0.6,
+            features={"index": list(range(1, n + 1)), "granularity": [reply.granularity] * n,
+                      "score": [float(s) for s in reply.scores], "area": [int(a) for a in reply.areas]})
+        self.whole_image_added.emit([layer])
+
+    def _add_hierarchy_reply(self, reply) -> None:
+        self._sweep_count += 1
+        layers = self._add_hierarchy_layers(reply.labels, reply.granularities, reply.table,
+                                            f"hierarchy {self._sweep_count}", {"whole_image": True})
+        self.whole_image_added.emit(layers)
 
     # ================================================================== helpers
     def _labels_layer(self, name: str, shape, image, *, dtype=np.uint8, opacity: float = 0.7):
