@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     inference = [_add_prompt_options, _add_model_options, _add_common_options]
     _add_segment(sub, inference)
     _add_sweep(sub, inference)
+    from unsamv2_engine.automatic.cli import add_parser as add_automatic  # auto, hierarchy; standard library only
+
+    add_automatic(sub, _add_model_options, _add_common_options)
     _add_models(sub, [_add_common_options])
     _add_info(sub, [_add_common_options])
     _add_convert(sub, [_add_common_options])

@@ -24,7 +24,9 @@ def levels_to_hierarchy(levels: Sequence[AutoMasks], *, containment: float = DEF
     """One nested :class:`Hierarchy` (levels in the order given) from per-granularity results."""
     if not levels:
         raise ValueError("no levels to build a hierarchy from")
-    hierarchy = build_hierarchy([list(level.masks) for level in levels], [level.granularity for level in levels],
+    # an empty level enters as an all-background label image (a level of its own, with no objects)
+    per_level = [list(level.masks) if len(level) else np.zeros(level.masks.shape[1:], np.uint32) for level in levels]
+    hierarchy = build_hierarchy(per_level, [level.granularity for level in levels],
                                 scores=[[float(s) for s in level.scores] for level in levels],
                                 containment=containment, metadata=dict(metadata or {}))
     return enforce_nesting(hierarchy)
@@ -50,7 +52,7 @@ def hierarchy_to_coco(hierarchy: Hierarchy, *, image_id: int = 1, file_name: str
 def masks_to_coco(result: AutoMasks, *, image_id: int = 1, file_name: str = "",
                   info: dict[str, Any] | None = None) -> dict[str, Any]:
     """COCO document of one granularity's masks (overlaps kept: each mask whole), with scores."""
-    h, w = result.masks.shape[1:] if len(result) else (0, 0)
+    h, w = result.masks.shape[1:]
     annotations = [mask_to_annotation(m, ann_id=i + 1, image_id=image_id, granularity=result.granularity,
                                       score=float(result.scores[i]), stability=float(result.stability[i]),
                                       point=[float(v) for v in result.points[i]])

@@ -64,8 +64,7 @@ class AutoMasks:
     def label_image(self) -> np.ndarray:
         """Instance labels ``[H, W]`` (1..N in this object's order); larger masks are painted first,
         so a smaller mask lying on a larger one stays visible."""
-        h, w = self.masks.shape[1:] if len(self.masks) else (0, 0)
-        labels = np.zeros((h, w), np.uint32 if len(self) > 65535 else np.uint16)
+        labels = np.zeros(self.masks.shape[1:], np.uint32 if len(self) > 65535 else np.uint16)
         for i in np.argsort(-self.areas, kind="stable"):
             labels[self.masks[i]] = i + 1
         return labels
