@@ -143,7 +143,7 @@ class UnSAMv2Widget(QWidget):
         wh = QFormLayout(whole_box)
         self.preset_combo = QComboBox()
         self.preset_combo.addItems(["cpu", "authors"])
-        self.preset_combo.setToolTip("cpu: 24x24 points, no M2M; authors: 64x64 points, M2M (UnSAMv2's settings)")
+        self.preset_combo.setToolTip("cpu: 16x16 points, no M2M; authors: 64x64 points, M2M (UnSAMv2's settings)")
         wh.addRow("preset", self.preset_combo)
         self.segment_all_button = QPushButton("Segment all at g")
         self.segment_all_button.clicked.connect(self.segment_all)

@@ -56,7 +56,7 @@ _AUTO_EPILOG = """\
 presets (default: authors on CUDA, cpu elsewhere):
   authors  the UnSAMv2 evaluation settings: 64x64 points, mask threshold -1, stability offset 0.7,
            M2M refinement, per-g filters (g < 0.5: predicted IoU > 0.65, else > 0.5; stability >= 0.7)
-  cpu      the same filters with 24x24 points and no M2M pass (about 14x less decoder work)
+  cpu      the same filters with 16x16 points and no M2M pass (32x less decoder work)
 
 examples:
   unsamv2 auto cells.png --granularity 0.5 -o labels.tif --json masks.json
@@ -208,7 +208,7 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "whole-image settings", "Each option overrides the --preset's value (as in sam2's automatic mask generator).")
     group.add_argument("--preset", choices=PRESETS,
-                       help="starting settings: authors (64x64 points, M2M) or cpu (24x24, no M2M); "
+                       help="starting settings: authors (64x64 points, M2M) or cpu (16x16, no M2M); "
                             "default: authors on CUDA, cpu elsewhere")
     group.add_argument("--points-per-side", type=_positive_int, metavar="N",
                        help="an N x N grid of point prompts (authors 64, cpu 24)")

@@ -36,8 +36,8 @@ class AutoSettings:
 
     @classmethod
     def cpu(cls) -> "AutoSettings":
-        """A faster preset for CPU: 24x24 points, no M2M second pass, same filters."""
-        return cls(points_per_side=24, points_per_batch=32, use_m2m=False)
+        """A faster preset for CPU: 16x16 points, no M2M second pass, same filters (32x less decoder work)."""
+        return cls(points_per_side=16, points_per_batch=32, use_m2m=False)
 
     @classmethod
     def preset(cls, name: str) -> "AutoSettings":
