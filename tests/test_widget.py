@@ -181,3 +181,13 @@ def test_whole_image_job_can_be_cancelled_from_the_widget(widget, qtbot):
     widget.cancel_job()
     qtbot.waitUntil(lambda: widget.status_label.text() == "cancelled", timeout=WAIT)
     assert widget.segment_all_button.isEnabled()
+
+
+def test_clear_removes_prompts_and_preview_even_with_a_decode_in_flight(widget, qtbot):
+    widget.add_point(40, 40)
+    _wait_preview(qtbot, widget, 0.5)
+    widget.set_granularity(0.8)  # a decode is now in flight
+    widget.clear()
+    qtbot.wait(1500)  # let the in-flight reply arrive
+    assert len(widget.viewer.layers["UnSAMv2 prompts"].data) == 0
+    assert widget.viewer.layers["UnSAMv2 preview"].data.max() == 0

@@ -56,6 +56,7 @@ class UnSAMv2Widget(QWidget):
         self._embedded_key: str | None = None
         self._embedding_key: str | None = None
         self._last_decoded: Any = None
+        self._stale_before = 0  # preview replies to requests older than the last Clear are dropped
         self._pending: dict[int, str] = {}
         self._sweep_count = 0
         self._build_ui()
@@ -340,7 +341,7 @@ class UnSAMv2Widget(QWidget):
                 self._idle(f"image ready ({reply.image_hw[1]}x{reply.image_hw[0]}, {reply.seconds:.1f} s)")
                 self.request_preview()
         elif isinstance(reply, p.Decoded):
-            if reply.image_key == self._embedded_key:
+            if reply.image_key == self._embedded_key and reply.request_id >= self._stale_before:
                 self._show_preview(reply)
         elif isinstance(reply, p.SweepDecoded):
             self._add_sweep(reply)
@@ -383,9 +384,15 @@ class UnSAMv2Widget(QWidget):
         layer.face_color_cycle_map = {L.POSITIVE: L.POLARITY_COLOURS[L.POSITIVE],
                                       L.NEGATIVE: L.POLARITY_COLOURS[L.NEGATIVE]}
         layer.mode = "add"
-        layer.events.data.connect(lambda e: self.request_preview())
+        layer.events.data.connect(self._on_points_changed)
         layer.bind_key(KEYS["toggle_polarity"], lambda lyr: self.toggle_polarity(), overwrite=True)
         return layer
+
+    def _on_points_changed(self, event) -> None:
+        # napari announces a change before making it ("adding", "removing"): decode only after it
+        action = str(getattr(event, "action", "changed"))
+        if not action.endswith(("ing", "ING")):
+            self.request_preview()
 
     def _prompts_layer(self):
         return self.viewer.layers[PROMPTS_LAYER] if PROMPTS_LAYER in self.viewer.layers else None
@@ -435,9 +442,12 @@ class UnSAMv2Widget(QWidget):
         return label
 
     def clear(self) -> None:
+        from unsamv2_engine.protocol import next_request_id
+
         points = self._prompts_layer()
         if points is not None and len(points.data):
             points.data = np.zeros((0, points.ndim))
+        self._stale_before = next_request_id()  # a decode still in flight must not repaint the preview
         if PREVIEW_LAYER in self.viewer.layers:
             self.viewer.layers[PREVIEW_LAYER].data = np.zeros_like(self.viewer.layers[PREVIEW_LAYER].data)
         self._last_decoded = None
