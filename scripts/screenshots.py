@@ -78,6 +78,17 @@ def main() -> None:
     widget.sweep()
     wait(app, lambda: bool(done))
     shoot(viewer, app, "plugin_4_sweep.png")
+
+    for layer in list(viewer.layers):
+        if layer.name.startswith(("sweep", "UnSAMv2 objects")):
+            viewer.layers.remove(layer)
+    widget.clear()
+    widget.set_granularity(0.5)
+    added = []
+    widget.whole_image_added.connect(added.append)
+    widget.segment_all()
+    wait(app, lambda: bool(added), timeout=600)
+    shoot(viewer, app, "plugin_5_segment_all.png")
     widget.close_engine()
     viewer.close()
 
