@@ -29,6 +29,10 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from unsamv2_engine.argtypes import (finite_float as _finite_float, fraction as _fraction,
+                                     non_negative_int as _non_negative_int, open_fraction as _open_fraction,
+                                     positive_float as _positive_float, positive_int as _positive_int)
+
 __all__ = ["MAX_LEVELS", "PRESETS", "add_parser", "run_auto", "run_hierarchy"]
 
 PRESETS = ("authors", "cpu")
@@ -75,60 +79,6 @@ examples:
 
 
 # ============================================================================ value parsers
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    """A number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
-def _open_fraction(text: str) -> float:
-    """A number in (0, 1]."""
-    value = _fraction(text)
-    if value == 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
 
 
 # ============================================================================ parser

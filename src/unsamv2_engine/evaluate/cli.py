@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unsamv2_engine.argtypes import positive_int as _positive_int
+
 __all__ = ["add_parser", "main", "run"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -94,16 +96,6 @@ def _device(text: str) -> str:
     if name in DEVICE_CHOICES or re.fullmatch(r"cuda:\d+", name):
         return name
     raise argparse.ArgumentTypeError(f"device must be one of {', '.join(DEVICE_CHOICES)} or cuda:N, got {text!r}")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Any
 
+from unsamv2_engine.argtypes import non_negative_int as _non_negative_int, positive_int as _positive_int
+
 __all__ = ["add_parser", "parse_shape", "run"]
 
 _MODALITIES = ("fluorescence", "brightfield", "he")
@@ -33,23 +35,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"shape must be 2 (H,W) or 3 (Z|T,H,W) positive integers, got {text!r}")
     return shape
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
