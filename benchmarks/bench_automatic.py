@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from _report import Report, load_average, machine_info, peak_rss_mib, print_report, synchronize, verdict
 
 SPEEDUP_TARGET = 2.0  # ours at least 2x faster than upstream, embedding included
 HIERARCHY_TARGET = 5.0  # 5 levels at most 5x the cost of one granularity
@@ -38,29 +37,6 @@ HIERARCHY_SINGLE = 0.6
 WARMUP_POINTS_PER_SIDE = 2  # the untimed warm-up run: same image, a 2x2 grid
 IOU_PIXEL_CHUNK = 1 << 16  # pixels per block of the intersection matrix product
 SIDES = ("ours", "upstream", "hierarchy")
-
-
-@dataclass
-class Row:
-    """One line of the results table: a median time (ms), a ratio, a count, a memory size."""
-
-    name: str
-    value: float
-    unit: str  # "ms", "x", "MiB", "" (count / plain number)
-    note: str = ""
-    verdict: str = ""
-    best: float | None = None
-
-
-@dataclass
-class Report:
-    machine: dict[str, str]
-    settings: dict[str, object]
-    rows: list[Row] = field(default_factory=list)
-
-    def add(self, name: str, value: float, unit: str, note: str = "", verdict: str = "",
-            best: float | None = None) -> None:
-        self.rows.append(Row(name, value, unit, note, verdict, best))
 
 
 # ---------------------------------------------------------------- setup
@@ -94,32 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "n/a"
-
-
-def machine_info(device: torch.device) -> dict[str, str]:
-    info = {"cpu": cpu_model(), "cores": str(os.cpu_count()), "threads": str(torch.get_num_threads()),
-            "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    info["load_at_start"] = load_average()
-    return info
-
-
 def test_image(size: int) -> np.ndarray:
     """The synthetic fluorescence sample 0 at ``size x size``, as the uint8 RGB image the model sees."""
     from unsamv2_engine.intensity import to_uint8_rgb
@@ -130,11 +80,6 @@ def test_image(size: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- one side (in its own process)
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device: torch.device, cpu: list[float]) -> tuple[float, object]:
     """Wall seconds of one call; its CPU seconds (all threads of this process) go to ``cpu``.
 
@@ -146,12 +91,6 @@ def timed(fn, device: torch.device, cpu: list[float]) -> tuple[float, object]:
     synchronize(device)
     cpu.append(time.process_time() - start_cpu)
     return time.perf_counter() - start, out
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (MiB); ru_maxrss is KiB on Linux, bytes on macOS."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def upstream_kwargs(args: argparse.Namespace) -> dict[str, object]:
@@ -327,43 +266,10 @@ def agreement(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dic
 
 
 # ---------------------------------------------------------------- output
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
 def timing_row(report: Report, name: str, seconds: list[float], note: str) -> float:
     median = 1e3 * statistics.median(seconds)
     report.add(name, median, "ms", f"{note}; {len(seconds)} run(s)", best=1e3 * min(seconds))
     return median
-
-
-def format_value(row: Row) -> str:
-    if row.unit == "x":
-        return f"{row.value:.2f}x"
-    if row.unit == "":
-        return f"{row.value:g}" if float(row.value).is_integer() else f"{row.value:.7g}"
-    return f"{row.value:.1f} {row.unit}"
-
-
-def table_lines(report: Report, markdown: bool) -> list[str]:
-    header = ("measurement", "value", "fastest", "verdict", "note")
-    cells = [(r.name, format_value(r), "" if r.best is None else f"{r.best:.1f} ms", r.verdict, r.note)
-             for r in report.rows]
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---:", "---:", ":---:", "---"]) + "|"]
-        return lines + ["| " + " | ".join(c) + " |" for c in cells]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *cells)]
-    fmt = "  ".join(f"{{:{'>' if i in (1, 2) else '<'}{w}}}" for i, w in enumerate(widths))
-    return [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in cells]
-
-
-def print_report(report: Report, markdown: bool) -> None:
-    machine = ", ".join(f"{k}: {v}" for k, v in report.machine.items())
-    settings = ", ".join(f"{k}={v}" for k, v in report.settings.items())
-    print(f"\nMachine: {machine}")
-    print(f"Settings: {settings}")
-    print("RANDOM WEIGHTS: timings are those of the architecture; the masks are meaningless.\n")
-    print("\n".join(table_lines(report, markdown)))
 
 
 def write_json(report: Report, extra: dict[str, object], path: Path) -> None:

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from _report import Report, load_average, machine_info, peak_rss_mib, print_report, synchronize, verdict
 
 from unsamv2_engine.devices import inference_context, resolve_device
 from unsamv2_engine.model import build_model
@@ -44,37 +42,6 @@ class Timing:
     best: float
 
 
-@dataclass
-class Row:
-    """One line of the results table: a median time (ms), a ratio of medians or a memory size.
-
-    best: the fastest repeat (ms), for timings only; a large gap to the median means the
-    machine was busy with something else.
-    """
-
-    name: str
-    value: float
-    unit: str  # "ms", "x" or "MiB"
-    note: str = ""
-    verdict: str = ""
-    best: float | None = None
-
-
-@dataclass
-class Report:
-    """Everything the benchmark prints (and writes with ``--json``)."""
-
-    machine: dict[str, str]
-    settings: dict[str, object]
-    rows: list[Row] = field(default_factory=list)
-
-    def add(self, name: str, value: float, unit: str, note: str = "", verdict: str = "") -> None:
-        self.rows.append(Row(name, value, unit, note, verdict))
-
-    def add_timing(self, name: str, timing: Timing, note: str = "") -> None:
-        self.rows.append(Row(name, timing.median, "ms", note, best=timing.best))
-
-
 # ---------------------------------------------------------------- setup
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -92,34 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name, from /proc/cpuinfo where there is one."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    """The 1-minute load average: above the thread count, other processes competed for the CPU."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "n/a"
-
-
-def machine_info(device: torch.device) -> dict[str, str]:
-    info = {"cpu": cpu_model(), "threads": str(torch.get_num_threads()), "torch": torch.__version__,
-            "python": platform.python_version(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    info["load_at_start"] = load_average()
-    return info
-
-
 def textured_image(size: int, seed: int = 0) -> np.ndarray:
     """A uint8 RGB ``size x size`` image: blobs on a smooth background, plus noise."""
     rng = np.random.default_rng(seed)
@@ -132,11 +71,6 @@ def textured_image(size: int, seed: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- timing
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_once(fn: Callable[[], object], device: torch.device) -> float:
     """Seconds one call takes, the device synchronised on both sides."""
     synchronize(device)
@@ -144,6 +78,10 @@ def time_once(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     synchronize(device)
     return time.perf_counter() - start
+
+
+def add_timing(report: Report, name: str, timing: Timing, note: str = "") -> None:
+    report.add(name, timing.median, "ms", note, best=timing.best)
 
 
 def summarise(seconds: list[float]) -> Timing:
@@ -170,17 +108,7 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.devi
     return {name: summarise(t) for name, t in times.items()}
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
 # ---------------------------------------------------------------- memory
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (MiB); ru_maxrss is KiB on Linux, bytes on macOS."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
 def add_memory_rows(report: Report, device: torch.device, phase: str) -> None:
     report.add(f"peak RSS ({phase})", peak_rss_mib(), "MiB", "process high-water mark so far")
     if device.type == "cuda":
@@ -196,15 +124,15 @@ def bench_unsamv2(report: Report, args: argparse.Namespace, device: torch.device
     model = build_model(args.size, seed=0, device=device)
     session = ImageSession(model, decode_batch_size=args.decode_batch_size)
     embed = measure(lambda: session.set_image(image), device, 1, args.embed_repeats)
-    report.add_timing("image embedding (set_image)", embed, f"{args.embed_repeats} repeats after 1 warm-up")
+    add_timing(report, "image embedding (set_image)", embed, f"{args.embed_repeats} repeats after 1 warm-up")
 
     times = measure_interleaved({
         "sweep": lambda: session.sweep(point, [1], SWEEP_GRANULARITIES),
         "loop": lambda: [session.predict(point, [1], g) for g in SWEEP_GRANULARITIES],
     }, device, args.warmup, args.repeats)
-    report.add_timing("sweep of 10 g, batched (session.sweep)", times["sweep"],
+    add_timing(report, "sweep of 10 g, batched (session.sweep)", times["sweep"],
                       f"decode batch size {session.decode_batch_size}")
-    report.add_timing("10 separate decodes (session.predict)", times["loop"])
+    add_timing(report, "10 separate decodes (session.predict)", times["loop"])
     speedup = times["loop"].median / times["sweep"].median
     report.add("sweep speed-up (10 decodes / sweep)", speedup, "x", f"target >= {SWEEP_TARGET:g}x",
                verdict(speedup >= SWEEP_TARGET))
@@ -238,10 +166,10 @@ def bench_decodes(report: Report, args: argparse.Namespace, device: torch.device
         "upstream": upstream_decode(predictor, np.asarray(point, np.float32), device),
         "plain": lambda: plain.predict(point, [1], GRANULARITY),
     }, device, args.warmup, args.repeats)
-    report.add_timing("UnSAMv2 decode, 1 point, g=0.5", times["unsamv2"], "incl. full-resolution mask")
-    report.add_timing("upstream SAM2ImagePredictor.predict, multimask", times["upstream"],
+    add_timing(report, "UnSAMv2 decode, 1 point, g=0.5", times["unsamv2"], "incl. full-resolution mask")
+    add_timing(report, "upstream SAM2ImagePredictor.predict, multimask", times["upstream"],
                       "plain SAM 2.1; 3 full-resolution masks")
-    report.add_timing("our plain-SAM decode (session.predict)", times["plain"], "same plain model; 1 mask")
+    add_timing(report, "our plain-SAM decode (session.predict)", times["plain"], "same plain model; 1 mask")
     for name, key in (("UnSAMv2 decode / upstream decode", "unsamv2"),
                       ("our plain-SAM decode / upstream decode", "plain")):
         ratio = times[key].median / times["upstream"].median
@@ -250,33 +178,6 @@ def bench_decodes(report: Report, args: argparse.Namespace, device: torch.device
 
 
 # ---------------------------------------------------------------- output
-def format_value(row: Row) -> str:
-    if row.unit == "x":
-        return f"{row.value:.2f}x"
-    return f"{row.value:.1f} {row.unit}"
-
-
-def table_lines(report: Report, markdown: bool) -> list[str]:
-    header = ("measurement", "median", "fastest", "verdict", "note")
-    cells = [(r.name, format_value(r), "" if r.best is None else f"{r.best:.1f} ms", r.verdict, r.note)
-             for r in report.rows]
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---:", "---:", ":---:", "---"]) + "|"]
-        return lines + ["| " + " | ".join(c) + " |" for c in cells]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *cells)]
-    fmt = "  ".join(f"{{:{'>' if i in (1, 2) else '<'}{w}}}" for i, w in enumerate(widths))
-    return [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in cells]
-
-
-def print_report(report: Report, markdown: bool) -> None:
-    machine = ", ".join(f"{k}: {v}" for k, v in report.machine.items())
-    settings = ", ".join(f"{k}={v}" for k, v in report.settings.items())
-    print(f"\nMachine: {machine}")
-    print(f"Settings: {settings}")
-    print("RANDOM WEIGHTS: timings are those of the architecture; the masks are meaningless.\n")
-    print("\n".join(table_lines(report, markdown)))
-
-
 def write_json(report: Report, path: Path) -> None:
     data = {"machine": report.machine, "settings": report.settings, "random_weights": True,
             "rows": [asdict(r) for r in report.rows]}
@@ -296,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     session = bench_unsamv2(report, args, device, image, point)
     bench_decodes(report, args, device, image, point, session)
     report.machine["load_at_end"] = load_average()
-    print_report(report, args.markdown)
+    print_report(report, args.markdown, value_header="median")
     if args.json:
         write_json(report, args.json)
     return 0
