@@ -215,6 +215,11 @@ class UnSAMv2Widget(QWidget):
         self.image_combo.blockSignals(False)
         self._ensure_embedding()
 
+    def _plane(self, layer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(leading indices of the plane shown now, spatial shape of the layer without its RGB axis)."""
+        leading = L.leading_indices(self.viewer.dims.current_step, layer.data.ndim, layer.rgb)
+        return leading, tuple(layer.data.shape[:-1] if layer.rgb else layer.data.shape)
+
     def image_layer(self):
         name = self.image_combo.currentText()
         return self.viewer.layers[name] if name in self.viewer.layers else None
@@ -255,7 +260,7 @@ class UnSAMv2Widget(QWidget):
         layer = self.image_layer()
         if not self._model_ready or layer is None:
             return
-        leading = L.leading_indices(self.viewer.dims.current_step, layer.data.ndim, layer.rgb)
+        leading = self._plane(layer)[0]
         key = L.image_key(layer.name, id(layer), leading)
         if key in (self._embedded_key, self._embedding_key):
             if key == self._embedded_key:
@@ -285,7 +290,7 @@ class UnSAMv2Widget(QWidget):
         layer, points = self.image_layer(), self._prompts_layer()
         if layer is None or points is None or len(points.data) == 0:
             return None
-        leading = L.leading_indices(self.viewer.dims.current_step, layer.data.ndim, layer.rgb)
+        leading = self._plane(layer)[0]
         data = np.array([layer.world_to_data(points.data_to_world(pt)) for pt in points.data])
         spatial = L.spatial_ndim(layer.data.ndim, layer.rgb)
         xy, labels = L.prompt_from_points(data[:, -spatial:], list(points.features[L.POLARITY]), leading)
@@ -358,8 +363,7 @@ class UnSAMv2Widget(QWidget):
         if layer is None:
             return
         self._last_decoded = reply
-        leading = L.leading_indices(self.viewer.dims.current_step, layer.data.ndim, layer.rgb)
-        shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
+        leading, shape = self._plane(layer)
         preview = self._labels_layer(PREVIEW_LAYER, shape, layer, opacity=0.5)
         data = np.zeros(shape, np.uint8) if preview.data.shape != tuple(shape) else preview.data
         data[...] = 0
@@ -417,7 +421,7 @@ class UnSAMv2Widget(QWidget):
         """Add a prompt at (row, col) of the current plane (what a click does; used by scripts/tests)."""
         layer = self.ensure_prompts_layer()
         image = self.image_layer()
-        leading = L.leading_indices(self.viewer.dims.current_step, image.data.ndim, image.rgb) if image else ()
+        leading = self._plane(image)[0] if image else ()
         layer.feature_defaults = {L.POLARITY: L.POSITIVE if positive else L.NEGATIVE}
         layer.add(np.array([[*leading, row, col]], dtype=float))
         layer.feature_defaults = {L.POLARITY: L.POSITIVE}
@@ -428,8 +432,7 @@ class UnSAMv2Widget(QWidget):
         if reply is None or image is None or reply.image_key != self._embedded_key or not reply.mask.any():
             self._notify("nothing to commit: click on an object first", "info")
             return None
-        leading = L.leading_indices(self.viewer.dims.current_step, image.data.ndim, image.rgb)
-        shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        leading, shape = self._plane(image)
         objects = self._labels_layer(OBJECTS_LAYER, shape, image, dtype=np.uint32)
         label = int(objects.data.max()) + 1
         parent = L.parent_label(np.asarray(objects.data[tuple(leading)]), reply.mask)
@@ -488,8 +491,7 @@ class UnSAMv2Widget(QWidget):
         image = self.image_layer()
         if image is None:
             return []
-        leading = L.leading_indices(self.viewer.dims.current_step, image.data.ndim, image.rgb)
-        shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        leading, shape = self._plane(image)
         meta = {"granularities": list(granularities), "table": table, "plane": list(leading), **extra}
         layers = []
         for level, g in enumerate(granularities):
@@ -553,8 +555,7 @@ class UnSAMv2Widget(QWidget):
         image = self.image_layer()
         if image is None:
             return
-        leading = L.leading_indices(self.viewer.dims.current_step, image.data.ndim, image.rgb)
-        shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        leading, shape = self._plane(image)
         data = np.zeros(shape, np.uint32)
         data[tuple(leading)] = reply.labels
         n = len(reply.scores)
