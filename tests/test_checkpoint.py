@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unsamv2_engine.model import build_model
-from unsamv2_engine.model.checkpoint import (AdapterBaseMismatchError, CheckpointError, apply_adapter,
+from unsamv2_engine.model.checkpoint import (AdapterBaseMismatchError, CheckpointError,
                                              checkpoint_kind, describe_checkpoint, load_checkpoint, read_checkpoint,
                                              save_adapter, save_checkpoint)
 from unsamv2_engine.session import ImageSession

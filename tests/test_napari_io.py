@@ -154,10 +154,6 @@ def test_scikit_image_samples():
 
 
 def test_synthetic_cells_sample():
-    try:
-        from unsamv2_engine.synth import generate_sample  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"unsamv2_engine.synth.generate_sample is not importable yet ({exc})")
     (image, kw, kind), = sample_cells()
     assert kind == "image" and kw["name"] == "synthetic cells"
     assert image.shape[:2] == (512, 512)

@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from unsamv2_engine.argtypes import (finite_float as _finite_float, fraction as _fraction,

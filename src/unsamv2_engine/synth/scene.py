@@ -214,7 +214,6 @@ def rasterize(p: SceneParams, cfg: SynthConfig, min_size: int, *, cell_group: np
     under its seed.
     """
     shape, spacing = p.shape, p.spacing
-    d = len(shape)
     n = p.n_cells
     tissue = p.tissue
     labels = [tissue.astype(np.int32, copy=True)] + [np.zeros(shape, dtype=np.int32) for _ in range(4)]
