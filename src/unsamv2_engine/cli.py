@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_synth(sub)
     add_evaluate(sub)
+    from unsamv2_engine.pseudo.cli import add_parser as add_pseudo_label  # standard library only
+
+    add_pseudo_label(sub, _add_model_options, _add_common_options)
     return parser
 
 

@@ -1,0 +1,163 @@
+"""The ``unsamv2 pseudo-label`` command: divide-and-conquer pseudo-labels for a folder of images.
+
+::
+
+    unsamv2 pseudo-label IMAGES_DIR -o OUT_DIR [--checkpoint CKPT | --model NAME] [--backbone classical|sam2|dino]
+        [--dino-weights PATH] [--no-overlays] [--max-side PX] [--max-instances N] [--thetas 0.9,0.8,0.7,0.6,0.5]
+
+Unlike ``segment``, no model is loaded unless ``--checkpoint`` or ``--model`` is given: the default
+is the weight-free classical backbone. With a model, the default backbone is its image encoder and
+its whole-image masks at g = 1 join the proposals. See ``docs/pseudo-labels.md``.
+
+Exit codes: 0 when at least one image has its JSON (made now or found from an earlier run); 2 when
+every image failed (each failure is listed on stderr), for a bad folder or option; 130 on Ctrl-C
+(every JSON already written is complete; the next run resumes after it). This module imports the
+standard library only; the engine is imported inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+from unsamv2_engine.argtypes import positive_int as _positive_int
+
+__all__ = ["BACKBONE_CHOICES", "add_parser", "run"]
+
+BACKBONE_CHOICES = ("classical", "sam2", "dino")
+OptionAdder = Callable[[argparse.ArgumentParser], None]
+
+DESCRIPTION = (
+    "Make UnSAMv2 training pseudo-labels for every image of IMAGES_DIR (.tif .tiff .png .jpg .jpeg .bmp) "
+    "without any annotation: divide (normalized cuts on backbone patch features, plus the model's own "
+    "whole-image masks when a model is given) into instances, conquer each instance into parts by merging "
+    "similar neighbouring patches, and score every mask's granularity by the sqrt-area rule. Writes "
+    "OUT_DIR/<image stem>.json (COCO RLE with granularity, instance_id, is_part) and an overlay PNG per "
+    "image in OUT_DIR/overlays/. Images whose JSON exists are skipped, so an interrupted run resumes."
+)
+EPILOG = """\
+backbones (default: sam2 with --checkpoint/--model, else classical):
+  classical  no weights: colour + multi-scale texture statistics on superpixels
+  sam2       the image encoder of the loaded model
+  dino       a DINOv2/DINOv3 ViT from a local weights file (--dino-weights)
+Without --checkpoint or --model no model is loaded (unlike 'segment', which defaults to a registry model).
+
+examples:
+  unsamv2 pseudo-label lab_images/ -o pseudo/
+  unsamv2 pseudo-label lab_images/ -o pseudo/ --checkpoint unsamv2_small.pt --device cuda
+  unsamv2 pseudo-label slides/ -o pseudo/ --max-side 2048 --no-overlays
+"""
+
+
+def _thetas(text: str) -> tuple[float, ...]:
+    """``0.9,0.8,0.7`` -> (0.9, 0.8, 0.7), each in [-1, 1]."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.9,0.8,0.7, got {text!r}"
+                                         ) from None
+    if not values or any(not -1.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"thetas are cosine similarities in [-1, 1], e.g. 0.9,0.8,0.7; got {text!r}")
+    return values
+
+
+def _side(text: str) -> int:
+    value = _positive_int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"must be at least 32 pixels, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: Any, model_options: OptionAdder, common_options: OptionAdder) -> argparse.ArgumentParser:
+    """Register ``pseudo-label`` on the ``unsamv2`` subparsers (model options: no model by default)."""
+    parser = subparsers.add_parser("pseudo-label", help="pseudo-labels (masks + granularity) for a folder of images",
+                                   description=textwrap.fill(DESCRIPTION, 79), epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (not searched recursively)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
+                        help="folder for <image stem>.json files and overlays/ (created if missing)")
+    group = parser.add_argument_group("pseudo-labels")
+    group.add_argument("--backbone", choices=BACKBONE_CHOICES,
+                       help="patch features for both stages (default: sam2 with a model, else classical)")
+    group.add_argument("--dino-weights", metavar="PATH", help="DINOv2/DINOv3 ViT weights file for --backbone dino")
+    group.add_argument("--no-overlays", action="store_true", help="do not write the overlay PNGs")
+    group.add_argument("--max-side", type=_side, metavar="PX",
+                       help="images with a longer side are downscaled to it for the computation; masks are "
+                            "written at full resolution (default: 1024)")
+    group.add_argument("--max-instances", type=_positive_int, metavar="N",
+                       help="normalized cuts per image, i.e. at most N instances from the cuts (default: 8)")
+    group.add_argument("--thetas", type=_thetas, metavar="T1,T2,...",
+                       help="merging thresholds of the conquer stage, in order (default: 0.9,0.8,0.7,0.6,0.5)")
+    model_options(parser)
+    common_options(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """``unsamv2 pseudo-label``: returns 0, or 2 when every image failed."""
+    from pathlib import Path
+
+    from unsamv2_engine import cli as main_cli
+
+    images_dir = Path(args.images_dir)
+    if not images_dir.is_dir():
+        raise main_cli.CliError(f"IMAGES_DIR {args.images_dir!r} is not a folder; give the folder that holds "
+                                "the images")
+    if args.dino_weights and args.backbone not in (None, "dino"):
+        raise main_cli.CliError("--dino-weights is only used with --backbone dino")
+    backbone = "dino" if args.dino_weights and args.backbone is None else args.backbone
+    if backbone == "dino" and not args.dino_weights:
+        raise main_cli.CliError("--backbone dino needs --dino-weights PATH (a local DINOv2/DINOv3 weights file)")
+    if args.dino_weights and not Path(args.dino_weights).is_file():
+        raise main_cli.CliError(f"--dino-weights file not found: {args.dino_weights}")
+    with_model = bool(args.checkpoint or args.model)
+    if backbone == "sam2" and not with_model:
+        raise main_cli.CliError("--backbone sam2 uses a model's image encoder: give --checkpoint PATH or --model NAME")
+    if args.adapter and not with_model:
+        raise main_cli.CliError("--adapter needs the model it applies to: give --checkpoint PATH or --model NAME")
+
+    from unsamv2_engine.pseudo.pipeline import PseudoLabelSettings, pseudo_label_folder
+
+    settings = PseudoLabelSettings().with_(max_side=args.max_side, max_instances=args.max_instances,
+                                           thetas=args.thetas)
+    model = None
+    device = "cpu"
+    if with_model:
+        path, source = main_cli._resolve_model_file(args)
+        device = main_cli._resolve_device(args.device)
+        main_cli._say(args, f"loading {source} on {device} ...")
+        model = main_cli._load_model(path, source=source, device=device, adapter=args.adapter,
+                                     allow_base_mismatch=args.allow_base_mismatch)
+    elif args.device not in ("auto", "cpu"):
+        main_cli._warn(f"--device {args.device} is unused without a model (the classical backbone runs on the CPU)")
+    name = backbone or ("sam2" if model is not None else "classical")
+    main_cli._say(args, f"pseudo-labelling {images_dir} -> {args.output} (backbone {name}"
+                        f"{', proposals from the model too' if model is not None else ''}) ...")
+
+    from tqdm import tqdm
+
+    bar = tqdm(disable=args.quiet, file=sys.stderr, unit="img", desc="pseudo-labels", dynamic_ncols=True)
+
+    def progress(done: int, total: int, image_name: str) -> None:
+        bar.total = total
+        bar.set_postfix_str(image_name, refresh=False)
+        bar.update(done - bar.n)
+
+    try:
+        summary = pseudo_label_folder(images_dir, args.output, model=model, backbone=backbone,
+                                      dino_weights=args.dino_weights, settings=settings,
+                                      overlays=not args.no_overlays, progress=progress)
+    finally:
+        bar.close()
+    for name_, reason in summary.failed.items():
+        main_cli._warn(f"{name_}: {reason}")
+    line = (f"wrote {len(summary.done)} pseudo-label file(s) to {args.output} ({summary.n_masks} masks); "
+            f"{len(summary.skipped)} skipped (already done), {len(summary.failed)} failed")
+    print(line, flush=True)
+    if summary.failed and not summary.done and not summary.skipped:
+        raise main_cli.CliError(f"every image failed ({len(summary.failed)}); see the reasons above")
+    return main_cli.EXIT_OK
