@@ -203,3 +203,29 @@ def test_truncated_file_is_explained(files, tmp_path):
 def test_save_unsamv2_needs_granularity(tiny_sam2_model, tmp_path):
     with pytest.raises(CheckpointError, match="no granularity module"):
         save_checkpoint(tiny_sam2_model, tmp_path / "x.pt", kind="unsamv2")
+
+
+def test_adapter_with_changed_base_tensors_restores_them(files, tmp_path):
+    """Format version 2: an adapter from decoder fine-tuning also replaces the base tensors it changed."""
+    import torch
+
+    from unsamv2_engine.model.checkpoint import read_adapter
+
+    _, paths = files
+    tuned = load_checkpoint(paths["unsamv2"])
+    with torch.no_grad():
+        tuned.sam.sam_mask_decoder.iou_token.weight.add_(0.5)
+    path = save_adapter(tuned, tmp_path / "decoder_adapter.pt", extra_keys=["sam_mask_decoder.iou_token.weight"])
+    obj = read_adapter(path)
+    assert obj["format_version"] == 2 and list(obj["extra_state_dict"]) == ["sam_mask_decoder.iou_token.weight"]
+    restored = load_checkpoint(paths["unsamv2"], adapter=path)
+    assert torch.equal(restored.sam.sam_mask_decoder.iou_token.weight, tuned.sam.sam_mask_decoder.iou_token.weight)
+    plain = save_adapter(tuned, tmp_path / "plain_adapter.pt")
+    assert read_adapter(plain)["format_version"] == 1 and "extra_state_dict" not in read_adapter(plain)
+    with pytest.raises(KeyError, match="not tensors of this model"):
+        save_adapter(tuned, tmp_path / "bad.pt", extra_keys=["no.such.tensor"])
+    bad = read_adapter(path)
+    bad["extra_state_dict"]["sam_mask_decoder.iou_token.weight"] = torch.zeros(3, 3)
+    torch.save(bad, tmp_path / "bad_shape.pt")
+    with pytest.raises(CheckpointError, match="other shapes"):
+        load_checkpoint(paths["unsamv2"], adapter=tmp_path / "bad_shape.pt")

@@ -22,7 +22,7 @@ import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,9 @@ from unsamv2_engine.model.specs import detect_size
 log = logging.getLogger(__name__)
 
 ADAPTER_FORMAT = "unsamv2-adapter"
-ADAPTER_FORMAT_VERSION = 1
+ADAPTER_FORMAT_VERSION = 2
+#: Version 1: the added tensors only. Version 2 adds ``extra_state_dict``: other tensors of the base
+#: that fine-tuning changed (``--trainable decoder|all``), applied on top of the base as well.
 _SHOWN_KEYS = 12
 
 
@@ -206,7 +208,14 @@ def apply_adapter(model: UnSAMv2Model, path: str | os.PathLike, *, base_sha256: 
             f"adapter {path} does not match the model's granularity module: missing "
             f"{_describe_keys(added - given) or 'none'}; unexpected {_describe_keys(given - added) or 'none'}"
         )
+    extra = dict(obj.get("extra_state_dict") or {})
+    bad = sorted(k for k, v in extra.items() if k not in state or tuple(state[k].shape) != tuple(v.shape)
+                 or is_added_parameter(k))
+    if bad:
+        raise CheckpointError(f"adapter {path} changes tensors this model does not have (or with other shapes): "
+                              f"{_describe_keys(set(bad))}. Load the base model it was trained on.")
     state.update(obj["state_dict"])
+    state.update(extra)
     load_state_dict_strict(model, state, source=str(path))
     model.info.family = "unsamv2"
     model.info.adapter = str(path)
@@ -214,17 +223,28 @@ def apply_adapter(model: UnSAMv2Model, path: str | os.PathLike, *, base_sha256: 
 
 
 def save_adapter(model: UnSAMv2Model, path: str | os.PathLike, *, base_sha256: str | None = None,
-                 base_source: str | None = None, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write the 70 added tensors (granularity module + gra token + LoRA) and their provenance."""
+                 base_source: str | None = None, metadata: Mapping[str, Any] | None = None,
+                 extra_keys: Iterable[str] = ()) -> Path:
+    """Write the 70 added tensors (granularity module + gra token + LoRA) and their provenance.
+
+    ``extra_keys``: state-dict names of base tensors that were fine-tuned too (e.g. the mask
+    decoder); they are stored in ``extra_state_dict`` (format version 2) and replace the base's
+    tensors when the adapter is applied.
+    """
     if not model.has_granularity:
         raise CheckpointError("this model has no granularity module to save as an adapter")
     from unsamv2_engine import __version__
 
     lora = next(m for m in model.sam.sam_mask_decoder.transformer.modules() if hasattr(m, "lora_A"))
+    full = model.sam.state_dict()
+    extra_names = sorted(set(extra_keys) - {k for k in full if is_added_parameter(k)})
+    unknown = [k for k in extra_names if k not in full]
+    if unknown:
+        raise KeyError(f"not tensors of this model: {', '.join(unknown[:5])}")
     obj = {
         "format": ADAPTER_FORMAT,
-        "format_version": ADAPTER_FORMAT_VERSION,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.sam.state_dict().items() if is_added_parameter(k)},
+        "format_version": 2 if extra_names else 1,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in full.items() if is_added_parameter(k)},
         "config": {"lora_rank": lora.rank, "lora_alpha": lora.scale * lora.rank,
                    "fourier_dim": 2 * len(model.sam.sam_prompt_encoder.fourier_embedder.fourier.freq_bands)},
         "base": {"size": model.info.size, "sha256": base_sha256 or model.info.base_sha256,
@@ -232,6 +252,8 @@ def save_adapter(model: UnSAMv2Model, path: str | os.PathLike, *, base_sha256: s
         "metadata": {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      "engine_version": __version__, **dict(metadata or {})},
     }
+    if extra_names:
+        obj["extra_state_dict"] = {k: full[k].detach().cpu().clone() for k in extra_names}
     return _atomic_save(obj, path)
 
 
