@@ -1,0 +1,329 @@
+"""The ``unsamv2 finetune`` command: adapt UnSAMv2 to a folder of unlabeled images.
+
+::
+
+    unsamv2 finetune --images DIR [--pseudo-labels DIR] --base CKPT -o adapter.pt [--max-steps N] [--device ...]
+    torchrun --nproc_per_node 2 -m unsamv2_engine finetune --images DIR --pseudo-labels DIR --base CKPT -o adapter.pt
+
+Without ``--pseudo-labels`` the pseudo-labels are made first, into ``<workdir>/pseudo-labels``.
+``--json-progress`` prints one JSON object per line on stdout (for the napari plugin), each with an
+``"event"`` in ``stage``, ``step``, ``val``, ``checkpoint``, ``done``, ``error``. Ctrl-C (SIGINT) saves a
+checkpoint after the current step and exits with code 130; ``--resume`` continues from it. See
+``docs/fine-tuning.md``.
+
+This module imports the standard library only at import time (``unsamv2 finetune --help`` never
+loads torch); the engine is imported inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from unsamv2_engine.argtypes import fraction, non_negative_int, positive_float, positive_int
+
+__all__ = ["add_parser", "run"]
+
+TRAINABLE_CHOICES = ("granularity", "decoder", "all")
+EVENTS = ("stage", "step", "val", "checkpoint", "done", "error")
+
+_EPILOG = """\
+what is trained (--trainable):
+  granularity  the 345,760 parameters UnSAMv2 adds to SAM 2.1 (default, as the authors); -o gets an
+               adapter file, loaded with --adapter on top of --base
+  decoder      those plus the SAM mask decoder; the adapter also carries the changed decoder tensors
+  all          every parameter, the image encoder included (GPU only in practice); the adapter then
+               carries every tensor
+
+examples:
+  unsamv2 finetune --images lab_tiffs/ --base sam2.1-small -o lab_adapter.pt
+  unsamv2 finetune --images lab_tiffs/ --pseudo-labels lab_pl/ --base unsamv2.pt -o lab.pt --max-steps 2000
+  torchrun --nproc_per_node 2 -m unsamv2_engine finetune --images lab_tiffs/ --pseudo-labels lab_pl/ \\
+      --base unsamv2.pt -o lab.pt --device cuda
+"""
+
+
+def add_parser(subparsers: Any, model_options: Callable | None = None,
+               common_options: Callable | None = None) -> argparse.ArgumentParser:
+    """Register ``finetune`` on the ``unsamv2`` subparsers (``common_options``: ``-q``, ``--traceback``)."""
+    from unsamv2_engine import cli as main_cli  # standard library only at import
+
+    parser = subparsers.add_parser(
+        "finetune", help="fine-tune the granularity module on your own unlabeled images",
+        description=textwrap.fill(
+            "Fine-tune UnSAMv2 on a folder of unlabeled images: make pseudo-labels (masks with granularities) "
+            "unless --pseudo-labels gives them, train with simulated clicks, and write an adapter file that "
+            "the CLI (--adapter) and the napari plugin load on top of the base model.", 79),
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    main_cli._allow_negative_values(parser)
+    data = parser.add_argument_group("data and model")
+    data.add_argument("--images", required=True, metavar="DIR", help="folder of images (.tif, .tiff, .png, .jpg)")
+    data.add_argument("--pseudo-labels", metavar="DIR",
+                      help="folder of <image stem>.json pseudo-labels (default: make them into <workdir>/pseudo-labels)")
+    data.add_argument("--base", required=True, metavar="CKPT",
+                      help="base model: a SAM 2.1 or UnSAMv2 checkpoint file, or a registry name ('unsamv2 models')")
+    data.add_argument("--download", action="store_true", help="download the --base model if it is not cached")
+    data.add_argument("-o", "--output", required=True, metavar="adapter.pt",
+                      help="the adapter file to write (load it with --adapter on top of --base)")
+    data.add_argument("--workdir", metavar="DIR",
+                      help="checkpoints, log.jsonl, loss.png (default: <output stem>_work/ next to the output)")
+    data.add_argument("--device", default="auto", type=main_cli.parse_device, metavar="{auto,cpu,cuda,mps}",
+                      help="where to train (default: auto = cuda, then mps, then cpu); under torchrun each "
+                           "process takes its own GPU")
+    train = parser.add_argument_group("training")
+    train.add_argument("--max-steps", type=positive_int, default=1000, metavar="N", help="optimizer steps (default: 1000)")
+    train.add_argument("--trainable", choices=TRAINABLE_CHOICES, default="granularity",
+                       help="what is trained (default: granularity; see below)")
+    train.add_argument("--batch-size", type=positive_int, default=2, metavar="N",
+                       help="images per micro-batch over all processes (default: 2)")
+    train.add_argument("--grad-accum", type=positive_int, default=1, metavar="N",
+                       help="micro-batches per optimizer step (default: 1)")
+    train.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate (default: 1e-4)")
+    train.add_argument("--min-lr", type=float, default=1e-5, help="final learning rate of the cosine (default: 1e-5)")
+    train.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (default: 1e-5)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the split, sampling, clicks, dropout (default: 0)")
+    train.add_argument("--max-masks", type=positive_int, default=30, metavar="N",
+                       help="masks per image per step, at most (default: 30)")
+    train.add_argument("--correction-clicks", type=non_negative_int, default=3, metavar="N",
+                       help="simulated correction clicks after the first click (default: 3, as the authors)")
+    train.add_argument("--cache-embeddings", action="store_true",
+                       help="compute each image's embedding once (much faster on a CPU; turns augmentation off; "
+                            "about 16 MB of memory per image)")
+    train.add_argument("--no-augment", action="store_true", help="no flips, rotations, affine or intensity jitter")
+    train.add_argument("--checkpoint-every", type=non_negative_int, default=500, metavar="N",
+                       help="save a checkpoint every N steps (default: 500; one is always saved at the end)")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in --workdir")
+    val = parser.add_argument_group("validation")
+    val.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
+                     help="share of the images held out (at most 8) and scored against their pseudo-labels "
+                          "(default: 0.1; 0: none)")
+    val.add_argument("--val-every", type=non_negative_int, default=500, metavar="N",
+                     help="validate every N steps (default: 500; also before the first and after the last)")
+    pl = parser.add_argument_group("pseudo-labelling (without --pseudo-labels)")
+    pl.add_argument("--backbone", default=None, metavar="NAME", help="feature backbone for the conquer stage")
+    pl.add_argument("--dino-weights", default=None, metavar="PATH", help="weights file of that backbone")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json-progress", action="store_true",
+                     help="JSON lines on stdout, one per event (stage, step, val, checkpoint, done, error)")
+    if common_options is not None:
+        common_options(parser)
+    else:
+        main_cli._add_common_options(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+# ============================================================================ command
+class _Reporter:
+    """Turns engine events into JSON lines (``--json-progress``) or a progress bar and messages on stderr."""
+
+    def __init__(self, args: argparse.Namespace, is_main: bool) -> None:
+        self.args, self.is_main = args, is_main
+        self.bar: Any = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        if self.args.json_progress:
+            print(json.dumps(event, default=str), flush=True)
+            return
+        kind = event.get("event")
+        if kind == "step":
+            self._step(event)
+        elif kind == "val":
+            self._say(f"validation at step {event['step']}: 1-click IoU {event['iou_1click']:.3f}, NoC@85 "
+                      f"{event['noc85']:.2f}, NoC@90 {event['noc90']:.2f} ({event['objects']} masks)")
+        elif kind == "stage":
+            self._say(event.get("message", event.get("stage", "")))
+        elif kind == "checkpoint":
+            self._say(f"checkpoint {event['path']}")
+
+    def _step(self, event: dict[str, Any]) -> None:
+        if self.args.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=event["max_steps"], initial=event["step"] - 1, file=sys.stderr, unit="step",
+                            desc="training", dynamic_ncols=True)
+        self.bar.update(event["step"] - self.bar.n)
+        self.bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}")
+
+    def _say(self, message: str) -> None:
+        if self.args.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@contextmanager
+def _sigint_sets(event: threading.Event):
+    """While inside, Ctrl-C / SIGINT / SIGTERM set ``event`` (a clean stop) instead of raising."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        event.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _workdir(args: argparse.Namespace) -> Path:
+    if args.workdir:
+        return Path(args.workdir)
+    out = Path(args.output)
+    return out.with_name(f"{out.stem}_work")
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Every cheap check before anything heavy is imported."""
+    from unsamv2_engine import cli as main_cli
+
+    for option, value in (("--images", args.images), ("--pseudo-labels", args.pseudo_labels)):
+        if value is None:
+            continue
+        path = Path(value)
+        if not path.exists():
+            raise main_cli.CliError(f"{option} {value}: no such folder")
+        if not path.is_dir():
+            raise main_cli.CliError(f"{option} {value} is a file; give the folder that holds the "
+                                    + ("images" if option == "--images" else "<image stem>.json files"))
+    if Path(args.output).suffix.lower() != ".pt":
+        raise main_cli.CliError(f"-o {args.output} must end in .pt")
+    if Path(args.output).is_dir():
+        raise main_cli.CliError(f"-o {args.output} is a folder; give a file name such as adapter.pt")
+    if args.min_lr < 0 or args.min_lr > args.lr:
+        raise main_cli.CliError(f"--min-lr {args.min_lr:g} must be between 0 and --lr {args.lr:g}")
+    if args.weight_decay < 0:
+        raise main_cli.CliError(f"--weight-decay must be 0 or more, got {args.weight_decay:g}")
+    if args.cache_embeddings and args.trainable == "all":
+        raise main_cli.CliError("--cache-embeddings needs a frozen image encoder: use it with --trainable "
+                                "granularity or decoder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``unsamv2 finetune`` (see the module docstring); returns the exit code."""
+    from unsamv2_engine import cli as main_cli
+
+    try:
+        return _run(args)
+    except BaseException as exc:
+        if args.json_progress and not isinstance(exc, SystemExit):
+            message = main_cli._user_error_message(exc) if isinstance(exc, Exception) else "interrupted"
+            print(json.dumps({"event": "error", "message": message or f"{type(exc).__name__}: {exc}",
+                              "type": type(exc).__name__}), flush=True)
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
+    from unsamv2_engine import cli as main_cli
+
+    _check_inputs(args)
+    from unsamv2_engine import weights
+    from unsamv2_engine.train import distributed
+
+    base_path = weights.resolve_checkpoint(args.base, download_missing=args.download, progress=not args.quiet)
+    device = main_cli._resolve_device(args.device)
+    if distributed.launched_by_torchrun() and args.pseudo_labels is None:
+        raise main_cli.CliError("under torchrun, give --pseudo-labels DIR: make them first with a single-process "
+                                "'unsamv2 finetune' run (they are written to <workdir>/pseudo-labels)")
+    ctx, device = distributed.init_distributed(device)
+    reporter = _Reporter(args, ctx.is_main)
+    cancel = threading.Event()
+    try:
+        with _sigint_sets(cancel):
+            code = _train(args, base_path, device, ctx, reporter, cancel)
+    finally:
+        reporter.close()
+        distributed.shutdown()
+    return code
+
+
+def _train(args: argparse.Namespace, base_path: Path, device: Any, ctx: Any, reporter: _Reporter,
+           cancel: threading.Event) -> int:
+    from unsamv2_engine import cli as main_cli
+    from unsamv2_engine.model.checkpoint import load_checkpoint
+    from unsamv2_engine.train.augment import AugmentConfig
+    from unsamv2_engine.train.dataset import PseudoLabelDataset
+    from unsamv2_engine.train.trainer import FinetuneConfig, finetune
+    from unsamv2_engine.weights import sha256_file
+
+    workdir = _workdir(args)
+    reporter({"event": "stage", "stage": "load", "message": f"loading {args.base} on {device} ..."})
+    with main_cli._reading_checkpoints(base_path):
+        model = load_checkpoint(base_path, device=device, merge_lora=False, source=str(args.base))
+    model.info.base_sha256 = sha256_file(base_path)
+    labels_dir = Path(args.pseudo_labels) if args.pseudo_labels else _make_pseudo_labels(args, model, workdir,
+                                                                                         reporter, cancel)
+    if labels_dir is None:
+        main_cli._warn("interrupted while making pseudo-labels; run again to continue")
+        return main_cli.EXIT_INTERRUPTED
+    augment = None if (args.no_augment or args.cache_embeddings) else AugmentConfig()
+    dataset = PseudoLabelDataset(args.images, labels_dir, max_masks=args.max_masks, augment=augment, seed=args.seed,
+                                 image_size=model.image_size)
+    for reason in dataset.skipped if ctx.is_main else ():
+        reporter({"event": "stage", "stage": "data", "message": f"skipped {reason}"})
+    config = FinetuneConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                            lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay, trainable=args.trainable,
+                            checkpoint_every=args.checkpoint_every, val_fraction=args.val_fraction,
+                            val_every=args.val_every, seed=args.seed, max_masks=args.max_masks,
+                            num_correction_clicks=args.correction_clicks,
+                            cache_embeddings=args.cache_embeddings, augment=augment is not None)
+    result = finetune(model, dataset, config, workdir=workdir, output=args.output, resume=args.resume,
+                      progress=reporter, cancel=cancel)
+    if result.cancelled:
+        if ctx.is_main:
+            main_cli._warn(f"stopped at step {result.steps} of {result.max_steps}; checkpoint {result.checkpoint}. "
+                           f"Continue with the same command plus --resume")
+        return main_cli.EXIT_INTERRUPTED
+    if ctx.is_main and not args.json_progress:
+        final = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+        print(f"wrote {result.output} ({result.steps} steps{final}); log and loss curve in {workdir}", flush=True)
+    return main_cli.EXIT_OK
+
+
+def _make_pseudo_labels(args: argparse.Namespace, model: Any, workdir: Path, reporter: _Reporter,
+                        cancel: threading.Event) -> Path | None:
+    """Pseudo-label ``--images`` into ``<workdir>/pseudo-labels`` with the base model; None if cancelled."""
+    from unsamv2_engine.pseudo.pipeline import pseudo_label_folder
+
+    out_dir = workdir / "pseudo-labels"
+    reporter({"event": "stage", "stage": "pseudo-labels", "message": f"making pseudo-labels into {out_dir} ..."})
+
+    def progress(done: int, total: int, name: str) -> None:
+        reporter({"event": "stage", "stage": "pseudo-labels", "done": int(done), "total": int(total), "image": name,
+                  "message": f"pseudo-labelled {done}/{total}: {name}"})
+
+    summary = pseudo_label_folder(args.images, out_dir, model=model, backbone=args.backbone,
+                                  dino_weights=args.dino_weights, progress=progress, cancel=cancel)
+    if summary.cancelled or cancel.is_set():
+        return None
+    reporter({"event": "stage", "stage": "pseudo-labels",
+              "message": f"pseudo-labels: {len(summary.done)} images done, {len(summary.skipped)} already there, "
+                         f"{len(summary.failed)} failed, {summary.n_masks} masks"})
+    for name, reason in summary.failed.items():
+        reporter({"event": "stage", "stage": "pseudo-labels", "message": f"could not pseudo-label {name}: {reason}"})
+    return out_dir

@@ -1,0 +1,772 @@
+"""Fine-tuning of UnSAMv2 on pseudo-labels: the training loop (UNSAMV2_FACTS §4).
+
+One optimizer step:
+
+1. ``grad_accum`` micro-batches of ``batch_size`` images (global; each DDP rank takes its share);
+2. per image: the image embedding (no gradient while the encoder is frozen; cached once per image
+   with ``cache_embeddings``), then for its objects (up to 30 masks) 1 + ``num_correction_clicks``
+   decoder passes: one positive click uniform inside the mask, then one click per pass from the error
+   of the previous ``high-res logits > 0`` (FN positive, FP negative), all clicks so far as prompts,
+   the previous low-res logits as ``mask_input``, the granularity token at the mask's stored g
+   (§4.3, §4.4). As in SAM 2 training, an object whose objectness logit is <= 0 has its logits set
+   to -1024 for that pass;
+3. loss :func:`unsamv2_engine.train.losses.unsamv2_loss` on the 1024x1024 logits, summed over the
+   passes and divided by the number of objects of the micro-batch averaged across ranks (§4.5);
+4. AdamW (default betas), weight decay 1e-5, learning rate cosine from ``lr`` to ``min_lr`` over
+   ``max_steps`` (§4.1); bf16 autocast on CUDA.
+
+Trainable sets (:func:`select_trainable`): ``granularity`` (default, as the authors) = the 345,760
+parameters UnSAMv2 adds; ``decoder`` = those plus the whole SAM mask decoder (tokens, transformer,
+upscaling, hypernetwork MLPs, IoU and objectness heads) except ``conv_s0``/``conv_s1``, which project the
+image encoder's high-resolution features once per image and so belong to the image path;
+``all`` = every parameter of the model, the image encoder included (no embedding cache then).
+
+Files under ``workdir`` (written by rank 0 only): ``checkpoints/step_<N>.pt`` and ``checkpoints/last.pt``
+(trainable tensors, optimizer, schedule, step, RNG states, config, data split; atomic writes),
+``log.jsonl`` (one JSON object per step and per validation), ``loss.png``. The result is an adapter
+file (``granularity``) or a full UnSAMv2 checkpoint (``decoder``/``all``: an adapter holds only the
+added parameters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unsamv2_engine.model.build import UnSAMv2Model, is_added_parameter
+from unsamv2_engine.model.decoding import ImageFeatures, decode, encode_image, upsample_logits
+from unsamv2_engine.train.augment import AugmentConfig
+from unsamv2_engine.train.clicks import batch_correction_clicks, batch_initial_clicks
+from unsamv2_engine.train.dataset import (STREAM_CLICKS, STREAM_DROPOUT, PseudoLabelDataset, TrainSample,
+                                          sample_seed)
+from unsamv2_engine.train.distributed import DistContext, current_context, shard
+from unsamv2_engine.train.losses import unsamv2_loss
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CHECKPOINT_FORMAT", "FinetuneConfig", "FinetuneResult", "TRAINABLE_SETS", "added_parameter_count",
+           "cosine_lr", "finetune", "select_trainable"]
+
+TRAINABLE_SETS = ("granularity", "decoder", "all")
+AMP_CHOICES = ("auto", "bf16", "off")
+CHECKPOINT_FORMAT = "unsamv2-finetune-checkpoint"
+CHECKPOINT_VERSION = 1
+NO_OBJECT_LOGIT = -1024.0  # SAM 2's NO_OBJ_SCORE
+STREAM_ORDER = 4
+# Config fields that define the optimisation: a resumed run must use the same values.
+_RUN_FIELDS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "weight_decay", "betas", "trainable",
+               "val_fraction", "val_max_images", "seed", "num_correction_clicks", "max_masks", "augment")
+
+Progress = Callable[[dict], None]
+
+
+def added_parameter_count(lora_rank: int = 8) -> int:
+    """Parameters UnSAMv2 adds to SAM 2.1 (any size; the decoder is 256-wide in all): 345,760 at rank 8."""
+    return 251_552 + 11_776 * int(lora_rank)
+
+
+# ============================================================================ configuration
+@dataclass
+class FinetuneConfig:
+    """Everything that defines a fine-tuning run (defaults: the authors' recipe, UNSAMV2_FACTS §4.1).
+
+    Attributes
+    ----------
+    max_steps : int
+        Optimizer steps.
+    batch_size : int
+        Images per micro-batch over all processes (a multiple of the number of DDP processes).
+    grad_accum : int
+        Micro-batches per optimizer step (effective batch = ``batch_size * grad_accum`` images).
+    lr, min_lr : float
+        Cosine schedule from ``lr`` (first step) towards ``min_lr`` (after ``max_steps``).
+    weight_decay : float
+        AdamW weight decay. ``betas``: AdamW betas (PyTorch default).
+    trainable : str
+        ``granularity`` | ``decoder`` | ``all`` (see the module docstring).
+    checkpoint_every : int
+        Save a checkpoint every N steps (0: only at the end or on cancel).
+    keep_checkpoints : int
+        How many ``step_<N>.pt`` files to keep (older ones are deleted; ``last.pt`` always stays).
+    val_fraction : float
+        Share of the images held out for validation (0: none); at most ``val_max_images`` images.
+    val_every : int
+        Validate every N steps (0: only at the end), and once before the first step.
+    val_max_objects, val_max_clicks : int
+        Masks per validation image, and clicks per mask, at most.
+    seed : int
+        Seeds the split, the sample order, augmentation, clicks and dropout.
+    num_correction_clicks : int
+        Correction passes after the first click (3 as the authors).
+    max_masks : int
+        Masks per image per sample (30 as the authors).
+    amp : str
+        ``auto`` (bf16 autocast on CUDA, none elsewhere), ``bf16`` (CUDA only) or ``off``.
+    cache_embeddings : bool
+        Compute each image's embedding once and reuse it (needs a frozen encoder and no augmentation;
+        about 16 MB per image of host or GPU memory).
+    augment : bool
+        Augment the training images (when the dataset is built here from folders).
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 2
+    grad_accum: int = 1
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    trainable: str = "granularity"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    val_fraction: float = 0.1
+    val_every: int = 500
+    val_max_images: int = 8
+    val_max_objects: int = 10
+    val_max_clicks: int = 10
+    seed: int = 0
+    num_correction_clicks: int = 3
+    max_masks: int = 30
+    amp: str = "auto"
+    cache_embeddings: bool = False
+    augment: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad value."""
+        positive = ("max_steps", "batch_size", "grad_accum", "max_masks", "val_max_images", "val_max_objects",
+                    "val_max_clicks", "keep_checkpoints")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "val_every", "num_correction_clicks"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"learning rates must satisfy 0 <= min_lr <= lr and lr > 0, got lr {self.lr}, "
+                             f"min_lr {self.min_lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.trainable not in TRAINABLE_SETS:
+            raise ValueError(f"trainable must be one of {', '.join(TRAINABLE_SETS)}, got {self.trainable!r}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        if self.cache_embeddings and self.trainable == "all":
+            raise ValueError("cache_embeddings needs a frozen image encoder; it cannot be used with trainable 'all'")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced.
+
+    output: the adapter written, None when cancelled; steps: optimizer steps done;
+    losses: the loss of every step (from step 1); val: every validation record; cancelled: stopped by
+    the ``cancel`` event (a checkpoint was saved); checkpoint: the last checkpoint written.
+    """
+
+    output: Path | None
+    workdir: Path
+    steps: int
+    max_steps: int
+    losses: list[float]
+    val: list[dict[str, Any]]
+    cancelled: bool
+    checkpoint: Path | None
+    seconds: float
+    skipped_steps: int = 0
+    dataset: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+
+# ============================================================================ parameters and schedule
+def select_trainable(model: UnSAMv2Model, trainable: str) -> dict[str, nn.Parameter]:
+    """The parameters a trainable set names, by state-dict name (see the module docstring)."""
+    named = dict(model.sam.named_parameters())
+    if trainable == "granularity":
+        chosen = model.granularity_parameters()
+        lora = next((m for m in model.sam.sam_mask_decoder.transformer.modules() if hasattr(m, "lora_A")), None)
+        expected = added_parameter_count(lora.rank if lora is not None else 0)
+        count = sum(p.numel() for p in chosen.values())
+        if count != expected:
+            raise ValueError(f"the granularity module has {count:,} parameters, expected {expected:,}: is it the "
+                             "UnSAMv2 module (granularity encoder, gra token and MLP, LoRA)?")
+        return chosen
+    if trainable == "decoder":
+        return {name: p for name, p in named.items()
+                if is_added_parameter(name) or (name.startswith("sam_mask_decoder.")
+                                                and not name.startswith(("sam_mask_decoder.conv_s0",
+                                                                         "sam_mask_decoder.conv_s1")))}
+    if trainable == "all":
+        return named
+    raise ValueError(f"trainable must be one of {', '.join(TRAINABLE_SETS)}, got {trainable!r}")
+
+
+def cosine_lr(step: int, config: FinetuneConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): ``min + (max - min) (1 + cos(pi step / steps)) / 2``."""
+    progress = min(max(step, 0), config.max_steps) / config.max_steps
+    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _split(n: int, config: FinetuneConfig) -> tuple[list[int], list[int]]:
+    """(train, val) dataset indices: a seeded random ``val_fraction`` (at most ``val_max_images``) held out."""
+    if config.val_fraction <= 0 or n < 2:
+        return list(range(n)), []
+    n_val = min(max(1, round(config.val_fraction * n)), config.val_max_images, n - 1)
+    order = np.random.default_rng(sample_seed(config.seed, 0, 0, STREAM_ORDER)).permutation(n)
+    val = sorted(int(i) for i in order[:n_val])
+    return sorted(set(range(n)) - set(val)), val
+
+
+class SampleOrder:
+    """The endless stream of training samples: epoch after epoch, a seeded permutation of the train set."""
+
+    def __init__(self, train_indices: list[int], seed: int) -> None:
+        self.train = list(train_indices)
+        self.seed = seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def at(self, position: int) -> tuple[int, int]:
+        """(epoch, dataset index) of stream position ``position``."""
+        n = len(self.train)
+        epoch, offset = divmod(position, n)
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng(sample_seed(self.seed, epoch, 0, STREAM_ORDER)).permutation(n)}
+        return epoch, self.train[int(self._perms[epoch][offset])]
+
+
+# ============================================================================ the forward pass
+class InteractiveLoss(nn.Module):
+    """The simulated interaction on one image and its loss (a module, so that DDP can wrap it).
+
+    ``forward(image, embed, feat_s0, feat_s1, masks, granularities, click_seed, num_objects)``:
+    ``image`` ``[1, 3, S, S]`` (encoded here, with gradient: trainable ``all``) or None with the
+    three feature tensors of :class:`ImageFeatures`; ``masks`` bool ``[O, S, S]``; ``granularities``
+    float ``[O]``; returns the dict of :func:`unsamv2_loss` (``"loss"`` carries the graph).
+    """
+
+    def __init__(self, sam: nn.Module, num_correction_clicks: int) -> None:
+        super().__init__()
+        self.sam = sam
+        self.num_correction_clicks = int(num_correction_clicks)
+
+    def forward(self, image: torch.Tensor | None, embed: torch.Tensor | None, feat_s0: torch.Tensor | None,
+                feat_s1: torch.Tensor | None, masks: torch.Tensor, granularities: torch.Tensor, click_seed: int,
+                num_objects: float) -> dict[str, Any]:
+        features = encode_image(self.sam, image) if image is not None else ImageFeatures(embed, (feat_s0, feat_s1))
+        generator = torch.Generator().manual_seed(int(click_seed))
+        size = tuple(masks.shape[-2:])
+        gra = granularities.reshape(-1, 1).to(torch.float32)
+        coords, labels = batch_initial_clicks(masks, generator)
+        mask_input = None
+        steps = []
+        for step in range(1 + self.num_correction_clicks):
+            if step:
+                new_coords, new_labels = batch_correction_clicks(steps[-1][0].detach()[:, 0] > 0, masks, generator)
+                coords, labels = torch.cat([coords, new_coords], 1), torch.cat([labels, new_labels], 1)
+            out = decode(self.sam, features, coords, labels, gra, mask_input)
+            present = out.object_score_logits.float() > 0  # [O, 1]
+            low_res = torch.where(present[:, :, None, None], out.low_res_logits.float(),
+                                  torch.full_like(out.low_res_logits, NO_OBJECT_LOGIT, dtype=torch.float32))
+            high_res = upsample_logits(low_res, size)
+            steps.append((high_res, out.iou_all[:, 0].float(), out.object_score_logits.float()))
+            mask_input = low_res
+        return unsamv2_loss(steps, masks[:, None].float(), num_objects=num_objects)
+
+
+@contextlib.contextmanager
+def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run with the global torch RNG (dropout) seeded to ``seed``, restoring it afterwards."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+        yield
+
+
+def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and amp in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if amp == "bf16":
+        raise ValueError("amp 'bf16' needs a CUDA device; use amp 'auto' or 'off'")
+    return contextlib.nullcontext()
+
+
+# ============================================================================ files
+def _atomic_torch_save(obj: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _rng_states() -> dict[str, Any]:
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": [py_version, list(py_state), py_gauss],
+              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                        int(np_state[3]), float(np_state[4])]}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def plot_losses(history: list[float], val: list[dict[str, Any]], path: Path) -> Path:
+    """``loss.png``: the loss of every step (and a running mean), validation 1-click IoU on the right axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    steps = np.arange(1, len(history) + 1)
+    ax.plot(steps, history, color="tab:blue", alpha=0.35, linewidth=1, label="loss")
+    if len(history) >= 5:
+        window = max(5, len(history) // 20)
+        kernel = np.ones(window) / window
+        smooth = np.convolve(np.asarray(history, float), kernel, mode="valid")
+        ax.plot(steps[window - 1:], smooth, color="tab:blue", linewidth=2, label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (focal x20 + dice + IoU + objectness)")
+    ax.grid(alpha=0.3)
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([v["step"] for v in val], [v["iou_1click"] for v in val], "o-", color="tab:orange",
+                 label="val 1-click IoU")
+        ax2.set_ylabel("validation 1-click IoU")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# ============================================================================ the run
+class _Run:
+    """State shared by the steps of one :func:`finetune` call."""
+
+    def __init__(self, model: UnSAMv2Model, dataset: PseudoLabelDataset, config: FinetuneConfig, workdir: Path,
+                 ctx: DistContext, progress: Progress | None) -> None:
+        self.model, self.dataset, self.config, self.workdir, self.ctx = model, dataset, config, workdir, ctx
+        self.progress = progress
+        self.device = model.device
+        self.encoder_trainable = config.trainable == "all"
+        self.features: dict[int, ImageFeatures] = {}
+        self.history: list[float] = []
+        self.val: list[dict[str, Any]] = []
+        self.skipped_steps = 0
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ reporting
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.ctx.is_main and self.progress is not None:
+            self.progress(event)
+
+    def log_line(self, record: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            with open(self.workdir / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ features
+    def image_inputs(self, sample: TrainSample) -> tuple[torch.Tensor | None, ImageFeatures | None]:
+        """The encoder input (trainable encoder) or the image features (frozen encoder; cached if asked)."""
+        if self.encoder_trainable:
+            return sample.image[None].to(self.device), None
+        if sample.index in self.features:
+            return None, self.features[sample.index]
+        pixels = sample.image[None] if sample.image is not None else self.dataset.pixels(sample.index)
+        features = self.encode(pixels)
+        if self.config.cache_embeddings:
+            self.features[sample.index] = features
+        return None, features
+
+    def encode(self, pixels: torch.Tensor) -> ImageFeatures:
+        with torch.no_grad(), _autocast(self.device, self.config.amp):
+            return encode_image(self.model.sam, pixels.to(self.device))
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, step: int, val_indices: list[int]) -> dict[str, Any] | None:
+        """1-click IoU and NoC@85/90 on the held-out images at each mask's own pseudo granularity (rank 0)."""
+        if not val_indices:
+            return None
+        record = None
+        if self.ctx.is_main:
+            record = self._validate(step, val_indices)
+            self.val.append(record)
+            self.log_line(record)
+            self.emit(record)
+        self.ctx.barrier()
+        return record
+
+    def _validate(self, step: int, val_indices: list[int]) -> dict[str, Any]:
+        from unsamv2_engine.evaluate.interactive import Mode, evaluate_object
+        from unsamv2_engine.evaluate.metrics import noc
+        from unsamv2_engine.evaluate.predictors import SessionPredictor
+
+        start = time.perf_counter()
+        sam = self.model.sam
+        modes = {name: m.training for name, m in sam.named_modules()}
+        sam.eval()
+        cfg = self.config
+        try:
+            predictor = SessionPredictor(self.model)  # merges LoRA for speed; train() unmerges it
+            first, nocs85, nocs90 = [], [], []
+            for index in val_indices:
+                rgb8 = self.dataset.read_image(index)
+                if index not in self.features and not self.encoder_trainable:
+                    self.features[index] = self.encode(self.dataset.pixels(index))
+                if index in self.features:
+                    predictor.session.set_features(self.features[index], rgb8.shape[:2])
+                else:
+                    predictor.set_image(rgb8)
+                which = self.dataset.choose_masks(index, 0)[:cfg.val_max_objects]
+                masks, gs = self.dataset.read_masks(index, which)
+                for mask, g in zip(masks, gs):
+                    mode = Mode("fixed", float(np.clip(round(float(g), 6), 0.1, 1.0)))
+                    run, _ = evaluate_object(predictor, mode, mask, max_clicks=cfg.val_max_clicks, target_iou=0.9)
+                    first.append(run.ious[0])
+                    nocs85.append(noc(run.ious, 0.85, cfg.val_max_clicks))
+                    nocs90.append(noc(run.ious, 0.90, cfg.val_max_clicks))
+        finally:
+            for name, m in sam.named_modules():
+                m.training = modes[name]
+            self.model.unmerge_lora()
+        return {"event": "val", "step": int(step), "iou_1click": float(np.mean(first)),
+                "noc85": float(np.mean(nocs85)), "noc90": float(np.mean(nocs90)), "objects": len(first),
+                "images": len(val_indices), "max_clicks": cfg.val_max_clicks,
+                "seconds": round(time.perf_counter() - start, 3)}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, step: int, optimizer: torch.optim.Optimizer, trainable: dict[str, nn.Parameter],
+                        split: tuple[list[int], list[int]]) -> Path | None:
+        """``checkpoints/step_<step>.pt`` and ``checkpoints/last.pt`` (rank 0), plus ``loss.png``."""
+        path = None
+        if self.ctx.is_main:
+            info = self.model.info
+            state = {
+                "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "step": int(step),
+                "config": self.config.to_dict(),
+                "trainable": {name: p.detach().cpu().clone() for name, p in trainable.items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": {"kind": "cosine", "lr": self.config.lr, "min_lr": self.config.min_lr,
+                              "max_steps": self.config.max_steps, "next_step": int(step)},
+                "rng": _rng_states(),
+                "base": {"size": info.size, "family": info.family, "source": info.source,
+                         "sha256": info.base_sha256},
+                "split": {"train": [self.dataset.names[i] for i in split[0]],
+                          "val": [self.dataset.names[i] for i in split[1]]},
+                "history": list(self.history), "val": list(self.val), "skipped_steps": self.skipped_steps,
+            }
+            folder = self.workdir / "checkpoints"
+            path = _atomic_torch_save(state, folder / f"step_{step}.pt")
+            _atomic_torch_save(state, folder / "last.pt")
+            steps = sorted((int(p.stem.split("_")[1]), p) for p in folder.glob("step_*.pt")
+                           if p.stem.split("_")[1].isdigit())
+            for _, old in steps[:-self.config.keep_checkpoints]:
+                old.unlink(missing_ok=True)
+            if self.history:
+                plot_losses(self.history, self.val, self.workdir / "loss.png")
+            self.emit({"event": "checkpoint", "step": int(step), "path": str(path)})
+        self.last_checkpoint = self.workdir / "checkpoints" / f"step_{step}.pt"
+        self.ctx.barrier()
+        return path
+
+
+def _as_dataset(data: PseudoLabelDataset | tuple[str | os.PathLike, str | os.PathLike], config: FinetuneConfig,
+                image_size: int) -> PseudoLabelDataset:
+    if isinstance(data, PseudoLabelDataset):
+        return data
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError("data must be a PseudoLabelDataset or a pair (images_dir, labels_dir)")
+    augment = AugmentConfig() if config.augment and not config.cache_embeddings else None
+    return PseudoLabelDataset(data[0], data[1], max_masks=config.max_masks, augment=augment, seed=config.seed,
+                              image_size=image_size)
+
+
+def _load_resume_state(path: Path, config: FinetuneConfig, model: UnSAMv2Model,
+                       dataset: PseudoLabelDataset) -> dict[str, Any]:
+    """Read ``last.pt`` and check it belongs to this run (same recipe, same base model, same data)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a fine-tuning checkpoint of this engine")
+    saved = FinetuneConfig.from_dict(state["config"])
+    differ = [f"{name}: checkpoint {getattr(saved, name)!r}, now {getattr(config, name)!r}"
+              for name in _RUN_FIELDS if getattr(saved, name) != getattr(config, name)]
+    if differ:
+        raise ValueError(f"cannot resume from {path}: the run used other settings ({'; '.join(differ)}); "
+                         "resume with the same options, or start a new run in another work folder")
+    base = state.get("base", {})
+    if base.get("sha256") and model.info.base_sha256 and base["sha256"] != model.info.base_sha256:
+        raise ValueError(f"cannot resume from {path}: it was trained from base {base.get('source')} "
+                         f"(sha256 {base['sha256'][:12]}...), not {model.info.source}")
+    if base.get("size") and base["size"] != model.info.size:
+        raise ValueError(f"cannot resume from {path}: it holds a {base['size']} model, this one is {model.info.size}")
+    names = set(state["split"]["train"]) | set(state["split"]["val"])
+    if names != set(dataset.names):
+        raise ValueError(f"cannot resume from {path}: the images changed since it was saved ({len(names)} then, "
+                         f"{len(dataset)} now); resume with the same --images and --pseudo-labels")
+    return state
+
+
+def finetune(model: UnSAMv2Model, data: PseudoLabelDataset | tuple[str | os.PathLike, str | os.PathLike],
+             config: FinetuneConfig, *, workdir: str | os.PathLike, output: str | os.PathLike | None = None,
+             resume: bool = False, progress: Progress | None = None,
+             cancel: threading.Event | None = None) -> FinetuneResult:
+    """Fine-tune ``model`` on pseudo-labels (see the module docstring).
+
+    Parameters
+    ----------
+    model : UnSAMv2Model
+        The base model on its training device: UnSAMv2 (its module is fine-tuned) or plain SAM 2.1
+        (a freshly initialised granularity module is added first). Trained in place; it is left in
+        eval mode with its original ``requires_grad`` flags.
+    data : PseudoLabelDataset or (images_dir, labels_dir)
+        The training data; from folders, it is built with ``config.max_masks``, ``config.seed`` and
+        augmentation unless ``config.augment`` is false or embeddings are cached.
+    config : FinetuneConfig
+    workdir : path
+        Checkpoints, ``log.jsonl``, ``loss.png``. Refused if it holds checkpoints and ``resume`` is false.
+    output : path, optional
+        The adapter to write at the end (default ``workdir/adapter.pt``); for ``decoder``/``all`` it
+        also carries the base tensors the run changed.
+    resume : bool
+        Continue from ``workdir/checkpoints/last.pt`` (same settings required); a fresh start when
+        there is none.
+    progress : callable, optional
+        Called (rank 0 only) with event dicts: ``{"event": "stage", "stage", "message"}``,
+        ``{"event": "step", "step", "max_steps", "loss", "lr", "seconds", ...}``, ``{"event": "val", ...}``,
+        ``{"event": "checkpoint", "step", "path"}``, ``{"event": "done", "output", "steps", "final_loss"}``.
+    cancel : threading.Event, optional
+        When set, the run saves a checkpoint after the current step and returns (``cancelled``).
+
+    Returns
+    -------
+    FinetuneResult
+    """
+    config.validate()
+    start_time = time.perf_counter()
+    workdir = Path(workdir)
+    ctx = current_context(model.device)
+    if config.batch_size % ctx.world_size:
+        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the number of processes "
+                         f"({ctx.world_size})")
+    dataset = _as_dataset(data, config, model.image_size)
+    if config.cache_embeddings and dataset.augment is not None:
+        raise ValueError("cache_embeddings reuses each image's embedding, so the dataset must not augment the "
+                         "images: build it with augment=None (or set augment=False)")
+    last_path = workdir / "checkpoints" / "last.pt"
+    if last_path.exists() and not resume:
+        raise ValueError(f"{workdir} holds checkpoints of an earlier run: pass resume=True (--resume) to continue "
+                         "it, or use another work folder")
+    if not model.has_granularity:
+        model.add_granularity_module()
+    model.unmerge_lora()
+    sam = model.sam
+    flags = {name: p.requires_grad for name, p in sam.named_parameters()}
+    trainable = select_trainable(model, config.trainable)
+    for name, p in sam.named_parameters():
+        p.requires_grad_(name in trainable)
+    split = _split(len(dataset), config)
+    order = SampleOrder(split[0], config.seed)
+    run = _Run(model, dataset, config, workdir, ctx, progress)
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, betas=tuple(config.betas),
+                                  weight_decay=config.weight_decay)
+    start_step = 0
+    if resume and last_path.exists():
+        state = _load_resume_state(last_path, config, model, dataset)
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                trainable[name].copy_(tensor.to(trainable[name].device))
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_states(state["rng"])
+        start_step = int(state["step"])
+        run.history, run.val = list(state["history"]), list(state["val"])
+        run.skipped_steps = int(state.get("skipped_steps", 0))
+        run.last_checkpoint = last_path
+        if ctx.is_main:
+            _truncate_log(workdir / "log.jsonl", start_step)
+        run.emit({"event": "stage", "stage": "resume", "message": f"resuming at step {start_step} from {last_path}"})
+    elif resume:
+        run.emit({"event": "stage", "stage": "resume", "message": f"nothing to resume in {workdir}: starting afresh"})
+    if ctx.is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if start_step == 0:
+            (workdir / "log.jsonl").write_text("")
+    ctx.barrier()
+    run.emit({"event": "stage", "stage": "train",
+              "message": f"{len(split[0])} training and {len(split[1])} validation images, "
+                         f"{sum(p.numel() for p in trainable.values()):,} trainable parameters ({config.trainable}), "
+                         f"{config.max_steps} steps of {config.batch_size * config.grad_accum} images"
+                         + (f" on {ctx.world_size} processes" if ctx.enabled else "")})
+
+    forward = ctx.wrap(InteractiveLoss(sam, config.num_correction_clicks),
+                       find_unused_parameters=config.trainable != "granularity")
+    cancelled = False
+    try:
+        if start_step == 0 and config.val_every > 0:
+            run.validate(0, split[1])
+        _set_train_modes(model, run.encoder_trainable)
+        step = start_step
+        while step < config.max_steps:
+            if ctx.any(cancel is not None and cancel.is_set()):
+                cancelled = True
+                break
+            record = _train_step(run, forward, optimizer, order, step)
+            step += 1
+            run.log_line(record)
+            run.emit(record)
+            if config.val_every and step % config.val_every == 0 and step < config.max_steps:
+                run.validate(step, split[1])
+                _set_train_modes(model, run.encoder_trainable)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
+                run.save_checkpoint(step, optimizer, trainable, split)
+        if not cancelled and split[1]:
+            run.validate(step, split[1])
+        if step > start_step or cancelled or run.last_checkpoint is None:
+            run.save_checkpoint(step, optimizer, trainable, split)
+        out_path = None
+        if not cancelled:
+            out_path = _write_output(run, output, step)
+            run.emit({"event": "done", "output": str(out_path), "steps": step, "final_loss": run.history[-1]
+                      if run.history else None, "seconds": round(time.perf_counter() - start_time, 3)})
+    finally:
+        sam.eval()
+        for name, p in sam.named_parameters():
+            p.requires_grad_(flags[name])
+    return FinetuneResult(output=out_path, workdir=workdir, steps=step, max_steps=config.max_steps,
+                          losses=list(run.history), val=list(run.val), cancelled=cancelled,
+                          checkpoint=run.last_checkpoint, seconds=time.perf_counter() - start_time,
+                          skipped_steps=run.skipped_steps, dataset=dataset.describe())
+
+
+def _set_train_modes(model: UnSAMv2Model, encoder_trainable: bool) -> None:
+    """Training mode (dropout on, LoRA unmerged); a frozen image encoder stays in eval mode."""
+    model.sam.train()
+    if not encoder_trainable:
+        model.sam.image_encoder.eval()
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop log records after ``last_step`` (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= last_step:
+                kept.append(line)
+        except (ValueError, AttributeError):
+            continue
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _train_step(run: _Run, forward: nn.Module, optimizer: torch.optim.Optimizer, order: SampleOrder,
+                step: int) -> dict[str, Any]:
+    """One optimizer step; returns its log record (loss terms averaged over ranks)."""
+    cfg, ctx, device = run.config, run.ctx, run.device
+    start = time.perf_counter()
+    lr = cosine_lr(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    terms = {"loss": 0.0, "loss_mask": 0.0, "loss_dice": 0.0, "loss_iou": 0.0, "loss_class": 0.0}
+    objects = 0
+    for micro in range(cfg.grad_accum):
+        first = (step * cfg.grad_accum + micro) * cfg.batch_size
+        positions = list(range(first, first + cfg.batch_size))
+        mine = [order.at(k) for k in shard(positions, ctx.rank, ctx.world_size)]
+        samples = [run.dataset.sample(index, epoch, with_image=not (cfg.cache_embeddings and index in run.features))
+                   for epoch, index in mine]
+        local_objects = sum(s.num_objects for s in samples)
+        objects += local_objects
+        norm = ctx.mean(local_objects)
+        for j, sample in enumerate(samples):
+            last = micro == cfg.grad_accum - 1 and j == len(samples) - 1
+            image, features = run.image_inputs(sample)
+            embed, (s0, s1) = (features.image_embed, features.high_res) if features is not None else (None, (None, None))
+            click_seed = sample_seed(cfg.seed, sample.epoch, sample.index, STREAM_CLICKS)
+            dropout_seed = sample_seed(cfg.seed, sample.epoch, sample.index, STREAM_DROPOUT)
+            with ctx.accumulating(forward, accumulate=not last), _seeded_rng(dropout_seed, device):
+                with _autocast(device, cfg.amp):
+                    out = forward(image, embed, s0, s1, sample.masks.to(device), sample.granularities.to(device),
+                                  click_seed, norm)
+                (out["loss"] / cfg.grad_accum).backward()
+            terms["loss"] += float(out["loss"].detach()) / cfg.grad_accum
+            for key in ("loss_mask", "loss_dice", "loss_iou", "loss_class"):
+                terms[key] += float(out[key]) / cfg.grad_accum
+    # Each rank's loss is its objects' sum over the mean object count, so the mean over ranks is the
+    # single-process loss of the global batch.
+    terms = {k: ctx.mean(v) for k, v in terms.items()}
+    finite = math.isfinite(terms["loss"])
+    if finite:
+        optimizer.step()
+    else:
+        run.skipped_steps += 1
+        log.warning("step %d: loss is not finite (%s); the update is skipped", step + 1, terms["loss"])
+    run.history.append(terms["loss"])
+    return {"event": "step", "step": step + 1, "max_steps": cfg.max_steps, **terms, "lr": lr,
+            "objects": int(ctx.mean(objects) * ctx.world_size), "skipped": not finite,
+            "seconds": round(time.perf_counter() - start, 4)}
+
+
+def _write_output(run: _Run, output: str | os.PathLike | None, steps: int) -> Path:
+    """The adapter file, written by rank 0: the granularity module + LoRA, plus (trainable ``decoder`` /
+    ``all``) the base tensors the run changed, so every trainable set loads with ``--adapter`` on its base."""
+    from unsamv2_engine.model.checkpoint import save_adapter
+
+    cfg, model = run.config, run.model
+    path = Path(output) if output is not None else run.workdir / "adapter.pt"
+    if run.ctx.is_main:
+        metadata = {"finetune": {"steps": steps, "config": cfg.to_dict(), "dataset": run.dataset.describe(),
+                                 "final_loss": run.history[-1] if run.history else None,
+                                 "validation": run.val[-1] if run.val else None, "workdir": str(run.workdir),
+                                 "processes": run.ctx.world_size}}
+        changed = [name for name in select_trainable(model, cfg.trainable) if not is_added_parameter(name)]
+        save_adapter(model, path, base_sha256=model.info.base_sha256, base_source=model.info.source,
+                     metadata=metadata, extra_keys=changed)
+    run.ctx.barrier()
+    return path
