@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_synth(sub)
     add_evaluate(sub)
+    from unsamv2_engine.train.cli import add_parser as add_finetune  # standard library only
+
+    add_finetune(sub, _add_model_options, _add_common_options)
+    from unsamv2_engine.video.cli import add_parser as add_propagate  # standard library only
+
+    add_propagate(sub, _add_model_options, _add_common_options)
     from unsamv2_engine.pseudo.cli import add_parser as add_pseudo_label  # standard library only
 
     add_pseudo_label(sub, _add_model_options, _add_common_options)

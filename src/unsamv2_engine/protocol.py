@@ -14,6 +14,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from unsamv2_engine.video.data import DEFAULT_MASK_THRESHOLD, ObjectPrompt  # numpy only
+
 _ids = itertools.count(1)
 
 
@@ -97,11 +99,36 @@ class BuildHierarchy:
 
 
 @dataclass
+class Propagate:
+    """Propagate objects prompted on slices through a z-stack or time-lapse (``unsamv2_engine.video``).
+
+    stack: the whole array (``[N0, N1, N2]`` or 4D with a channel axis), sent once per ``stack_key``:
+    later requests for the same key may leave it None and reuse the engine's session (its frame
+    embeddings stay cached). prompts: every prompt of every object, each time (the engine replaces
+    the key's prompts with them); :class:`~unsamv2_engine.video.data.ObjectPrompt` is plain numpy data.
+    axis / channel_axis / contrast_limits: see :mod:`unsamv2_engine.video.frames` (changing them rebuilds
+    the session from the stored stack). direction: both, forward or backward. Progress messages (stage
+    ``"propagate"``, one per slice) come before the reply; the client's cancel stops at the next slice
+    and the reply then has ``cancelled=True``.
+    """
+
+    stack_key: str
+    prompts: list[ObjectPrompt]
+    stack: np.ndarray | None = None
+    axis: int = 0
+    channel_axis: int | None = None
+    direction: str = "both"
+    mask_threshold: float = DEFAULT_MASK_THRESHOLD
+    contrast_limits: tuple[float, float] | None = None
+    request_id: int = field(default_factory=next_request_id)
+
+
+@dataclass
 class Shutdown:
     request_id: int = field(default_factory=next_request_id)
 
 
-Request = Union[LoadModel, SetImage, Predict, SweepRequest, SegmentAll, BuildHierarchy, Shutdown]
+Request = Union[LoadModel, SetImage, Predict, SweepRequest, SegmentAll, BuildHierarchy, Propagate, Shutdown]
 
 
 # ------------------------------------------------------------------------------------ replies
@@ -176,6 +203,25 @@ class HierarchyBuilt:
 
 
 @dataclass
+class Propagated:
+    """labels: the stack's shape without channels (0 = background, object ids); scores, object_scores
+    float32 ``[n_slices, n_objects]`` (predicted IoU, objectness logit; NaN where not computed), columns
+    in ``object_ids`` order; frames_done bool ``[n_slices]`` (False only for slices a cancel left out);
+    axis: the propagation axis of ``labels``."""
+
+    request_id: int
+    stack_key: str
+    labels: np.ndarray
+    scores: np.ndarray
+    object_scores: np.ndarray
+    object_ids: list[int]
+    frames_done: np.ndarray
+    axis: int
+    cancelled: bool
+    seconds: float
+
+
+@dataclass
 class Progress:
     request_id: int
     stage: str
@@ -199,8 +245,8 @@ class Stopped:
     request_id: int
 
 
-Reply = Union[ModelLoaded, ImageEmbedded, Decoded, SweepDecoded, Segmented, HierarchyBuilt, Progress, Failure,
-              Stopped]
+Reply = Union[ModelLoaded, ImageEmbedded, Decoded, SweepDecoded, Segmented, HierarchyBuilt, Propagated, Progress,
+              Failure, Stopped]
 
 
 def describe(message: Any) -> str:

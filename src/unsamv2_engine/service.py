@@ -17,6 +17,8 @@ import numpy as np
 from unsamv2_engine import protocol as p
 
 EMBEDDING_CACHE_SIZE = 4
+#: Stacks kept with their propagation session (each holds up to its cap of frame embeddings).
+VIDEO_SESSION_CACHE_SIZE = 1
 Emit = Callable[[p.Reply], None]
 
 
@@ -40,6 +42,8 @@ class EngineService:
         # image key -> (features, (H, W), the 2D image, its contrast limits)
         self._embeddings: OrderedDict[str, tuple[object, tuple[int, int], np.ndarray, object]] = OrderedDict()
         self._session = None
+        # stack key -> (VideoSession, its (axis, channel_axis, contrast_limits))
+        self._videos: OrderedDict[str, tuple[object, tuple]] = OrderedDict()
         if model is not None:
             self._use_model(model)
 
@@ -57,6 +61,8 @@ class EngineService:
                 return self._sweep(request)
             if isinstance(request, (p.SegmentAll, p.BuildHierarchy)):
                 return self._whole_image(request, emit)
+            if isinstance(request, p.Propagate):
+                return self._propagate(request, emit)
             if isinstance(request, p.Shutdown):
                 return p.Stopped(request.request_id)
             raise TypeError(f"unknown request {type(request).__name__}")
@@ -70,6 +76,7 @@ class EngineService:
         self.model = model
         self._session = ImageSession(model)
         self._embeddings.clear()
+        self._videos.clear()
 
     def _load(self, request: p.LoadModel, emit: Emit) -> p.ModelLoaded:
         from unsamv2_engine.devices import resolve_device
@@ -158,6 +165,35 @@ class EngineService:
         hierarchy = levels_to_hierarchy(levels)
         return p.HierarchyBuilt(request.request_id, request.image_key, list(hierarchy.granularities), hierarchy.labels,
                                 hierarchy.table, time.perf_counter() - start)
+
+    def _propagate(self, request: p.Propagate, emit: Emit) -> p.Propagated:
+        from unsamv2_engine.video.session import VideoSession
+
+        model = self._require_model()
+        layout = (request.axis, request.channel_axis,
+                  None if request.contrast_limits is None else tuple(request.contrast_limits))
+        cached = self._videos.get(request.stack_key)
+        if request.stack is None and cached is None:
+            raise EngineStateError(f"stack {request.stack_key!r} is not loaded: send it once with Propagate(stack=...)")
+        if request.stack is not None or cached[1] != layout:
+            stack = request.stack if request.stack is not None else cached[0].frames.stack
+            self._videos.pop(request.stack_key, None)  # free its embeddings before making new ones
+            session = VideoSession(model, stack, axis=request.axis, channel_axis=request.channel_axis,
+                                   contrast_limits=request.contrast_limits, mask_threshold=request.mask_threshold)
+            self._videos[request.stack_key] = (session, layout)
+            while len(self._videos) > VIDEO_SESSION_CACHE_SIZE:
+                self._videos.popitem(last=False)
+        self._videos.move_to_end(request.stack_key)
+        session = self._videos[request.stack_key][0]
+        session.mask_threshold = request.mask_threshold
+        session.clear()
+        session.add_prompts(request.prompts)
+        self.cancel_event.clear()
+        result = session.propagate(request.direction, cancel=self.cancel_event,
+                                   progress=lambda done, total: emit(p.Progress(request.request_id, "propagate", done,
+                                                                                total)))
+        return p.Propagated(request.request_id, request.stack_key, result.labels, result.scores, result.object_scores,
+                            result.object_ids, result.frames_done, result.axis, result.cancelled, result.seconds)
 
     # ------------------------------------------------------------------ helpers
     def _require_model(self):

@@ -1,0 +1,192 @@
+"""A z-stack or time-lapse seen as a sequence of 2D frames, preprocessed lazily one frame at a time.
+
+Layout rules (the user-facing contract, also in ``docs/propagation.md``):
+
+* ``[N0, N1, N2]``: a stack of grey frames. ``axis`` (default 0) is the propagation axis (z or t);
+  the two remaining axes, in their original order, are the frame's rows and columns.
+* 4D: one axis holds channels (``channel_axis``, default the last one). It is removed first; ``axis``
+  then counts among the three remaining axes *of the original array* (``axis`` and ``channel_axis``
+  both index the input array and must differ). Per frame: 1 channel is grey; 2 channels become red
+  and green (blue 0); 3 or more: the first three are RGB (RGBA drops alpha).
+* 2D input, 5D input, a channel axis on a 3D stack or an ``axis`` out of range are refused.
+
+Intensities follow :mod:`unsamv2_engine.intensity` with ONE contrast range for the whole stack, so a
+slice keeps its brightness relative to its neighbours: the given ``contrast_limits``, else the finite
+minimum and maximum over the whole stack (all used channels); ``uint8`` without limits is used as is.
+
+Frames are read from the array (numpy, or array-likes such as zarr/dask: one ``np.asarray`` per
+slice) only when the model needs them: nothing is converted or held for the whole stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from unsamv2_engine.intensity import to_uint8_rgb
+from unsamv2_engine.preprocess import preprocess_image
+
+__all__ = ["StackFrames", "stack_layout"]
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """Where things are in the input array.
+
+    axis / channel_axis: non-negative indices into the input array (channel_axis None for 3D);
+    frame_axes: the (row, column) axes of a frame; labels_shape: the input shape without channels.
+    """
+
+    shape: tuple[int, ...]
+    axis: int
+    channel_axis: int | None
+    frame_axes: tuple[int, int]
+
+    @property
+    def n_frames(self) -> int:
+        return self.shape[self.axis]
+
+    @property
+    def frame_hw(self) -> tuple[int, int]:
+        return self.shape[self.frame_axes[0]], self.shape[self.frame_axes[1]]
+
+    @property
+    def labels_shape(self) -> tuple[int, ...]:
+        return tuple(s for i, s in enumerate(self.shape) if i != self.channel_axis)
+
+    @property
+    def labels_axis(self) -> int:
+        """The propagation axis in the label volume (the input axis, shifted if channels came before it)."""
+        return self.axis - (1 if self.channel_axis is not None and self.channel_axis < self.axis else 0)
+
+
+def _normalise_axis(value: object, ndim: int, what: str, shape: tuple[int, ...]) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer axis index, got {value!r}")
+    if not -ndim <= int(value) < ndim:
+        raise ValueError(f"{what} {value} is out of range for a stack of shape {shape} ({ndim} axes: "
+                         f"use {-ndim} .. {ndim - 1})")
+    return int(value) % ndim
+
+
+def stack_layout(shape: tuple[int, ...], axis: int = 0, channel_axis: int | None = None) -> StackLayout:
+    """Validate a stack shape and the propagation / channel axes (see the module docstring)."""
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    if ndim == 2:
+        raise ValueError(f"propagation needs a stack of 2D frames (3D [Z, H, W] / [T, H, W], or 4D with a channel "
+                         f"axis); got a single 2D image of shape {shape}: segment it with 'unsamv2 segment' / "
+                         f"ImageSession instead")
+    if ndim not in (3, 4):
+        raise ValueError(f"propagation needs a 3D stack [Z, H, W] or a 4D stack with one channel axis; got shape "
+                         f"{shape} ({ndim} axes): remove singleton or extra axes first")
+    if ndim == 3 and channel_axis is not None:
+        raise ValueError(f"channel_axis={channel_axis} was given but the stack of shape {shape} is 3D: a 3D stack "
+                         f"is read as grey frames; a colour stack needs 4 axes")
+    axis_i = _normalise_axis(axis, ndim, "axis", shape)
+    channel_i = None
+    if ndim == 4:
+        channel_i = _normalise_axis(-1 if channel_axis is None else channel_axis, ndim, "channel_axis", shape)
+        if channel_i == axis_i:
+            raise ValueError(f"axis and channel_axis both name axis {axis_i} of the stack of shape {shape}: the "
+                             f"propagation axis must be a spatial (z or t) axis")
+    frame_axes = tuple(i for i in range(ndim) if i not in (axis_i, channel_i))
+    layout = StackLayout(shape, axis_i, channel_i, frame_axes)  # type: ignore[arg-type]
+    if layout.n_frames < 1:
+        raise ValueError(f"the stack of shape {shape} has no frames along axis {axis_i}")
+    if min(layout.frame_hw) < 2:
+        raise ValueError(f"frames of {layout.frame_hw[1]}x{layout.frame_hw[0]} pixels (axis {axis_i} of shape "
+                         f"{shape}) are too small to segment: is --axis the z/t axis?")
+    return layout
+
+
+def _frame_channels(frame: np.ndarray) -> np.ndarray:
+    """``[H, W, C]`` -> grey ``[H, W]`` (C = 1), ``[H, W, 3]`` (C = 2 padded with 0, C >= 3 first three)."""
+    c = frame.shape[-1]
+    if c == 1:
+        return frame[..., 0]
+    if c == 2:
+        return np.concatenate([frame, np.zeros_like(frame[..., :1])], axis=-1)
+    return frame[..., :3]
+
+
+class StackFrames:
+    """Lazy access to the frames of a stack, each as the model's uint8 RGB image or input tensor.
+
+    ``stack``: an array or array-like (``shape``, ``dtype`` and slicing); see the module docstring
+    for ``axis``, ``channel_axis`` and ``contrast_limits``.
+    """
+
+    def __init__(self, stack: object, *, axis: int = 0, channel_axis: int | None = None,
+                 contrast_limits: tuple[float, float] | None = None) -> None:
+        if not hasattr(stack, "shape") or not hasattr(stack, "dtype"):
+            stack = np.asarray(stack)
+        self.stack = stack
+        self.layout = stack_layout(tuple(stack.shape), axis, channel_axis)
+        dtype = np.dtype(stack.dtype)
+        if not (dtype == np.bool_ or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+            raise ValueError(f"cannot use a stack of dtype {dtype}: give integer, floating point or boolean data")
+        self.dtype = dtype
+        self.contrast_limits = self._stack_contrast_limits(contrast_limits)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def n_frames(self) -> int:
+        return self.layout.n_frames
+
+    @property
+    def frame_hw(self) -> tuple[int, int]:
+        """(H, W) of one frame: rows and columns of the point coordinates (x = column, y = row)."""
+        return self.layout.frame_hw
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    # ------------------------------------------------------------------ frames
+    def raw_frame(self, index: int) -> np.ndarray:
+        """Frame ``index`` as stored: ``[H, W]`` or ``[H, W, C]``, the input dtype."""
+        if not 0 <= index < self.n_frames:
+            raise IndexError(f"frame {index} is outside the stack of {self.n_frames} frames")
+        lay = self.layout
+        key = tuple(index if i == lay.axis else slice(None) for i in range(len(lay.shape)))
+        frame = np.asarray(self.stack[key])  # remaining axes keep their order
+        if lay.channel_axis is None:
+            return frame
+        channel_pos = lay.channel_axis - (1 if lay.channel_axis > lay.axis else 0)
+        return np.moveaxis(frame, channel_pos, -1)
+
+    def rgb8(self, index: int) -> np.ndarray:
+        """Frame ``index`` as the model sees it: uint8 ``[H, W, 3]`` with the stack's contrast range."""
+        frame = self.raw_frame(index)
+        if frame.ndim == 3:
+            frame = _frame_channels(frame)
+        return to_uint8_rgb(frame, contrast_limits=self.contrast_limits, rgb=frame.ndim == 3)
+
+    def pixels(self, index: int, image_size: int, device: torch.device) -> torch.Tensor:
+        """Frame ``index`` preprocessed exactly as the image path: float32 ``[1, 3, S, S]`` on ``device``."""
+        return preprocess_image(self.rgb8(index), image_size, device)
+
+    # ------------------------------------------------------------------ intensity
+    def _stack_contrast_limits(self, limits: tuple[float, float] | None) -> tuple[float, float] | None:
+        """The one (lo, hi) for every frame; None keeps uint8 / bool frames unchanged."""
+        if limits is not None:
+            try:
+                lo, hi = (float(v) for v in limits)
+            except (TypeError, ValueError):
+                raise ValueError(f"contrast_limits must be two numbers (lo, hi), got {limits!r}") from None
+            if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
+                raise ValueError(f"contrast_limits must be finite with lo <= hi, got ({lo}, {hi})")
+            return lo, hi
+        if self.dtype in (np.dtype(np.uint8), np.dtype(np.bool_)):
+            return None
+        lo, hi = np.inf, -np.inf
+        for index in range(self.n_frames):  # one frame at a time: bounded memory on array-likes
+            frame = self.raw_frame(index)
+            if frame.ndim == 3:
+                frame = frame[..., :3]  # the channels the model sees (a 2-channel pad of 0 is not data)
+            finite = frame if np.issubdtype(frame.dtype, np.integer) else frame[np.isfinite(frame)]
+            if finite.size:
+                lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+        return (0.0, 0.0) if lo > hi else (lo, hi)
