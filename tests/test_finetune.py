@@ -323,6 +323,28 @@ def test_cli_finetune_end_to_end(base_file, pl_data, tmp_path, capsys):
     assert code == 0
 
 
+@pytest.mark.slow
+def test_cli_finetune_makes_pseudo_labels_first(base_file, pl_data, tmp_path, capsys):
+    """Without --pseudo-labels the command labels the images itself (classical backbone), then trains."""
+    from unsamv2_engine.cli import main
+    from unsamv2_engine.model.checkpoint import read_adapter
+
+    out = tmp_path / "lab.pt"
+    code = main(["finetune", "--images", str(pl_data[0]), "--base", str(base_file), "-o", str(out),
+                 "--backbone", "classical", "--max-steps", "1", "--device", "cpu", "--cache-embeddings",
+                 "--max-masks", "2", "--val-fraction", "0", "--batch-size", "1", "--correction-clicks", "1",
+                 "--json-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    labels = sorted((tmp_path / "lab_work" / "pseudo-labels").glob("*.json"))
+    assert [p.stem for p in labels] == sorted(p.stem for p in pl_data[0].iterdir() if p.is_file())
+    assert all(json.loads(p.read_text())["annotations"] for p in labels)
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    assert any(e["event"] == "stage" and e.get("stage") == "pseudo-labels" for e in events)
+    assert [e["step"] for e in events if e["event"] == "step"] == [1]
+    assert read_adapter(out)["metadata"]["finetune"]["steps"] == 1
+
+
 def test_cli_bad_images_dir_exits_2(tmp_path, capsys):
     from unsamv2_engine.cli import main
 

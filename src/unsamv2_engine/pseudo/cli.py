@@ -92,6 +92,9 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     group.add_argument("--thetas", type=_thetas, metavar="T1,T2,...",
                        help="merging thresholds of the conquer stage, in order (default: 0.9,0.8,0.7,0.6,0.5)")
     model_options(parser)
+    for action in parser._actions:  # the shared help names segment's default model, which does not apply here
+        if "--model" in action.option_strings:
+            action.help = "a model from the registry ('unsamv2 models' lists them); default: none (no model)"
     common_options(parser)
     parser.set_defaults(func=run)
     return parser
