@@ -36,9 +36,40 @@ def shoot(viewer, app, name: str) -> None:
     print("wrote", OUT / name)
 
 
+def shoot_propagation(viewer, widget, app) -> None:
+    """A synthetic z-stack, one click on its middle slice, Propagate: plugin_6_propagate.png."""
+    import numpy as np
+
+    from unsamv2_engine.synth import generate_sample
+
+    sample = generate_sample(seed=0, modality="fluorescence", ndim="3", shape=(5, 256, 256))
+    viewer.add_image(sample.image, name="z-stack", colormap="gray")
+    widget.image_combo.setCurrentText("z-stack")
+    viewer.dims.set_current_step(0, 2)
+    yy, xx = np.nonzero(sample.labels["cell"][2])
+    widget.clear()
+    viewer.layers.remove("UnSAMv2 prompts")  # made for the 2D sample: the next click makes a 3D one
+    widget.set_granularity(0.8)
+    widget.add_point(float(np.median(yy)), float(np.median(xx)))
+    results = []
+    widget.propagate_panel.propagated.connect(results.append)
+    widget.propagate_panel.propagate()
+    wait(app, lambda: bool(results), timeout=600)
+    viewer.dims.set_current_step(0, 3)  # a tracked slice
+    wait(app, lambda: widget._embedding_key is None)  # the slice's own embedding (for clicks) is ready
+    for layer in list(viewer.layers):
+        if layer.name not in ("z-stack", "UnSAMv2 propagated", "UnSAMv2 prompts"):
+            viewer.layers.remove(layer)
+    viewer.layers["UnSAMv2 propagated"].opacity = 0.5
+    viewer.reset_view()
+    shoot(viewer, app, "plugin_6_propagate.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint")
+    parser.add_argument("--only-propagation", action="store_true",
+                        help="take only plugin_6_propagate.png (the other screenshots are left as they are)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint
@@ -59,6 +90,11 @@ def main() -> None:
     app = get_qapp()
     viewer.window._qt_window.resize(1500, 950)
     wait(app, lambda: widget._embedded_key is not None)
+    if args.only_propagation:
+        shoot_propagation(viewer, widget, app)
+        widget.close_engine()
+        viewer.close()
+        return
     shoot(viewer, app, "plugin_1_loaded.png")
 
     widget.add_point(256, 250)
@@ -88,6 +124,10 @@ def main() -> None:
     widget.segment_all()
     wait(app, lambda: bool(added), timeout=600)
     shoot(viewer, app, "plugin_5_segment_all.png")
+    for layer in list(viewer.layers):
+        if layer.name.startswith("all g="):
+            viewer.layers.remove(layer)
+    shoot_propagation(viewer, widget, app)
     widget.close_engine()
     viewer.close()
 

@@ -191,3 +191,27 @@ def test_clear_removes_prompts_and_preview_even_with_a_decode_in_flight(widget, 
     qtbot.wait(1500)  # let the in-flight reply arrive
     assert len(widget.viewer.layers["UnSAMv2 prompts"].data) == 0
     assert widget.viewer.layers["UnSAMv2 preview"].data.max() == 0
+
+
+def test_prompts_layer_follows_the_dimensions_of_the_chosen_image(make_napari_viewer):
+    """A prompts layer made for a 2D image is replaced when a stack is chosen (and back)."""
+    from unsamv2_engine.client import EngineClient, ThreadTransport
+
+    from napari_unsamv2._widget import PROMPTS_LAYER, UnSAMv2Widget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(make_cells_image(), name="flat", rgb=True)
+    w = UnSAMv2Widget(viewer, engine=EngineClient(ThreadTransport()))
+    try:
+        w.image_combo.setCurrentText("flat")
+        w.add_point(10, 12)
+        assert viewer.layers[PROMPTS_LAYER].ndim == 2
+        viewer.add_image(np.zeros((4, 96, 128), np.uint16), name="stack")
+        w.image_combo.setCurrentText("stack")
+        assert viewer.layers[PROMPTS_LAYER].ndim == 3 and len(viewer.layers[PROMPTS_LAYER].data) == 0
+        w.add_point(20, 30)  # would fail with a shape error on a 2D prompts layer
+        assert viewer.layers[PROMPTS_LAYER].data.tolist() == [[0, 20, 30]]
+        w.image_combo.setCurrentText("flat")
+        assert viewer.layers[PROMPTS_LAYER].ndim == 2
+    finally:
+        w.close_engine()

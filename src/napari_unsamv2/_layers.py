@@ -108,3 +108,156 @@ def parse_granularity_list(text: str) -> list[float]:
     if bad:
         raise ValueError(f"granularities must be in [0.1, 1.0]: {bad}")
     return values
+
+
+# ------------------------------------------------------------------------------ propagation
+# A z-stack or time-lapse layer is propagated along one of its leading axes, through the current
+# plane: the "sub-stack" holds every index of that axis and the current index of the other leading
+# axes ([N, H, W], or [N, H, W, C] for RGB). Conventions of the engine: ``unsamv2_engine.video``.
+
+OBJECT = "object"
+
+
+def propagation_axes(image_ndim: int, rgb: bool) -> tuple[int, ...]:
+    """The leading axes a layer can be propagated along (``()`` for a 2D image)."""
+    return tuple(range(max(spatial_ndim(image_ndim, rgb) - 2, 0)))
+
+
+def substack_index(leading: tuple[int, ...], axis: int) -> tuple[int | slice, ...]:
+    """Index of the sub-stack through the plane at ``leading`` along leading axis ``axis``.
+
+    Basic indexing only (ints and one ``slice(None)``), so it gives a view of the image data
+    (``[N, H, W]`` or ``[N, H, W, C]``) and of a labels volume of the image's spatial shape.
+    """
+    if not 0 <= axis < len(leading):
+        raise ValueError(f"axis {axis} is not a leading axis of a plane addressed by {tuple(leading)}: "
+                         f"choose one of 0 .. {len(leading) - 1}")
+    return tuple(slice(None) if i == axis else int(v) for i, v in enumerate(leading))
+
+
+def object_prompts(points: np.ndarray, polarity: Sequence[str], objects: Sequence[int], leading: tuple[int, ...],
+                   axis: int, granularity: float | None) -> list:
+    """Prompts-layer points as the engine's :class:`~unsamv2_engine.video.data.ObjectPrompt` list.
+
+    points ``[N, D]`` in image data coordinates (``D = len(leading) + 2``); polarity ``[N]``; objects
+    ``[N]`` object ids (>= 1). Only the points on the sub-stack (:func:`substack_index`) count: their
+    other leading coordinates round to ``leading``. One prompt per (object, slice), slice = the rounded
+    coordinate along ``axis``, ordered by object then slice; x = column, y = row. Every object gets
+    ``granularity`` (one fixed g for all objects of a propagation). ValueError, with what to do, when
+    there is no point on the sub-stack or an object has only negative points on a slice.
+    """
+    from unsamv2_engine.video.data import ObjectPrompt  # numpy only
+
+    index = substack_index(leading, axis)
+    n_lead = len(leading)
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, n_lead + 2) if len(points) else np.zeros((0, n_lead + 2))
+    pol = np.asarray(polarity, dtype=object)
+    ids = np.asarray(objects).astype(np.int64) if len(objects) else np.zeros(0, np.int64)
+    if not len(pol) == len(ids) == len(pts):
+        raise ValueError(f"{len(pts)} points but {len(pol)} polarity values and {len(ids)} object ids")
+    if np.any(ids < 1):
+        bad = sorted(set(ids[ids < 1].tolist()))
+        raise ValueError(f"object ids must be >= 1 (they become label values), got {bad}")
+    lead = np.rint(pts[:, :n_lead]).astype(np.int64)
+    others = [i for i in range(n_lead) if i != axis]
+    on_stack = np.all(lead[:, others] == np.asarray([index[i] for i in others], dtype=np.int64), axis=1)
+    if not on_stack.any():
+        raise ValueError("no prompts on this stack: click the object on a slice first (points on other "
+                         "positions of the non-propagated axes do not count)")
+    prompts = []
+    for object_id, frame in sorted({(int(o), int(f)) for o, f in zip(ids[on_stack], lead[on_stack, axis])}):
+        group = on_stack & (ids == object_id) & (lead[:, axis] == frame)
+        labels = (pol[group] != NEGATIVE).astype(np.int32)
+        if not labels.any():
+            raise ValueError(f"object {object_id} has only negative points on slice {frame}: add a positive point "
+                             f"on the object there too, or delete those points")
+        prompts.append(ObjectPrompt(object_id, frame, pts[group][:, -2:][:, ::-1].astype(np.float32), labels,
+                                    granularity))
+    return prompts
+
+
+def data_signature(data: object, *, max_samples: int = 1 << 16) -> str:
+    """A cheap signature of layer data: shape, dtype, identity and (numpy) a hash of a strided sample
+    of at most about ``max_samples`` values. It changes when the data is replaced or edited in a
+    sampled pixel; it is not a full hash (a stack may be gigabytes)."""
+    import hashlib
+
+    shape = tuple(int(s) for s in data.shape)  # type: ignore[attr-defined]
+    text = f"{'x'.join(map(str, shape))}:{np.dtype(data.dtype).str}:{id(data):x}"  # type: ignore[attr-defined]
+    if isinstance(data, np.ndarray) and data.size:
+        per_axis = max(1, int(round(max_samples ** (1.0 / data.ndim))))
+        sample = data[tuple(slice(None, None, max(1, s // per_axis)) for s in shape)]
+        text += ":" + hashlib.blake2b(np.ascontiguousarray(sample).tobytes(), digest_size=8).hexdigest()
+    return text
+
+
+def stack_key(layer_name: str, layer_id: int, leading: tuple[int, ...], axis: int, signature: str) -> str:
+    """Engine cache key of a sub-stack: the layer, the axis (``*``) and the other indices, the data signature."""
+    position = ",".join("*" if i == axis else str(int(v)) for i, v in enumerate(leading))
+    return f"{layer_name}#{layer_id}@{position}|{signature}"
+
+
+def write_propagated(volume: np.ndarray, index: tuple[int | slice, ...], labels: np.ndarray,
+                     frames_done: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Write the finished slices of a propagation into ``volume`` in place; returns ``volume``.
+
+    volume: the labels layer data (the image's spatial shape); index: :func:`substack_index`;
+    labels: the engine's sub-stack labels ``[N, H, W]``; frames_done: bool ``[N]``; axis: the slice
+    axis of ``labels``. Slices a cancel left unfinished keep what ``volume`` had.
+    """
+    target = volume[index]
+    if target.shape != labels.shape:
+        raise ValueError(f"propagated labels of shape {labels.shape} do not fit the sub-stack {target.shape}")
+    done = np.asarray(frames_done, bool)
+    take = tuple(done if i == axis else slice(None) for i in range(labels.ndim))
+    target[take] = labels[take]
+    return volume
+
+
+def propagation_features(labels: np.ndarray, object_ids: Sequence[int], scores: np.ndarray,
+                         granularities: dict[int, float | None], prompted: dict[int, list[int]],
+                         axis: int = 0) -> dict[str, list]:
+    """One row per object: ``index`` (its label), ``granularity``, ``score`` (mean predicted IoU over
+    the slices computed, NaN if none), ``slices`` (slices where it is present), ``area`` (voxels),
+    ``prompted`` (its prompted slices, ``"2,5"``). labels: the sub-stack labels; scores
+    ``[n_slices, n_objects]`` in ``object_ids`` order."""
+    rows: dict[str, list] = {"index": [], "granularity": [], "score": [], "slices": [], "area": [], "prompted": []}
+    other_axes = tuple(i for i in range(labels.ndim) if i != axis)
+    for k, object_id in enumerate(object_ids):
+        mask = labels == object_id
+        column = np.asarray(scores, np.float64)[:, k]
+        rows["index"].append(int(object_id))
+        rows["granularity"].append(granularities.get(int(object_id)))
+        rows["score"].append(float(np.nanmean(column)) if np.isfinite(column).any() else float("nan"))
+        rows["slices"].append(int(mask.any(axis=other_axes).sum()))
+        rows["area"].append(int(mask.sum()))
+        rows["prompted"].append(",".join(map(str, prompted.get(int(object_id), []))))
+    return rows
+
+
+def propagation_metadata(reply: object, *, leading: tuple[int, ...], axis: int, direction: str,
+                         granularity: float | None, mask_threshold: float) -> dict[str, object]:
+    """The ``unsamv2_propagation`` metadata of the result layer (plain lists, NaN kept).
+
+    reply: a :class:`~unsamv2_engine.protocol.Propagated`. ``axis`` is the layer's propagation axis;
+    ``position`` the layer's leading indices with None on that axis; ``scores`` / ``object_scores``
+    ``[n_slices][n_objects]`` in ``object_ids`` order; ``frames_done`` one bool per slice.
+    """
+    ids = [int(i) for i in reply.object_ids]  # type: ignore[attr-defined]
+    return {
+        "axis": int(axis), "position": [None if i == axis else int(v) for i, v in enumerate(leading)],
+        "direction": direction, "mask_threshold": float(mask_threshold), "object_ids": ids,
+        "granularities": {i: granularity for i in ids},
+        "scores": np.asarray(reply.scores, np.float64).tolist(),  # type: ignore[attr-defined]
+        "object_scores": np.asarray(reply.object_scores, np.float64).tolist(),  # type: ignore[attr-defined]
+        "frames_done": [bool(d) for d in reply.frames_done],  # type: ignore[attr-defined]
+        "cancelled": bool(reply.cancelled), "seconds": float(reply.seconds),  # type: ignore[attr-defined]
+    }
+
+
+def feature_defaults_with(defaults: object, **values: object) -> dict[str, object]:
+    """A points layer's one-row ``feature_defaults`` table as a dict, with some columns changed
+    (napari wants every column when the defaults are set)."""
+    out = {str(c): defaults[c].iloc[0] for c in defaults.columns}  # type: ignore[attr-defined]
+    out.update(values)
+    return out

@@ -18,6 +18,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
                             QWidget)
 
 from napari_unsamv2 import _layers as L
+from napari_unsamv2._propagate_panel import PURPOSE as PROPAGATE
+from napari_unsamv2._propagate_panel import PropagatePanel
 
 if TYPE_CHECKING:
     import napari
@@ -97,6 +99,7 @@ class UnSAMv2Widget(QWidget):
         seg = QFormLayout(seg_box)
         self.image_combo = QComboBox()
         self.image_combo.currentIndexChanged.connect(lambda _: self._ensure_embedding())
+        self.image_combo.currentIndexChanged.connect(lambda _: self._match_prompts_layer())
         seg.addRow("image", self.image_combo)
         dial_row = QHBoxLayout()
         self.dial = QSlider(Qt.Orientation.Horizontal)
@@ -157,6 +160,15 @@ class UnSAMv2Widget(QWidget):
         wh.addRow(self.hierarchy_button)
         wh.addRow(self.cancel_button)
         layout.addWidget(whole_box)
+
+        from napari_unsamv2._finetune_panel import FinetunePanel
+
+        self.finetune_panel = FinetunePanel(self._finetune_base, self._load_adapter, self._notify)
+        layout.addWidget(self.finetune_panel)
+        self.propagate_panel = PropagatePanel(self)
+        self.propagate_panel.object_spin.valueChanged.connect(self._on_object_changed)
+        self.image_combo.currentIndexChanged.connect(lambda _: self.propagate_panel.refresh_axes())
+        layout.addWidget(self.propagate_panel)
         layout.addStretch(1)
         self.model_combo.currentTextChanged.connect(self._on_model_choice)
         self._on_model_choice(self.model_combo.currentText())
@@ -213,6 +225,7 @@ class UnSAMv2Widget(QWidget):
         if current in names:
             self.image_combo.setCurrentText(current)
         self.image_combo.blockSignals(False)
+        self.propagate_panel.refresh_axes()
         self._ensure_embedding()
 
     def _plane(self, layer) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -251,8 +264,21 @@ class UnSAMv2Widget(QWidget):
                               device=self.device_combo.currentText(), download=self.download_check.isChecked())
         self._model_ready = False
         self._embedded_key = self._embedding_key = None
+        self.propagate_panel.forget_stack()
         self._busy(f"loading {checkpoint or choice}…")
         self._submit(request, "load")
+
+    def _finetune_base(self) -> tuple[str | None, str]:
+        """(base checkpoint path or registry name, device) for a fine-tuning run: the model chosen above."""
+        choice = self.model_combo.currentText()
+        base = self.checkpoint_edit.text().strip() if choice == CHECKPOINT_CHOICE else choice
+        return base or None, self.device_combo.currentText()
+
+    def _load_adapter(self, path: str) -> None:
+        """Load a freshly fine-tuned adapter on top of the chosen base model."""
+        self.adapter_edit.setText(path)
+        self._notify(f"fine-tuning finished: loading the adapter {path}", "info")
+        self.load_model()
 
     def _ensure_embedding(self) -> None:
         from unsamv2_engine import protocol as p
@@ -286,14 +312,29 @@ class UnSAMv2Widget(QWidget):
         self.dial_label.setText(f"{value / 100:.2f}")
         self.request_preview()
 
-    def current_prompt(self) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]] | None:
-        layer, points = self.image_layer(), self._prompts_layer()
+    def prompt_points(self, layer) -> tuple[np.ndarray, list[str], list[int]] | None:
+        """The prompts in ``layer``'s data coordinates ``[N, D]`` (D = its spatial ndim), their polarity
+        and object ids ``[N]`` (layers without an ``object`` feature: all the current object); None if none."""
+        points = self._prompts_layer()
         if layer is None or points is None or len(points.data) == 0:
             return None
-        leading = self._plane(layer)[0]
         data = np.array([layer.world_to_data(points.data_to_world(pt)) for pt in points.data])
         spatial = L.spatial_ndim(layer.data.ndim, layer.rgb)
-        xy, labels = L.prompt_from_points(data[:, -spatial:], list(points.features[L.POLARITY]), leading)
+        features = points.features
+        objects = [int(o) for o in features[L.OBJECT]] if L.OBJECT in features else \
+            [self.propagate_panel.object_id] * len(data)
+        return data[:, -spatial:], list(features[L.POLARITY]), objects
+
+    def current_prompt(self) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]] | None:
+        """The current object's points on the plane shown now, as (points_xy, labels, leading)."""
+        layer = self.image_layer()
+        found = self.prompt_points(layer)
+        if found is None:
+            return None
+        data, polarity, objects = found
+        mine = np.asarray(objects) == self.propagate_panel.object_id
+        leading = self._plane(layer)[0]
+        xy, labels = L.prompt_from_points(data[mine], list(np.asarray(polarity, dtype=object)[mine]), leading)
         if not np.any(labels == 1):
             return None
         return xy, labels, leading
@@ -322,11 +363,16 @@ class UnSAMv2Widget(QWidget):
         from unsamv2_engine import protocol as p
 
         if isinstance(reply, p.Progress):
-            self._progress(reply)
+            if self._pending.get(reply.request_id) == PROPAGATE:
+                self.propagate_panel.show_progress(reply)
+            else:
+                self._progress(reply)
             return
         purpose = self._pending.pop(reply.request_id, None)
         if isinstance(reply, p.Failure):
             self._idle(f"error: {reply.message}" if purpose == "load" else None)
+            if purpose == PROPAGATE:
+                self.propagate_panel.job_failed(reply)
             if purpose == "whole":
                 self._job_done("cancelled" if reply.kind == "Cancelled" else f"error: {reply.message}")
                 if reply.kind == "Cancelled":
@@ -357,6 +403,8 @@ class UnSAMv2Widget(QWidget):
             self._job_done(f"hierarchy of {len(reply.granularities)} levels, {len(reply.table)} objects "
                            f"in {reply.seconds:.1f} s")
             self._add_hierarchy_reply(reply)
+        elif isinstance(reply, p.Propagated):
+            self.propagate_panel.show_result(reply)
 
     def _show_preview(self, reply) -> None:
         layer = self.image_layer()
@@ -373,14 +421,18 @@ class UnSAMv2Widget(QWidget):
 
     # ================================================================== actions
     def ensure_prompts_layer(self):
-        layer = self._prompts_layer()
-        if layer is not None:
-            return layer
+        """The prompts layer, created for the chosen image's dimensions (re-created if they changed)."""
         image = self.image_layer()
         ndim = L.spatial_ndim(image.data.ndim, image.rgb) if image is not None else 2
+        layer = self._prompts_layer()
+        if layer is not None and (image is None or layer.ndim == ndim):
+            return layer
+        if layer is not None:  # made for an image with other dimensions: its points cannot address this one
+            self.viewer.layers.remove(layer)
         layer = self.viewer.add_points(
             np.zeros((0, ndim)), name=PROMPTS_LAYER, ndim=ndim, size=10, border_width=0.1,
-            features={L.POLARITY: np.array([], dtype=object)}, feature_defaults={L.POLARITY: L.POSITIVE},
+            features={L.POLARITY: np.array([], dtype=object), L.OBJECT: np.array([], dtype=np.int64)},
+            feature_defaults={L.POLARITY: L.POSITIVE, L.OBJECT: self.propagate_panel.object_id},
             face_color=L.POLARITY, face_color_cycle=[L.POLARITY_COLOURS[L.POSITIVE], L.POLARITY_COLOURS[L.NEGATIVE]],
             scale=image.scale[-ndim:] if image is not None else None,
             translate=image.translate[-ndim:] if image is not None else None,
@@ -398,15 +450,27 @@ class UnSAMv2Widget(QWidget):
         if not action.endswith(("ing", "ING")):
             self.request_preview()
 
+    def _match_prompts_layer(self) -> None:
+        """After the image choice changes: a prompts layer of other dimensions is replaced."""
+        if self._prompts_layer() is not None:
+            self.ensure_prompts_layer()
+
     def _prompts_layer(self):
         return self.viewer.layers[PROMPTS_LAYER] if PROMPTS_LAYER in self.viewer.layers else None
+
+    def _on_object_changed(self, object_id: int) -> None:
+        """The next clicks belong to ``object_id``; the preview shows that object's points."""
+        layer = self._prompts_layer()
+        if layer is not None and L.OBJECT in layer.features:
+            layer.feature_defaults = L.feature_defaults_with(layer.feature_defaults, **{L.OBJECT: int(object_id)})
+        self.request_preview()
 
     def toggle_polarity(self) -> str:
         """Switch the polarity of the next clicks (and of the selected points)."""
         layer = self.ensure_prompts_layer()
         current = layer.feature_defaults[L.POLARITY][0]
         new = L.NEGATIVE if current == L.POSITIVE else L.POSITIVE
-        layer.feature_defaults = {L.POLARITY: new}
+        layer.feature_defaults = L.feature_defaults_with(layer.feature_defaults, **{L.POLARITY: new})
         if layer.selected_data:
             feats = layer.features.copy()
             for i in layer.selected_data:
@@ -422,9 +486,10 @@ class UnSAMv2Widget(QWidget):
         layer = self.ensure_prompts_layer()
         image = self.image_layer()
         leading = self._plane(image)[0] if image else ()
-        layer.feature_defaults = {L.POLARITY: L.POSITIVE if positive else L.NEGATIVE}
+        layer.feature_defaults = L.feature_defaults_with(layer.feature_defaults,
+                                                         **{L.POLARITY: L.POSITIVE if positive else L.NEGATIVE})
         layer.add(np.array([[*leading, row, col]], dtype=float))
-        layer.feature_defaults = {L.POLARITY: L.POSITIVE}
+        layer.feature_defaults = L.feature_defaults_with(layer.feature_defaults, **{L.POLARITY: L.POSITIVE})
 
     def commit(self) -> int | None:
         """Paint the previewed object into the objects layer (undoable) with a features row."""
@@ -607,6 +672,11 @@ class UnSAMv2Widget(QWidget):
          "info": notifications.show_info}[level](message)
 
     def close_engine(self) -> None:
+        self.finetune_panel.cancel()  # a run outlives no widget; it keeps its checkpoint for --resume
+        self.propagate_panel.forget_stack()
+        # the model goes with the engine: a later event must not start a fresh engine that has none
+        self._model_ready = False
+        self._embedded_key = self._embedding_key = None
         if self._engine is not None:
             self._engine.close()
             self._engine = None
