@@ -620,3 +620,17 @@ def test_cli_module_is_light_and_parses_negative_threshold():
     args = parser.parse_args(["evaluate", "ds", "-o", "out", "--mask-threshold", "-1", "--granularities", "0.1:1.0:4",
                               "--modes", "oracle,fixed:0.5"])
     assert args.func is run and args.mask_threshold == -1.0 and args.granularities == [0.1, 0.4, 0.7, 1.0]
+
+
+def test_best_iou_per_truth_on_hand_made_masks():
+    from unsamv2_engine.evaluate.metrics import best_iou_per_truth
+
+    a = np.zeros((4, 4), bool)
+    a[:2, :2] = True            # 4 px
+    b = np.zeros((4, 4), bool)
+    b[:2, :] = True             # 8 px, contains a
+    c = np.zeros((4, 4), bool)
+    c[3, 3] = True              # 1 px, far away
+    np.testing.assert_allclose(best_iou_per_truth([b, c], [a, b, c]), [0.5, 1.0, 1.0])
+    np.testing.assert_allclose(best_iou_per_truth([c], [a]), [0.0])
+    assert best_iou_per_truth([], [a]).tolist() == [0.0] and best_iou_per_truth([a], []).shape == (0,)

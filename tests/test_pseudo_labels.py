@@ -59,19 +59,17 @@ def _documents(out: Path) -> dict[str, dict]:
 
 def _recall(samples, documents) -> dict[str, tuple[int, int]]:
     """Per level: (true masks matched at IoU >= 0.5 by some pseudo-label, true masks)."""
+    from unsamv2_engine.evaluate.metrics import best_iou_per_truth
+
     counts: dict[str, list[int]] = {}
     for stem, sample in samples.items():
-        anns = documents[stem]["annotations"]
-        flat = np.stack([decode_rle(a["segmentation"]).reshape(-1) for a in anns]).astype(np.float32)
-        areas = flat.sum(axis=1)
+        proposals = [decode_rle(a["segmentation"]) for a in documents[stem]["annotations"]]
         for level, labels in sample.labels.items():
+            truths = [labels == object_id for object_id in np.unique(labels[labels > 0])]
+            best = best_iou_per_truth(proposals, truths)
             hit_total = counts.setdefault(level, [0, 0])
-            for object_id in np.unique(labels[labels > 0]):
-                truth = (labels == object_id).reshape(-1).astype(np.float32)
-                inter = flat @ truth
-                iou = inter / (areas + truth.sum() - inter)
-                hit_total[0] += int(iou.max() >= 0.5)
-                hit_total[1] += 1
+            hit_total[0] += int(np.sum(best >= 0.5))
+            hit_total[1] += len(truths)
     return {level: (h, t) for level, (h, t) in counts.items()}
 
 

@@ -2,6 +2,8 @@
 
 * :func:`iou`: ``|pred & gt & ~ign| / |(pred | gt) & ~ign|``.
 * :func:`noc`: the 1-based index of the first click with IoU >= k, or ``max_clicks`` if never.
+* :func:`best_iou_per_truth`: for each true mask, the best IoU any proposal reaches (recall at a
+  threshold is the share of true masks whose best IoU reaches it).
 * :func:`noc_summary`: NoC@k (mean), NoF@k, 1-IoU (mean IoU after the first click), the mean
   IoU-vs-click curve and seconds per click, as ``compute_noc_metric`` and the evaluation scripts
   compute them.
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_THRESHOLDS", "iou", "iou_curve", "noc", "noc_summary"]
+__all__ = ["DEFAULT_THRESHOLDS", "best_iou_per_truth", "iou", "iou_curve", "noc", "noc_summary"]
 
 DEFAULT_THRESHOLDS = (0.80, 0.85, 0.90)
 
@@ -103,3 +105,25 @@ def noc_summary(sequences: Sequence[Sequence[float]], *, thresholds: Sequence[fl
     out["mean_clicks"] = n_clicks / len(seqs)
     out["seconds_per_click"] = float(sum(seconds) / n_clicks) if seconds is not None and n_clicks else None
     return out
+
+
+def best_iou_per_truth(proposals: np.ndarray | Sequence[np.ndarray], truths: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """``[T]`` float: for each true mask, the highest IoU with any proposal (0 without proposals).
+
+    proposals ``[N, H, W]`` and truths ``[T, H, W]``, boolean (or 0/1) masks of one image.
+    """
+    truths = [np.asarray(t, bool).reshape(-1) for t in truths]
+    proposals = [np.asarray(p, bool).reshape(-1) for p in proposals]
+    if not truths:
+        return np.zeros(0, np.float64)
+    if not proposals:
+        return np.zeros(len(truths), np.float64)
+    flat = np.stack(proposals).astype(np.float32)
+    areas = flat.sum(axis=1)
+    best = np.empty(len(truths), np.float64)
+    for i, truth in enumerate(truths):
+        t = truth.astype(np.float32)
+        inter = flat @ t
+        union = areas + t.sum() - inter
+        best[i] = float(np.max(np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)))
+    return best

@@ -108,7 +108,10 @@ def add_parser(subparsers: Any, model_options: Callable | None = None,
     val.add_argument("--val-every", type=non_negative_int, default=500, metavar="N",
                      help="validate every N steps (default: 500; also before the first and after the last)")
     pl = parser.add_argument_group("pseudo-labelling (without --pseudo-labels)")
-    pl.add_argument("--backbone", default=None, metavar="NAME", help="feature backbone for the conquer stage")
+    pl.add_argument("--backbone", default=None, choices=("sam2", "classical", "dino"),
+                    help="patch features for pseudo-labelling (default: sam2, the base model's image encoder, plus "
+                         "the base model's own whole-image masks at g = 1); classical: weight-free, without the "
+                         "model (much faster on a CPU); dino: a DINOv2/v3 weights file (--dino-weights)")
     pl.add_argument("--dino-weights", default=None, metavar="PATH", help="weights file of that backbone")
     out = parser.add_argument_group("output")
     out.add_argument("--json-progress", action="store_true",
@@ -317,7 +320,9 @@ def _make_pseudo_labels(args: argparse.Namespace, model: Any, workdir: Path, rep
         reporter({"event": "stage", "stage": "pseudo-labels", "done": int(done), "total": int(total), "image": name,
                   "message": f"pseudo-labelled {done}/{total}: {name}"})
 
-    summary = pseudo_label_folder(args.images, out_dir, model=model, backbone=args.backbone,
+    # classical = the weight-free recipe of `unsamv2 pseudo-label` without a model (no model masks at g = 1)
+    summary = pseudo_label_folder(args.images, out_dir, model=None if args.backbone == "classical" else model,
+                                  backbone=args.backbone,
                                   dino_weights=args.dino_weights, progress=progress, cancel=cancel)
     if summary.cancelled or cancel.is_set():
         return None
