@@ -450,3 +450,19 @@ def test_python_dash_m_help():
     assert result.stdout.startswith("usage: unsamv2")
     for command in ("segment", "sweep", "models", "info", "convert", "synth", "evaluate", "napari"):
         assert command in result.stdout
+
+
+def test_every_option_is_documented():
+    """Each long option of each command appears in docs/cli.md or the command's guide in docs/."""
+    import argparse
+    from pathlib import Path
+
+    from unsamv2_engine.cli import build_parser
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    text = "".join(page.read_text() for page in docs.glob("*.md"))
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = {name: sorted(o for a in parser._actions for o in a.option_strings
+                            if o.startswith("--") and o != "--help" and o not in text)
+               for name, parser in sub.choices.items()}
+    assert not any(missing.values()), f"options missing from docs/*.md: { {k: v for k, v in missing.items() if v} }"

@@ -215,3 +215,27 @@ def test_prompts_layer_follows_the_dimensions_of_the_chosen_image(make_napari_vi
         assert viewer.layers[PROMPTS_LAYER].ndim == 2
     finally:
         w.close_engine()
+
+
+def test_preview_prompt_holds_only_the_current_objects_points(make_napari_viewer):
+    """Points of several objects (for propagation) share the prompts layer; the 2D preview uses the
+    current object's points only."""
+    from unsamv2_engine.client import EngineClient, ThreadTransport
+
+    from napari_unsamv2._widget import UnSAMv2Widget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(make_cells_image(), name="cells", rgb=True)
+    w = UnSAMv2Widget(viewer, engine=EngineClient(ThreadTransport()))
+    try:
+        w.add_point(40, 40)                      # object 1, positive
+        w.add_point(45, 50, positive=False)      # object 1, negative
+        w.propagate_panel.object_spin.setValue(2)
+        w.add_point(60, 100)                     # object 2
+        xy, labels, _ = w.current_prompt()
+        assert xy.tolist() == [[100.0, 60.0]] and labels.tolist() == [1]
+        w.propagate_panel.object_spin.setValue(1)
+        xy, labels, _ = w.current_prompt()
+        assert sorted(map(tuple, xy.tolist())) == [(40.0, 40.0), (50.0, 45.0)] and sorted(labels.tolist()) == [0, 1]
+    finally:
+        w.close_engine()
