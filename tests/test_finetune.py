@@ -369,3 +369,18 @@ def test_finetune_help_does_not_import_torch():
     assert result.returncode == 0, result.stderr
     assert "--pseudo-labels" in result.stdout and "--json-progress" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ============================================================================ CUDA (lent GPU only)
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_runs_under_bf16_autocast(pl_data, tmp_path):
+    """Two steps on CUDA (amp auto = bf16 autocast): finite losses, an adapter that loads on the CPU."""
+    from unsamv2_engine.model import build_model
+    from unsamv2_engine.model.checkpoint import apply_adapter
+    from unsamv2_engine.train.trainer import finetune
+
+    model = build_model("tiny", seed=0, device="cuda")
+    result = finetune(model, pl_data, fast_config(max_steps=2), workdir=tmp_path / "work")
+    assert result.steps == 2 and all(np.isfinite(result.losses))
+    apply_adapter(build_model("tiny", seed=0), result.output)

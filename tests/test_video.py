@@ -418,3 +418,18 @@ def test_protocol_round_trip(small_model, sample):
     assert isinstance(missing, p.Failure) and missing.user_error and "not loaded" in missing.message
     bad = service.handle(p.Propagate("layer-1", [ObjectPrompt(1, 9, [[1, 1]], [1], 0.5)]))
     assert isinstance(bad, p.Failure) and bad.kind == "PromptError" and bad.user_error
+
+
+# ------------------------------------------------------------------------------ CUDA (lent GPU only)
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_propagation_agrees_with_cpu(tiny_model, sample):
+    """bf16 autocast on CUDA gives nearly the CPU label volume (same model, same prompts)."""
+    from unsamv2_engine.model import build_model
+
+    stack = sample.image[:3]
+    prompts = [ObjectPrompt(1, 1, _inside(sample, 1), np.array([1]), 0.5)]
+    cpu = propagate(tiny_model, stack, prompts, direction="both")
+    gpu = propagate(build_model("tiny", seed=0, device="cuda"), stack, prompts, direction="both")
+    assert gpu.labels.shape == cpu.labels.shape and gpu.frames_done.all()
+    assert (gpu.labels == cpu.labels).mean() > 0.97
