@@ -36,6 +36,12 @@ def test_object_prompts_group_by_object_and_slice_with_xy_order():
     assert other.labels.tolist() == [1] and {pr.granularity for pr in prompts} == {0.6}
 
 
+def test_object_prompts_take_each_objects_own_granularity():
+    points = np.array([[0, 10, 20], [1, 12, 22], [0, 30, 40]])
+    prompts = L.object_prompts(points, [POS, POS, POS], [1, 1, 2], (0,), 0, 0.5, per_object={2: 0.9})
+    assert [(pr.object_id, pr.frame, pr.granularity) for pr in prompts] == [(1, 0, 0.5), (1, 1, 0.5), (2, 0, 0.9)]
+
+
 def test_object_prompts_keep_the_substack_of_a_4d_layer():
     # t, z, y, x: propagate along t (axis 0) at z = 2, or along z (axis 1) at t = 1
     points = np.array([[0, 2, 10, 11], [3, 2, 12, 13], [1, 4, 14, 15], [1, 2, 16, 17]])

@@ -14,6 +14,8 @@ import pytest
 
 from unsamv2_engine.video import ObjectPrompt, VideoSession
 
+from napari_unsamv2 import _layers as L
+
 pytestmark = pytest.mark.gui
 WAIT = 240_000  # ms
 N_SLICES = 6  # the 1024 px test uses the first 3
@@ -259,3 +261,31 @@ def test_4d_and_rgb_stacks_propagate_their_substack(make_napari_viewer, qtbot, s
         np.testing.assert_array_equal(layer.data[:, 1], expected.labels)
         assert not layer.data[:, [0, 2]].any()  # other z positions are left alone
         assert layer.metadata["unsamv2_propagation"]["position"] == [None, 1]
+
+
+@pytest.mark.gui
+def test_each_object_keeps_the_dial_value_it_was_given(make_napari_viewer):
+    """The dial follows the current object: object 1 at 0.3, object 2 at 0.9, back to 1 shows 0.3."""
+    from unsamv2_engine.client import EngineClient, ThreadTransport
+
+    from napari_unsamv2._widget import UnSAMv2Widget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 32, 40), np.uint16), name="stack")
+    w = UnSAMv2Widget(viewer, engine=EngineClient(ThreadTransport()))
+    try:
+        w.set_granularity(0.3)
+        w.propagate_panel.object_spin.setValue(2)
+        assert w.granularity == pytest.approx(0.3)  # a new object starts from the dial as it is
+        w.set_granularity(0.9)
+        w.propagate_panel.object_spin.setValue(1)
+        assert w.granularity == pytest.approx(0.3)
+        assert w.object_granularities() == pytest.approx({1: 0.3, 2: 0.9})
+        w.add_point(10, 12)
+        w.propagate_panel.object_spin.setValue(2)
+        w.add_point(20, 30)
+        found = w.prompt_points(w.image_layer())
+        prompts = L.object_prompts(*found, (0,), 0, w.granularity, w.object_granularities())
+        assert {pr.object_id: pr.granularity for pr in prompts} == pytest.approx({1: 0.3, 2: 0.9})
+    finally:
+        w.close_engine()

@@ -8,7 +8,7 @@ indices of its leading (non-displayed) axes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -136,14 +136,14 @@ def substack_index(leading: tuple[int, ...], axis: int) -> tuple[int | slice, ..
 
 
 def object_prompts(points: np.ndarray, polarity: Sequence[str], objects: Sequence[int], leading: tuple[int, ...],
-                   axis: int, granularity: float | None) -> list:
+                   axis: int, granularity: float | None, per_object: Mapping[int, float] | None = None) -> list:
     """Prompts-layer points as the engine's :class:`~unsamv2_engine.video.data.ObjectPrompt` list.
 
     points ``[N, D]`` in image data coordinates (``D = len(leading) + 2``); polarity ``[N]``; objects
     ``[N]`` object ids (>= 1). Only the points on the sub-stack (:func:`substack_index`) count: their
     other leading coordinates round to ``leading``. One prompt per (object, slice), slice = the rounded
-    coordinate along ``axis``, ordered by object then slice; x = column, y = row. Every object gets
-    ``granularity`` (one fixed g for all objects of a propagation). ValueError, with what to do, when
+    coordinate along ``axis``, ordered by object then slice; x = column, y = row. Each object gets its
+    g from ``per_object`` (object id -> g), else ``granularity``. ValueError, with what to do, when
     there is no point on the sub-stack or an object has only negative points on a slice.
     """
     from unsamv2_engine.video.data import ObjectPrompt  # numpy only
@@ -171,8 +171,8 @@ def object_prompts(points: np.ndarray, polarity: Sequence[str], objects: Sequenc
         if not labels.any():
             raise ValueError(f"object {object_id} has only negative points on slice {frame}: add a positive point "
                              f"on the object there too, or delete those points")
-        prompts.append(ObjectPrompt(object_id, frame, pts[group][:, -2:][:, ::-1].astype(np.float32), labels,
-                                    granularity))
+        g = (per_object or {}).get(object_id, granularity)
+        prompts.append(ObjectPrompt(object_id, frame, pts[group][:, -2:][:, ::-1].astype(np.float32), labels, g))
     return prompts
 
 
@@ -236,7 +236,8 @@ def propagation_features(labels: np.ndarray, object_ids: Sequence[int], scores: 
 
 
 def propagation_metadata(reply: object, *, leading: tuple[int, ...], axis: int, direction: str,
-                         granularity: float | None, mask_threshold: float) -> dict[str, object]:
+                         granularity: float | None | Mapping[int, float | None],
+                         mask_threshold: float) -> dict[str, object]:
     """The ``unsamv2_propagation`` metadata of the result layer (plain lists, NaN kept).
 
     reply: a :class:`~unsamv2_engine.protocol.Propagated`. ``axis`` is the layer's propagation axis;
@@ -247,7 +248,7 @@ def propagation_metadata(reply: object, *, leading: tuple[int, ...], axis: int, 
     return {
         "axis": int(axis), "position": [None if i == axis else int(v) for i, v in enumerate(leading)],
         "direction": direction, "mask_threshold": float(mask_threshold), "object_ids": ids,
-        "granularities": {i: granularity for i in ids},
+        "granularities": {i: granularity.get(i) if isinstance(granularity, Mapping) else granularity for i in ids},
         "scores": np.asarray(reply.scores, np.float64).tolist(),  # type: ignore[attr-defined]
         "object_scores": np.asarray(reply.object_scores, np.float64).tolist(),  # type: ignore[attr-defined]
         "frames_done": [bool(d) for d in reply.frames_done],  # type: ignore[attr-defined]

@@ -2,8 +2,8 @@
 
 Prompts are the points of the widget's prompts layer, each with an ``object`` feature (the object
 id spin box sets it for the next clicks) beside its ``polarity``. *Propagate* sends every prompt of
-the sub-stack through the current plane (:func:`napari_unsamv2._layers.object_prompts`, all objects
-at the dial's granularity) as one :class:`unsamv2_engine.protocol.Propagate` request. The stack
+the sub-stack through the current plane (:func:`napari_unsamv2._layers.object_prompts`, each object at
+its own granularity: the widget's ``object_granularities()``) as one :class:`unsamv2_engine.protocol.Propagate` request. The stack
 travels once per stack key; the engine tracks the objects slice by slice in the background,
 sending progress, and its ``Propagated`` reply fills the *UnSAMv2 propagated* labels layer.
 Re-prompting a slice and pressing *Propagate* again recomputes the sub-stack from all prompts.
@@ -40,7 +40,7 @@ class _Job:
     index: tuple[int | slice, ...]
     shape: tuple[int, ...]
     direction: str
-    granularity: float | None
+    granularity: dict[int, float | None]  # object id -> g
     mask_threshold: float
     prompts: list
 
@@ -80,7 +80,7 @@ class PropagatePanel(QGroupBox):
         form.addRow("direction", self.direction_combo)
         buttons = QHBoxLayout()
         self.propagate_button = QPushButton("Propagate")
-        self.propagate_button.setToolTip("track every object of the prompts layer through the stack at the dial's g")
+        self.propagate_button.setToolTip("track every object of the prompts layer through the stack, each at its own g")
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -155,7 +155,7 @@ class PropagatePanel(QGroupBox):
         try:
             if found is None:
                 raise ValueError("no prompts: click the object on a slice first")
-            prompts = L.object_prompts(*found, leading, axis, host.granularity)
+            prompts = L.object_prompts(*found, leading, axis, host.granularity, host.object_granularities())
         except ValueError as exc:
             host._notify(str(exc), "warning")
             return None
@@ -167,11 +167,13 @@ class PropagatePanel(QGroupBox):
         threshold = float(host.threshold_spin.value())
         request = p.Propagate(key, prompts, stack=stack, axis=0, channel_axis=3 if image.rgb else None,
                               direction=direction, mask_threshold=threshold, contrast_limits=contrast)
+        granularities = {pr.object_id: pr.granularity for pr in prompts}
         self._job = _Job(request.request_id, image.name, id(image), leading, axis, index, tuple(shape), direction,
-                         host.granularity, threshold, prompts)
+                         granularities, threshold, prompts)
         self._sent_key = key
-        self._set_running(True, f"propagating {len({pr.object_id for pr in prompts})} object(s) at "
-                                f"g={host.granularity:.2f}" + ("" if stack is None else " (sending the stack)") + "…")
+        at = ", ".join(f"{i}: g={g:.2f}" if g is not None else f"{i}" for i, g in granularities.items())
+        self._set_running(True, f"propagating {len(granularities)} object(s) ({at})"
+                                + ("" if stack is None else " (sending the stack)") + "…")
         try:
             host._submit(request, PURPOSE)
         except Exception as exc:  # noqa: BLE001 - e.g. a closed engine: say so, keep napari running
@@ -222,7 +224,7 @@ class PropagatePanel(QGroupBox):
         for prompt in job.prompts:
             prompted.setdefault(prompt.object_id, []).append(prompt.frame)
         layer.features = L.propagation_features(reply.labels, reply.object_ids, reply.scores,
-                                                {i: job.granularity for i in reply.object_ids}, prompted, reply.axis)
+                                                job.granularity, prompted, reply.axis)
         layer.metadata = {"unsamv2_propagation": L.propagation_metadata(
             reply, leading=job.leading, axis=job.axis, direction=job.direction, granularity=job.granularity,
             mask_threshold=job.mask_threshold)}

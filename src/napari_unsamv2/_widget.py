@@ -61,6 +61,8 @@ class UnSAMv2Widget(QWidget):
         self._stale_before = 0  # preview replies to requests older than the last Clear are dropped
         self._pending: dict[int, str] = {}
         self._sweep_count = 0
+        self._object_granularity: dict[int, float] = {}  # object id -> g, for propagation
+        self._current_object = 1
         self._build_ui()
         self._connect_viewer()
         self._bind_keys()
@@ -458,8 +460,18 @@ class UnSAMv2Widget(QWidget):
     def _prompts_layer(self):
         return self.viewer.layers[PROMPTS_LAYER] if PROMPTS_LAYER in self.viewer.layers else None
 
+    def object_granularities(self) -> dict[int, float]:
+        """Object id -> the g it is propagated at: the dial's value when it was last the current object
+        (the current object: the dial's value now)."""
+        return {**self._object_granularity, self.propagate_panel.object_id: self.granularity}
+
     def _on_object_changed(self, object_id: int) -> None:
-        """The next clicks belong to ``object_id``; the preview shows that object's points."""
+        """The next clicks belong to ``object_id``; the preview shows that object's points, and the dial
+        shows its granularity (each object keeps its own)."""
+        self._object_granularity[self._current_object] = self.granularity
+        self._current_object = int(object_id)
+        if object_id in self._object_granularity:
+            self.set_granularity(self._object_granularity[object_id])
         layer = self._prompts_layer()
         if layer is not None and L.OBJECT in layer.features:
             layer.feature_defaults = L.feature_defaults_with(layer.feature_defaults, **{L.OBJECT: int(object_id)})
