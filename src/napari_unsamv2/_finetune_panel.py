@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                            QLineEdit, QProgressBar, QPushButton, QSpinBox)
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLineEdit, QSpinBox
 
 from napari_unsamv2._finetune_job import FinetuneJob, FinetuneOptions, JobResult
+from napari_unsamv2._form_rows import job_rows, path_row
 
 TRAINABLE_SETS = ("granularity", "decoder", "all")
 DEFAULT_ADAPTER_NAME = "unsamv2_adapter.pt"
@@ -67,39 +67,13 @@ class FinetunePanel(QGroupBox):
         form.addRow("train", self.trainable_combo)
         self.resume_check = QCheckBox("resume the last run of this adapter")
         form.addRow("", self.resume_check)
-        buttons = QHBoxLayout()
-        self.start_button = QPushButton("Start fine-tuning")
-        self.start_button.clicked.connect(self.start)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.cancel_button)
-        form.addRow(buttons)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setVisible(False)
-        form.addRow(self.progress_bar)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        form.addRow(self.status_label)
+        controls = job_rows(form, "Start fine-tuning", self.start, self.cancel)
+        self.start_button, self.cancel_button = controls.start_button, controls.cancel_button
+        self.progress_bar, self.status_label = controls.progress_bar, controls.status_label
 
     def _folder_row(self, form: QFormLayout, name: str, placeholder: str) -> QLineEdit:
-        row = QHBoxLayout()
-        edit = QLineEdit()
-        edit.setPlaceholderText(placeholder)
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-
-        def pick() -> None:
-            path = QFileDialog.getExistingDirectory(self, f"Choose the {name} folder")
-            if path:
-                edit.setText(path)
-
-        browse.clicked.connect(pick)
-        row.addWidget(edit)
-        row.addWidget(browse)
-        form.addRow(name, row)
-        return edit
+        return path_row(form, name, placeholder,
+                        lambda: QFileDialog.getExistingDirectory(self, f"Choose the {name} folder"))
 
     # ------------------------------------------------------------------ actions
     def options(self) -> FinetuneOptions | None:

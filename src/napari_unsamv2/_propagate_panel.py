@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
-                            QSpinBox)
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QSpinBox
 
 from napari_unsamv2 import _layers as L
+from napari_unsamv2._form_rows import job_rows
 
 PROPAGATED_LAYER = "UnSAMv2 propagated"
 PURPOSE = "propagate"  # the widget's pending-request purpose of Propagate requests
@@ -78,22 +78,10 @@ class PropagatePanel(QGroupBox):
         self.direction_combo.setToolTip("both: from each object's first prompted slice to the end, then back to 0; "
                                         "forward: only towards the end; backward: from its last prompted slice to 0")
         form.addRow("direction", self.direction_combo)
-        buttons = QHBoxLayout()
-        self.propagate_button = QPushButton("Propagate")
+        controls = job_rows(form, "Propagate", self.propagate, self.cancel)
+        self.propagate_button, self.cancel_button = controls.start_button, controls.cancel_button
+        self.progress_bar, self.status_label = controls.progress_bar, controls.status_label
         self.propagate_button.setToolTip("track every object of the prompts layer through the stack, each at its own g")
-        self.propagate_button.clicked.connect(self.propagate)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.propagate_button)
-        buttons.addWidget(self.cancel_button)
-        form.addRow(buttons)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setVisible(False)
-        form.addRow(self.progress_bar)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        form.addRow(self.status_label)
 
     # ------------------------------------------------------------------ state
     @property

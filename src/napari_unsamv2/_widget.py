@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
                             QWidget)
 
 from napari_unsamv2 import _layers as L
+from napari_unsamv2._form_rows import path_row
 from napari_unsamv2._propagate_panel import PURPOSE as PROPAGATE
 from napari_unsamv2._propagate_panel import PropagatePanel
 
@@ -176,22 +177,8 @@ class UnSAMv2Widget(QWidget):
         self._on_model_choice(self.model_combo.currentText())
 
     def _path_row(self, form: QFormLayout, name: str, placeholder: str) -> QLineEdit:
-        row = QHBoxLayout()
-        edit = QLineEdit()
-        edit.setPlaceholderText(placeholder)
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-
-        def pick() -> None:
-            path, _ = QFileDialog.getOpenFileName(self, f"Choose {name}", "", "PyTorch checkpoints (*.pt *.pth)")
-            if path:
-                edit.setText(path)
-
-        browse.clicked.connect(pick)
-        row.addWidget(edit)
-        row.addWidget(browse)
-        form.addRow(name, row)
-        return edit
+        return path_row(form, name, placeholder, lambda: QFileDialog.getOpenFileName(
+            self, f"Choose {name}", "", "PyTorch checkpoints (*.pt *.pth)")[0])
 
     def _on_model_choice(self, text: str) -> None:
         self.checkpoint_edit.setEnabled(text == CHECKPOINT_CHOICE)

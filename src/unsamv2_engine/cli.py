@@ -182,8 +182,9 @@ def _allow_negative_values(parser: argparse.ArgumentParser) -> None:
 OptionAdder = Callable[[argparse.ArgumentParser], None]
 
 
-def _subparser(sub: Any, name: str, help_text: str, description: str, epilog: str) -> argparse.ArgumentParser:
-    """Add one subcommand parser with a shared layout."""
+def subparser(sub: Any, name: str, help_text: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """Add one subcommand parser with the shared layout (wrapped description, verbatim epilog, negative
+    numbers accepted as option values); the command modules use it too."""
     parser = sub.add_parser(name, help=help_text, description=textwrap.fill(description, 79), epilog=epilog,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     _allow_negative_values(parser)
@@ -242,7 +243,7 @@ def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_segment(sub: Any, shared: list[OptionAdder]) -> None:
-    parser = _subparser(
+    parser = subparser(
         sub, "segment", "segment one object at one granularity",
         "Segment the object under the point prompts at granularity G and write a label TIFF "
         "(foreground = 1, uint8).",
@@ -256,7 +257,7 @@ def _add_segment(sub: Any, shared: list[OptionAdder]) -> None:
 
 
 def _add_sweep(sub: Any, shared: list[OptionAdder]) -> None:
-    parser = _subparser(
+    parser = subparser(
         sub, "sweep", "segment one prompt at several granularities",
         "Decode the same prompt at every granularity and write a multi-page label TIFF, one page per "
         "granularity in the order given.",
@@ -272,7 +273,7 @@ def _add_sweep(sub: Any, shared: list[OptionAdder]) -> None:
 
 
 def _add_models(sub: Any, shared: list[OptionAdder]) -> None:
-    parser = _subparser(
+    parser = subparser(
         sub, "models", "list the known models; download one",
         "List the model registry (name, family, size, approximate size, whether it is cached, cache path), "
         "or download one model into the cache.",
@@ -284,7 +285,7 @@ def _add_models(sub: Any, shared: list[OptionAdder]) -> None:
 
 
 def _add_info(sub: Any, shared: list[OptionAdder]) -> None:
-    parser = _subparser(
+    parser = subparser(
         sub, "info", "versions, devices, cache, intensity rule; describe a checkpoint",
         "Print versions, available devices, the weights cache directory and the intensity rule; "
         "with CHECKPOINT, also describe that file (kind, model size, tensors, parameters).",
@@ -296,7 +297,7 @@ def _add_info(sub: Any, shared: list[OptionAdder]) -> None:
 
 
 def _add_convert(sub: Any, shared: list[OptionAdder]) -> None:
-    parser = _subparser(
+    parser = subparser(
         sub, "convert", "convert between UnSAMv2, SAM 2.1 and adapter files",
         "Load IN (optionally with --adapter applied) and write it as a full UnSAMv2 file, a plain SAM 2.1 "
         "file (the UnSAMv2 additions dropped), or an adapter file (granularity module + LoRA only).",
@@ -316,7 +317,7 @@ def _add_convert(sub: Any, shared: list[OptionAdder]) -> None:
 
 
 def _add_napari(sub: Any, shared: list[OptionAdder]) -> None:
-    parser = _subparser(
+    parser = subparser(
         sub, "napari", "open napari with the UnSAMv2 widget docked",
         "Open napari on IMAGE (or a bundled sample), dock the UnSAMv2 widget and load the model. Click on an "
         "object, turn the granularity dial, commit objects, sweep a hierarchy.",

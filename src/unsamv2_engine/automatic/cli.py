@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -90,7 +89,7 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     """
     from unsamv2_engine import cli as main_cli  # standard library only at import
 
-    auto = _subparser(
+    auto = main_cli.subparser(
         subparsers, "auto", "segment every object of an image at one granularity",
         "Segment the whole image at granularity G: prompt the model with a grid of points, keep the "
         "masks that pass the quality filters, remove duplicates, and write an instance label TIFF "
@@ -108,7 +107,7 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
         add(auto)
     auto.set_defaults(func=run_auto)
 
-    tree = _subparser(
+    tree = main_cli.subparser(
         subparsers, "hierarchy", "nested label images at several granularities + parent table",
         "Segment the whole image at every granularity (one embedding and one point grid for all "
         "levels) and nest the results: a multi-page label TIFF with one page per granularity in the "
@@ -134,15 +133,6 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     for add in (model_options, common_options):
         add(tree)
     tree.set_defaults(func=run_hierarchy)
-
-
-def _subparser(sub: Any, name: str, help_text: str, description: str, epilog: str) -> argparse.ArgumentParser:
-    from unsamv2_engine import cli as main_cli
-
-    parser = sub.add_parser(name, help=help_text, description=textwrap.fill(description, 79), epilog=epilog,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    main_cli._allow_negative_values(parser)
-    return parser
 
 
 def _add_image_options(parser: argparse.ArgumentParser, main_cli: Any) -> None:

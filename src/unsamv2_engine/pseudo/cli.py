@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -73,9 +72,10 @@ def _side(text: str) -> int:
 
 def add_parser(subparsers: Any, model_options: OptionAdder, common_options: OptionAdder) -> argparse.ArgumentParser:
     """Register ``pseudo-label`` on the ``unsamv2`` subparsers (model options: no model by default)."""
-    parser = subparsers.add_parser("pseudo-label", help="pseudo-labels (masks + granularity) for a folder of images",
-                                   description=textwrap.fill(DESCRIPTION, 79), epilog=EPILOG,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    from unsamv2_engine import cli as main_cli  # standard library only at import
+
+    parser = main_cli.subparser(subparsers, "pseudo-label", "pseudo-labels (masks + granularity) for a folder of images",
+                                DESCRIPTION, EPILOG)
     parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (not searched recursively)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
                         help="folder for <image stem>.json files and overlays/ (created if missing)")

@@ -21,7 +21,6 @@ import argparse
 import json
 import signal
 import sys
-import textwrap
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -56,14 +55,11 @@ def add_parser(subparsers: Any, model_options: Callable | None = None,
     """Register ``finetune`` on the ``unsamv2`` subparsers (``common_options``: ``-q``, ``--traceback``)."""
     from unsamv2_engine import cli as main_cli  # standard library only at import
 
-    parser = subparsers.add_parser(
-        "finetune", help="fine-tune the granularity module on your own unlabeled images",
-        description=textwrap.fill(
-            "Fine-tune UnSAMv2 on a folder of unlabeled images: make pseudo-labels (masks with granularities) "
-            "unless --pseudo-labels gives them, train with simulated clicks, and write an adapter file that "
-            "the CLI (--adapter) and the napari plugin load on top of the base model.", 79),
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    main_cli._allow_negative_values(parser)
+    parser = main_cli.subparser(
+        subparsers, "finetune", "fine-tune the granularity module on your own unlabeled images",
+        "Fine-tune UnSAMv2 on a folder of unlabeled images: make pseudo-labels (masks with granularities) "
+        "unless --pseudo-labels gives them, train with simulated clicks, and write an adapter file that "
+        "the CLI (--adapter) and the napari plugin load on top of the base model.", _EPILOG)
     data = parser.add_argument_group("data and model")
     data.add_argument("--images", required=True, metavar="DIR", help="folder of images (.tif, .tiff, .png, .jpg)")
     data.add_argument("--pseudo-labels", metavar="DIR",

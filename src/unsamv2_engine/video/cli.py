@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -97,15 +96,12 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     """Register ``propagate`` on the ``unsamv2`` subparsers (option adders from :mod:`unsamv2_engine.cli`)."""
     from unsamv2_engine import cli as main_cli  # standard library only at import
 
-    parser = subparsers.add_parser(
-        "propagate", help="track objects through a z-stack or time-lapse at a granularity",
-        description=textwrap.fill(
-            "Segment objects prompted with points on one or more slices of a stack and propagate them through "
-            "the other slices with SAM 2's video memory, at each object's granularity. Writes an instance label "
-            "TIFF with the stack's shape (without channels): 0 = background, object ids as labels; where objects "
-            "overlap the one with the highest logit wins.", 79),
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    main_cli._allow_negative_values(parser)
+    parser = main_cli.subparser(
+        subparsers, "propagate", "track objects through a z-stack or time-lapse at a granularity",
+        "Segment objects prompted with points on one or more slices of a stack and propagate them through "
+        "the other slices with SAM 2's video memory, at each object's granularity. Writes an instance label "
+        "TIFF with the stack's shape (without channels): 0 = background, object ids as labels; where objects "
+        "overlap the one with the highest logit wins.", _EPILOG)
     parser.add_argument("stack", metavar="STACK", help="input stack: a TIFF holding [Z, H, W], [T, H, W] or 4D with "
                                                        "channels")
     group = parser.add_argument_group("prompts")
