@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PARITY_DIR = Path(os.environ.get("UNSAMV2_PARITY_DIR", REPO.parent / "shared" / "fixtures" / "unsamv2_decoder_parity"))
+# The authors'-code parity fixture lives in the repository (byte-identical to the team's shared copy;
+# tests/test_parity_fixture.py checks its digests). UNSAMV2_PARITY_DIR points the tests at another copy.
+PARITY_DIR = Path(os.environ.get("UNSAMV2_PARITY_DIR", REPO / "tests" / "fixtures" / "unsamv2_decoder_parity"))
 
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
-    # Never skipped: CI always has ../shared beside the clone; a missing fixture is a failure.
+    # Never skipped: the fixture ships with the repository; a missing fixture is a failure.
     assert PARITY_DIR.is_dir(), f"parity fixture not found at {PARITY_DIR} (set UNSAMV2_PARITY_DIR)"
     return PARITY_DIR
 
