@@ -1,4 +1,4 @@
-"""Whole-image segmentation: geometry against sam2, the segmenter against upstream AMG, hierarchies, CLI.
+"""Whole-image segmentation: box NMS against torchvision, the segmenter against upstream AMG, hierarchies, CLI.
 
 Models are hiera-tiny with random weights. Their logits lie in about [-0.2, 0.3], so the
 UnSAMv2 runs use ``mask_threshold=0.15`` with a small stability offset (masks of varied sizes)
@@ -24,15 +24,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sam2.utils.amg import batched_mask_to_box, generate_crop_boxes
 
 from unsamv2_engine import cli
 from unsamv2_engine.automatic import AutomaticSegmenter, AutoMasks, AutoSettings, Cancelled
 from unsamv2_engine.automatic.cleanup import remove_small_regions, remove_small_regions_all
-from unsamv2_engine.automatic.geometry import box_nms, crop_boxes, masks_to_boxes, near_crop_edge, point_grid
 from unsamv2_engine.automatic.hierarchy import hierarchy_to_coco, levels_to_hierarchy, masks_to_coco
 from unsamv2_engine.io import read_labels
 from unsamv2_engine.io.coco import decode_rle
 from unsamv2_engine.io.hierarchy import TABLE_COLUMNS, check_nesting, read_hierarchy
+from unsamv2_engine.nms import greedy_nms
 from unsamv2_engine.session import ImageSession
 from tests.conftest import make_cells_image
 
@@ -122,38 +123,10 @@ def _run(capsys, *argv: object) -> tuple[int, str, str]:
     return code, out, err
 
 
-# ============================================================================ geometry vs sam2
-@pytest.mark.parametrize("n", [1, 2, 4, 7, 32, 64])
-def test_point_grid_matches_sam2(n):
-    from sam2.utils.amg import build_point_grid
-
-    np.testing.assert_array_equal(point_grid(n), build_point_grid(n))
-
-
-@pytest.mark.parametrize("hw", [(96, 128), (128, 96), (375, 500), (1024, 1024), (37, 61)])
-@pytest.mark.parametrize("layers", [0, 1, 2])
-@pytest.mark.parametrize("overlap", [512 / 1500, 0.0])
-def test_crop_boxes_match_sam2(hw, layers, overlap):
-    from sam2.utils.amg import generate_crop_boxes
-
-    assert crop_boxes(hw, layers, overlap) == tuple(generate_crop_boxes(hw, layers, overlap))
-
-
-def test_masks_to_boxes_match_sam2():
-    from sam2.utils.amg import batched_mask_to_box
-
-    rng = np.random.default_rng(0)
-    masks = torch.from_numpy(rng.random((12, 23, 31)) > 0.97)
-    masks[3] = False  # empty
-    masks[4] = False
-    masks[4, 22, 30] = True  # one corner pixel
-    masks[5] = True  # full
-    assert torch.equal(masks_to_boxes(masks), batched_mask_to_box(masks))
-    assert masks_to_boxes(torch.zeros(0, 5, 5, dtype=torch.bool)).shape == (0, 4)
-
-
+# ============================================================================ box NMS vs torchvision
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.0])
-def test_box_nms_matches_torchvision(threshold):
+def test_greedy_nms_matches_torchvision(threshold):
+    """The one box NMS of the engine (per crop and across crops) keeps what torchvision keeps."""
     from unsamv2_engine.upstream import ensure_torchvision_importable
 
     ensure_torchvision_importable()
@@ -165,22 +138,9 @@ def test_box_nms_matches_torchvision(threshold):
     boxes = torch.cat([xy, xy + wh], 1).round()  # integer corners: many equal IoUs
     boxes[40:50] = boxes[:10]  # duplicate boxes
     scores = (torch.rand(80, generator=gen) * 8).round() / 8  # many tied scores
-    assert box_nms(boxes, scores, threshold).tolist() == torchvision.ops.nms(boxes, scores, threshold).tolist()
-    assert box_nms(boxes.long(), scores, threshold).tolist() == torchvision.ops.nms(boxes, scores, threshold).tolist()
-    assert box_nms(torch.zeros(0, 4), torch.zeros(0), threshold).numel() == 0
-
-
-def test_near_crop_edge_matches_sam2():
-    from sam2.utils.amg import is_box_near_crop_edge
-
-    gen = torch.Generator().manual_seed(3)
-    image_box = [0, 0, 300, 200]
-    for crop in ([0, 0, 300, 200], [0, 0, 170, 120], [130, 0, 300, 120], [0, 80, 170, 200], [130, 80, 300, 200]):
-        w, h = crop[2] - crop[0], crop[3] - crop[1]
-        xy = torch.rand(200, 2, generator=gen) * torch.tensor([w, h])
-        wh = torch.rand(200, 2, generator=gen) * torch.tensor([w, h])
-        boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w, h]))], 1).long()
-        assert torch.equal(near_crop_edge(boxes, crop, image_box), is_box_near_crop_edge(boxes, crop, image_box))
+    assert greedy_nms(boxes, scores, threshold).tolist() == torchvision.ops.nms(boxes, scores, threshold).tolist()
+    assert greedy_nms(boxes.long(), scores, threshold).tolist() == torchvision.ops.nms(boxes, scores, threshold).tolist()
+    assert greedy_nms(torch.zeros(0, 4), torch.zeros(0), threshold).numel() == 0
 
 
 # ============================================================================ equivalence with upstream AMG
@@ -241,7 +201,7 @@ def test_auto_masks_shapes_and_label_image(levels):
         assert result.masks.dtype == bool and result.masks.shape == (n, h, w)
         assert result.scores.shape == result.stability.shape == (n,) and result.points.shape == (n, 2)
         assert np.all(np.diff(result.scores) <= 0)  # by decreasing score
-        assert np.array_equal(result.boxes, masks_to_boxes(torch.from_numpy(result.masks)).numpy())
+        assert np.array_equal(result.boxes, batched_mask_to_box(torch.from_numpy(result.masks)).numpy())
         assert np.all((result.points >= 0) & (result.points <= [w, h]))
         labels = result.label_image()
         assert labels.shape == (h, w) and np.issubdtype(labels.dtype, np.unsignedinteger)
@@ -292,7 +252,7 @@ def test_hierarchy_parents_by_containment_then_clipping():
     def auto(g, masks):
         masks = np.stack(masks)
         return AutoMasks(g, masks, np.linspace(0.9, 0.8, len(masks)), np.ones(len(masks)),
-                         masks_to_boxes(torch.from_numpy(masks)).numpy(), np.zeros((len(masks), 2)))
+                         batched_mask_to_box(torch.from_numpy(masks)).numpy(), np.zeros((len(masks), 2)))
 
     h = levels_to_hierarchy([auto(0.2, [a, b, c]), auto(1.0, [coarse])])
     assert check_nesting(h) == []
@@ -353,7 +313,7 @@ def test_crop_layers_masks_in_image_coordinates(model, monkeypatch):
 
     Two shortcuts keep this fast and meaningful with random weights: the crops reuse the full
     image's embedding (what is under test is the crop geometry, not the encoder), and the
-    crop-edge filter (checked against sam2 above) is off, since the random model's masks always
+    crop-edge filter (sam2's own `is_box_near_crop_edge`) is off, since the random model's masks always
     reach the crop edges and would leave only full-image masks.
     """
     from unsamv2_engine.automatic import segmenter as segmenter_module
@@ -367,11 +327,11 @@ def test_crop_layers_masks_in_image_coordinates(model, monkeypatch):
         self.set_features(full, crop.shape[:2])
 
     monkeypatch.setattr(ImageSession, "set_image", same_features)
-    monkeypatch.setattr(segmenter_module, "near_crop_edge", lambda boxes, *a, **k: torch.zeros(len(boxes), dtype=bool))
+    monkeypatch.setattr(segmenter_module, "is_box_near_crop_edge", lambda boxes, *a, **k: torch.zeros(len(boxes), dtype=bool))
     settings = replace(SMALL, points_per_side=2, crop_n_layers=1, box_nms_thresh=1.0)
     result = _segmenter(model, settings).generate(image, 0.5)
     assert len(result) > 0 and result.masks.shape[1:] == image.shape[:2]
-    boxes, _ = crop_boxes(image.shape[:2], 1, settings.crop_overlap_ratio)
+    boxes, _ = generate_crop_boxes(image.shape[:2], 1, settings.crop_overlap_ratio)
     candidates = []  # (crop index, pasted mask) of every mask each crop alone gives
     for k, (x0, y0, x1, y1) in enumerate(boxes):
         alone = _segmenter(model, replace(settings, crop_n_layers=0)).generate(image[y0:y1, x0:x1], 0.5)
@@ -385,7 +345,7 @@ def test_crop_layers_masks_in_image_coordinates(model, monkeypatch):
         assert matches, "a mask is not a crop's mask at the crop's offset"
         if mask.any():  # (an empty mask's box is the crop's offset, as in sam2)
             sources |= matches
-            assert np.array_equal(box, masks_to_boxes(torch.from_numpy(mask[None]))[0].numpy())
+            assert np.array_equal(box, batched_mask_to_box(torch.from_numpy(mask[None]))[0].numpy())
     assert sources & {1, 2, 3, 4}  # some masks come from the 2x2 crops, placed at their offsets
 
 
@@ -418,7 +378,7 @@ def test_remove_small_regions_all_on_results():
     masks[0, 25:27, 25:27] = True
     masks[1, 0:10, 20:30] = True
     result = AutoMasks(0.5, masks, np.array([0.9, 0.8]), np.array([1.0, 1.0]),
-                       masks_to_boxes(torch.from_numpy(masks)).numpy(), np.zeros((2, 2)))
+                       batched_mask_to_box(torch.from_numpy(masks)).numpy(), np.zeros((2, 2)))
     cleaned = remove_small_regions_all(result, 10, 0.7)
     assert len(cleaned) == 2
     assert cleaned.masks[0, 5:7, 5:7].all() and not cleaned.masks[0, 25:27, 25:27].any()

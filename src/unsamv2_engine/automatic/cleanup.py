@@ -11,9 +11,10 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from sam2.utils.amg import batched_mask_to_box
 from scipy import ndimage
 
-from unsamv2_engine.automatic.geometry import box_nms, masks_to_boxes
+from unsamv2_engine.nms import greedy_nms
 
 
 def remove_small_regions(mask: np.ndarray, min_area: int, mode: str) -> tuple[np.ndarray, bool]:
@@ -50,8 +51,8 @@ def remove_small_regions_all(result, min_area: int, nms_thresh: float):
     if not cleaned:
         return result
     masks = np.stack(cleaned)
-    boxes = masks_to_boxes(torch.from_numpy(masks))
-    keep = box_nms(boxes, torch.tensor(unchanged, dtype=torch.float32), nms_thresh).numpy()
+    boxes = batched_mask_to_box(torch.from_numpy(masks))
+    keep = greedy_nms(boxes.float(), torch.tensor(unchanged, dtype=torch.float32), nms_thresh).numpy()
     keep.sort()
     return replace(result, masks=masks[keep], scores=result.scores[keep], stability=result.stability[keep],
                    boxes=boxes.numpy()[keep], points=result.points[keep])

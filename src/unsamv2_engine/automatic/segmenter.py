@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sam2.utils.amg import batched_mask_to_box, build_point_grid, generate_crop_boxes, is_box_near_crop_edge
 
-from unsamv2_engine.automatic.geometry import box_nms, crop_boxes, masks_to_boxes, near_crop_edge, point_grid
 from unsamv2_engine.automatic.settings import AutoSettings
 from unsamv2_engine.devices import inference_context
 from unsamv2_engine.model.decoding import clamp_low_res, decode, returned_iou
+from unsamv2_engine.nms import greedy_nms
 from unsamv2_engine.prompts import check_granularity
 from unsamv2_engine.session import ImageSession
 
@@ -126,8 +127,8 @@ class AutomaticSegmenter:
         rgb = to_uint8_rgb(np.asarray(image), contrast_limits=contrast_limits)
         h, w = rgb.shape[:2]
         s = self.settings
-        boxes, layer_ids = crop_boxes((h, w), s.crop_n_layers, s.crop_overlap_ratio)
-        grids = [point_grid(int(s.points_per_side / (s.crop_n_points_downscale_factor ** i)))
+        boxes, layer_ids = generate_crop_boxes((h, w), s.crop_n_layers, s.crop_overlap_ratio)
+        grids = [build_point_grid(int(s.points_per_side / (s.crop_n_points_downscale_factor ** i)))
                  for i in range(s.crop_n_layers + 1)]
         total = sum(len(grids[layer]) for layer in layer_ids) * len(levels)
         done = [0]
@@ -174,7 +175,7 @@ class AutomaticSegmenter:
         found = kept.cat()
         if not found:
             return {}
-        keep = box_nms(found["boxes"], found["scores"], s.box_nms_thresh)
+        keep = greedy_nms(found["boxes"].float(), found["scores"], s.box_nms_thresh)
         found = {k: v[keep] for k, v in found.items()}
         offset = torch.tensor([crop[0], crop[1], crop[0], crop[1]])
         found["boxes"] = found["boxes"] + offset
@@ -220,9 +221,9 @@ class AutomaticSegmenter:
         stability = inter.float() / union.float()
         binary = full > s.mask_threshold
         keep = stability >= stab_t if stab_t > 0 else torch.ones_like(stability, dtype=torch.bool)
-        boxes = masks_to_boxes(binary)
+        boxes = batched_mask_to_box(binary)
         h, w = image_hw
-        keep &= ~near_crop_edge(boxes, crop, [0, 0, w, h])
+        keep &= ~is_box_near_crop_edge(boxes, crop, [0, 0, w, h])
         if keep.any():
             kept.logits.append(clamp_low_res(logits[keep]).to(torch.float16 if logits.is_cuda else torch.float32).cpu())
             kept.scores.append(scores[keep].cpu())
@@ -242,7 +243,7 @@ class AutomaticSegmenter:
         if len(boxes) > 1:
             crop = data["crop"].float()
             crop_area = (crop[:, 2] - crop[:, 0]) * (crop[:, 3] - crop[:, 1])
-            keep = box_nms(data["boxes"], 1.0 / crop_area, s.crop_nms_thresh)
+            keep = greedy_nms(data["boxes"].float(), 1.0 / crop_area, s.crop_nms_thresh)
             data = {k: v[keep] for k, v in data.items()}
         order = torch.argsort(data["scores"], descending=True, stable=True)
         data = {k: v[order] for k, v in data.items()}
