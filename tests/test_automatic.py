@@ -32,7 +32,8 @@ from unsamv2_engine.automatic.cleanup import remove_small_regions, remove_small_
 from unsamv2_engine.automatic.hierarchy import hierarchy_to_coco, levels_to_hierarchy, masks_to_coco
 from unsamv2_engine.io import read_labels
 from unsamv2_engine.io.coco import decode_rle
-from unsamv2_engine.io.hierarchy import TABLE_COLUMNS, check_nesting, read_hierarchy
+from unsamv2_engine.hierarchy import TABLE_COLUMNS, check_nesting
+from unsamv2_engine.io.hierarchy import read_hierarchy
 from unsamv2_engine.nms import greedy_nms
 from unsamv2_engine.session import ImageSession
 from tests.conftest import make_cells_image

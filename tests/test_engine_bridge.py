@@ -119,7 +119,7 @@ FAST = {"preset": "cpu", "points_per_side": 4, "pred_iou_thresh": 0.0, "stabilit
 
 def test_segment_all_and_hierarchy_through_the_service(tiny_model):
     from unsamv2_engine.automatic import AutomaticSegmenter, AutoSettings
-    from unsamv2_engine.io.hierarchy import Hierarchy, check_nesting
+    from unsamv2_engine.hierarchy import Hierarchy, check_nesting
 
     service = EngineService(tiny_model)
     image = make_cells_image()

@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from unsamv2_engine.io.hierarchy import (
-    FORMAT,
+from unsamv2_engine.hierarchy import (
     Hierarchy,
     build_hierarchy,
     check_nesting,
     enforce_nesting,
     hierarchy_from_levels,
-    is_hierarchy_file,
-    read_hierarchy,
     table_rows_for_level,
-    to_csv,
-    write_hierarchy,
 )
+from unsamv2_engine.io.hierarchy import FORMAT, is_hierarchy_file, read_hierarchy, to_csv, write_hierarchy
 
 SHAPE = (64, 80)
 
@@ -282,3 +278,13 @@ def test_file_errors(tmp_path):
                      photometric="minisblack")
     with pytest.raises(ValueError, match="version 99"):
         read_hierarchy(tmp_path / "new.tif")
+
+
+def test_io_hierarchy_still_exports_the_data_model_and_algorithms():
+    """Older code imported everything from ``unsamv2_engine.io.hierarchy``: those names still work."""
+    import unsamv2_engine.hierarchy as algorithms
+    from unsamv2_engine.io import hierarchy as files
+
+    for name in ("Hierarchy", "build_hierarchy", "check_nesting", "enforce_nesting", "hierarchy_from_levels",
+                 "table_rows_for_level", "granularity_from_name", "default_level_name", "TABLE_COLUMNS"):
+        assert getattr(files, name) is getattr(algorithms, name), name

@@ -13,7 +13,8 @@ import tifffile
 from napari_unsamv2._reader import FEATURE_COLUMNS, METADATA_KEY, get_reader, read_hierarchy_layers
 from napari_unsamv2._sample_data import sample_cell, sample_cells, sample_ihc
 from napari_unsamv2._writer import layer_data_to_hierarchy, write_hierarchy_layers
-from unsamv2_engine.io.hierarchy import build_hierarchy, check_nesting, read_hierarchy, write_hierarchy
+from unsamv2_engine.hierarchy import build_hierarchy, check_nesting
+from unsamv2_engine.io.hierarchy import read_hierarchy, write_hierarchy
 
 SHAPE = (48, 64)
 

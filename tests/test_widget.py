@@ -151,7 +151,7 @@ def test_stack_prompts_on_the_current_slice(make_napari_viewer, qtbot, checkpoin
 
 
 def test_segment_all_and_build_hierarchy(widget, qtbot):
-    from unsamv2_engine.io.hierarchy import Hierarchy, check_nesting
+    from unsamv2_engine.hierarchy import Hierarchy, check_nesting
 
     widget.preset_combo.setCurrentText("cpu")
     widget._whole_image_settings = lambda: {"preset": "cpu", "points_per_side": 4, "pred_iou_thresh": 0.0,

@@ -28,14 +28,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from unsamv2_engine.io.hierarchy import (
-    FORMAT,
-    VERSION,
-    Hierarchy,
-    is_hierarchy_file,
-    read_hierarchy,
-    table_rows_for_level,
-)
+from unsamv2_engine.hierarchy import Hierarchy, table_rows_for_level
+from unsamv2_engine.io.hierarchy import FORMAT, VERSION, is_hierarchy_file, read_hierarchy
 
 __all__ = ["FEATURE_COLUMNS", "METADATA_KEY", "get_reader", "hierarchy_to_layer_data", "read_hierarchy_layers"]
 

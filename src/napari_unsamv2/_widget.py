@@ -538,7 +538,7 @@ class UnSAMv2Widget(QWidget):
                      "sweep")
 
     def _add_sweep(self, reply) -> None:
-        from unsamv2_engine.io.hierarchy import build_hierarchy, enforce_nesting
+        from unsamv2_engine.hierarchy import build_hierarchy, enforce_nesting
 
         self._idle(f"sweep of {len(reply.granularities)} granularities in {reply.seconds:.2f} s")
         self._sweep_count += 1

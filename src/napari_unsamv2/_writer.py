@@ -27,12 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from unsamv2_engine.io.hierarchy import (
-    Hierarchy,
-    granularity_from_name,
-    hierarchy_from_levels,
-    write_hierarchy,
-)
+from unsamv2_engine.hierarchy import Hierarchy, granularity_from_name, hierarchy_from_levels
+from unsamv2_engine.io.hierarchy import write_hierarchy
 
 __all__ = ["layer_data_to_hierarchy", "write_hierarchy_layers"]
 

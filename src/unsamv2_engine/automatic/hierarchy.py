@@ -2,7 +2,7 @@
 
 The parent of a mask is the mask of the next coarser level (larger g) that covers the largest
 share of it, if that share is at least ``containment`` (default 0.5); then nesting is enforced
-by clipping every child to its parent (:func:`unsamv2_engine.io.hierarchy.enforce_nesting`).
+by clipping every child to its parent (:func:`unsamv2_engine.hierarchy.enforce_nesting`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from unsamv2_engine.automatic.segmenter import AutoMasks
 from unsamv2_engine.io.coco import coco_document, mask_to_annotation
-from unsamv2_engine.io.hierarchy import Hierarchy, build_hierarchy, enforce_nesting
+from unsamv2_engine.hierarchy import Hierarchy, build_hierarchy, enforce_nesting
 
 DEFAULT_CONTAINMENT = 0.5
 
