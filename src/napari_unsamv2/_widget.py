@@ -93,6 +93,11 @@ class UnSAMv2Widget(QWidget):
         self.status_label = QLabel("no model loaded")
         self.status_label.setWordWrap(True)
         form.addRow(self.status_label)
+        self.restart_button = QPushButton("Restart engine")
+        self.restart_button.setToolTip("the engine process ended: start a new one and load the model again")
+        self.restart_button.clicked.connect(self.restart_engine)
+        self.restart_button.setVisible(False)
+        form.addRow(self.restart_button)
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
         form.addRow(self.progress_bar)
@@ -350,6 +355,7 @@ class UnSAMv2Widget(QWidget):
 
     def _handle_reply(self, reply) -> None:
         from unsamv2_engine import protocol as p
+        from unsamv2_engine.client import ENGINE_DIED
 
         if isinstance(reply, p.Progress):
             if self._pending.get(reply.request_id) == PROPAGATE:
@@ -368,6 +374,9 @@ class UnSAMv2Widget(QWidget):
                     return
             if purpose == "embed":
                 self._embedding_key = None
+            if reply.kind == ENGINE_DIED:
+                self._engine_died(reply)
+                return
             self._notify(reply.message if reply.user_error else f"{reply.kind}: {reply.message}", "error")
         elif isinstance(reply, p.ModelLoaded):
             self._model_ready = True
@@ -669,6 +678,22 @@ class UnSAMv2Widget(QWidget):
 
         {"error": notifications.show_error, "warning": notifications.show_warning,
          "info": notifications.show_info}[level](message)
+
+    def _engine_died(self, reply) -> None:
+        """The engine process ended: nothing it held is left; offer a restart (once per death)."""
+        self._model_ready = False
+        self._embedded_key = self._embedding_key = None
+        self.propagate_panel.forget_stack()
+        self._idle("the engine stopped: press 'Restart engine'")
+        if not self.restart_button.isVisible():
+            self.restart_button.setVisible(True)
+            self._notify(reply.message, "error")
+
+    def restart_engine(self) -> None:
+        """Close the (dead) engine, start a new one and load the chosen model again."""
+        self.restart_button.setVisible(False)
+        self.close_engine()
+        self.load_model()
 
     def close_engine(self) -> None:
         self.finetune_panel.cancel()  # a run outlives no widget; it keeps its checkpoint for --resume

@@ -12,9 +12,10 @@ Import cost is part of the contract: this module imports only the standard libra
 time, so ``unsamv2 --help`` and ``unsamv2 CMD --help`` never import torch or sam2. Heavy modules
 are imported inside the command functions.
 
-Exit codes: 0 success; 2 a user error (bad option, bad input file, prompt outside the image, a
-missing or broken checkpoint...), reported as one ``unsamv2: error: ...`` line on stderr without a
-traceback (``--traceback`` shows it); 130 interrupted. Progress and stage messages go to stderr;
+Exit codes: 0 success; 2 a user error (an :class:`~unsamv2_engine.errors.UnSAMv2Error`: bad option,
+bad input file, prompt outside the image, a missing or broken checkpoint...), reported as one
+``unsamv2: error: ...`` line on stderr without a traceback (``--traceback`` shows it); 130
+interrupted. Any other exception is a bug and keeps its traceback (exit 1). Progress and stage messages go to stderr;
 stdout carries only short summaries (or JSON where asked), so it can be piped.
 """
 
@@ -40,6 +41,9 @@ if TYPE_CHECKING:  # only for annotations; never imported at run time here
     from unsamv2_engine.model.build import UnSAMv2Model
     from unsamv2_engine.session import ImageSession
 
+from unsamv2_engine.argtypes import finite_float  # standard library only
+from unsamv2_engine.errors import UnSAMv2Error, is_user_error  # standard library only
+
 PROG = "unsamv2"
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -55,7 +59,7 @@ _POINT_LABELS = {"pos": 1, "positive": 1, "1": 1, "+": 1, "neg": 0, "negative": 
 _NEGATIVE_VALUE = re.compile(r"^-\.?\d")
 
 
-class CliError(Exception):
+class CliError(UnSAMv2Error):
     """A user error found by the command line itself (the message says what to do)."""
 
 
@@ -231,7 +235,7 @@ def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--point", metavar="X,Y[,pos|neg]", action="append", type=parse_point, required=True,
                        help="a point prompt in pixels, x = column, y = row; repeat for more points. "
                             "Label pos (default) or neg; also 1/0, +/-, positive/negative")
-    group.add_argument("--mask-threshold", type=float, default=0.0, metavar="T",
+    group.add_argument("--mask-threshold", type=finite_float, default=0.0, metavar="T",
                        help="logits above T are foreground (default: 0.0; lower gives larger masks)")
     group.add_argument("--m2m", action="store_true",
                        help="refine: decode again with the first mask as mask input (the authors' M2M pass)")
@@ -359,19 +363,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _user_error_message(exc: BaseException) -> str | None:
-    """The one-line message of a user error, or None for a bug (which keeps its traceback)."""
-    from unsamv2_engine.weights import WeightsError
+    """The one-line message of a user error, or None for a bug (which keeps its traceback).
 
-    user_types: list[type[BaseException]] = [CliError, WeightsError, OSError, ValueError]
-    checkpoint = sys.modules.get("unsamv2_engine.model.checkpoint")  # only loaded if it could have raised
-    if checkpoint is not None:
-        user_types.append(checkpoint.CheckpointError)
+    User errors are :class:`~unsamv2_engine.errors.UnSAMv2Error` (and OS errors about a named file:
+    no such file, permission denied, disk full), classified as the engine service does; running out
+    of device memory is reported too. Any other exception is a bug.
+    """
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
         return f"out of device memory ({str(exc).splitlines()[0]}); try a smaller image or --device cpu"
-    if not isinstance(exc, tuple(user_types)):
+    if not is_user_error(exc):
         return None
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+    if isinstance(exc, OSError) and not isinstance(exc, UnSAMv2Error) and exc.filename is not None:
         return f"{exc.strerror}: {exc.filename}"
     return str(exc) or type(exc).__name__
 
@@ -391,6 +394,28 @@ def _engine_version() -> str:
     from unsamv2_engine import __version__
 
     return __version__
+
+
+def model_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The model files a command reads (``--checkpoint``, the cached ``--model`` file, ``--adapter``)."""
+    from unsamv2_engine import weights
+
+    files: dict[str, Any] = {"--checkpoint": getattr(args, "checkpoint", None),
+                             "--adapter": getattr(args, "adapter", None)}
+    name = getattr(args, "model", None) or (None if files["--checkpoint"] else weights.DEFAULT_MODEL)
+    if name in weights.REGISTRY:
+        files["--model"] = weights.cached_path(name)
+    return files
+
+
+def check_command_outputs(args: argparse.Namespace, outputs: dict[str, Any], *,
+                          inputs: dict[str, Any] | None = None, image_option: str = "IMAGE") -> None:
+    """:func:`unsamv2_engine.outputs.check_outputs` for a command that reads ``args.image`` and a model:
+    before any work, no output may name an input or another output, be a folder, or sit in a folder
+    that is missing or read-only."""
+    from unsamv2_engine.outputs import check_outputs
+
+    check_outputs(outputs, {image_option: getattr(args, "image", None), **model_inputs(args), **(inputs or {})})
 
 
 def _check_output_suffix(path: str, what: str, suffixes: Sequence[str]) -> None:
@@ -593,10 +618,13 @@ def _summary(args: argparse.Namespace, line: str) -> None:
 # ============================================================================ segment
 def cmd_segment(args: argparse.Namespace) -> int:
     """``unsamv2 segment``: one object at one granularity -> label TIFF (+ JSON)."""
-    from unsamv2_engine.prompts import check_granularity
+    from unsamv2_engine.outputs import staged_outputs
+    from unsamv2_engine.prompts import check_granularity, check_mask_threshold
 
     _check_output_suffix(args.output, "output", TIFF_SUFFIXES)
     granularity = check_granularity(args.granularity)
+    check_mask_threshold(args.mask_threshold)
+    check_command_outputs(args, {"-o": args.output, "--json": args.json})
     run = _prepare(args)
     _say(args, f"decoding at granularity {granularity:g} ...")
     pred, decode_s = _timed(lambda: run.session.predict(run.points, run.labels, granularity, m2m=args.m2m),
@@ -605,14 +633,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "object_score": pred.object_score, "area": pred.area}
     from unsamv2_engine.io import write_labels
 
-    write_labels(args.output, pred.mask, metadata={k: meta[k] for k in (
-        "granularity", "score", "object_score", "area", "model", "points", "labels", "mask_threshold", "m2m")})
+    meta["output"] = str(args.output)
+    meta["timings"] = {"load_s": run.load_s, "embed_s": run.embed_s, "decode_s": decode_s}
+    with staged_outputs() as out:
+        write_labels(out.path(args.output), pred.mask, metadata={k: meta[k] for k in (
+            "granularity", "score", "object_score", "area", "model", "points", "labels", "mask_threshold", "m2m")})
+        _emit_json(out.path(args.json), meta)
     if pred.area == 0:
         _warn(f"the mask is empty (object score {pred.object_score:.2f}): try another point, granularity "
               "or a lower --mask-threshold")
-    meta["output"] = str(args.output)
-    meta["timings"] = {"load_s": run.load_s, "embed_s": run.embed_s, "decode_s": decode_s}
-    _emit_json(args.json, meta)
     _summary(args, f"wrote {args.output} (area {pred.area} px, score {pred.score:.2f}, granularity "
                    f"{granularity:g})")
     return EXIT_OK
@@ -621,10 +650,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
 # ============================================================================ sweep
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``unsamv2 sweep``: one prompt at several granularities -> multi-page label TIFF (+ CSV, JSON)."""
-    from unsamv2_engine.prompts import check_granularities
+    from unsamv2_engine.outputs import staged_outputs
+    from unsamv2_engine.prompts import check_granularities, check_mask_threshold
 
     _check_output_suffix(args.output, "output", TIFF_SUFFIXES)
     granularities = check_granularities(args.granularities)
+    check_mask_threshold(args.mask_threshold)
+    check_command_outputs(args, {"-o": args.output, "--table": args.table, "--json": args.json})
     run = _prepare(args)
     _say(args, f"decoding {len(granularities)} granularities ...")
     sweep, decode_s = _timed(lambda: run.session.sweep(run.points, run.labels, granularities, m2m=args.m2m),
@@ -633,16 +665,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = _base_metadata(args, run)
     from unsamv2_engine.io import write_labels, write_table_csv
 
-    write_labels(args.output, sweep.masks, metadata={
-        "granularities": granularities, "areas": [r["area"] for r in rows],
-        "scores": [r["score"] for r in rows], "object_scores": [r["object_score"] for r in rows],
-        **{k: base[k] for k in ("model", "points", "labels", "mask_threshold", "m2m")}})
-    if args.table:
-        write_table_csv(args.table, rows, columns=["page", "granularity", "area", "score", "object_score"])
     meta = {**base, "granularities": granularities, "pages": rows, "output": str(args.output),
             "table": args.table, "timings": {"load_s": run.load_s, "embed_s": run.embed_s,
                                              "decode_s": decode_s}}
-    _emit_json(args.json, meta)
+    with staged_outputs() as out:
+        write_labels(out.path(args.output), sweep.masks, metadata={
+            "granularities": granularities, "areas": [r["area"] for r in rows],
+            "scores": [r["score"] for r in rows], "object_scores": [r["object_score"] for r in rows],
+            **{k: base[k] for k in ("model", "points", "labels", "mask_threshold", "m2m")}})
+        if args.table:
+            write_table_csv(out.path(args.table), rows, columns=["page", "granularity", "area", "score",
+                                                                 "object_score"])
+        _emit_json(out.path(args.json), meta)
     _summary(args, f"wrote {args.output} ({len(rows)} pages)" + (f" and {args.table}" if args.table else ""))
     for row in rows:
         _summary(args, f"  page {row['page']:>3}  g {row['granularity']:<6g} area {row['area']:>9} px  "

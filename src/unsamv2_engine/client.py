@@ -27,12 +27,23 @@ _FINAL = (p.ModelLoaded, p.ImageEmbedded, p.Decoded, p.SweepDecoded, p.Segmented
           p.Stopped, p.Propagated)
 
 
+#: ``Failure.kind`` of the requests pending when the engine process ended (crashed, killed, out of memory).
+ENGINE_DIED = "EngineDied"
+
+
 class EngineRequestError(RuntimeError):
     """Raised by :meth:`EngineClient.call` when the engine answers with a Failure."""
 
     def __init__(self, failure: p.Failure) -> None:
-        super().__init__(failure.message)
+        text = failure.message if failure.user_error else (
+            f"engine error {failure.kind}: {failure.message}" + (f"\n{failure.traceback}" if failure.traceback else ""))
+        super().__init__(text)
         self.failure = failure
+
+    @property
+    def engine_died(self) -> bool:
+        """Whether the request failed because the engine process ended (restart the engine)."""
+        return self.failure.kind == ENGINE_DIED
 
 
 class Transport(Protocol):
@@ -160,6 +171,9 @@ class ProcessTransport:
         self._process = None
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
+        self._pending: set[int] = set()  # request ids sent and not answered yet
+        self._stopped = False  # a Stopped reply arrived: the engine ended on request
+        self._dead_message: str | None = None
 
     def start(self, on_reply: Callback) -> None:
         from unsamv2_engine.server import serve_connection
@@ -171,6 +185,7 @@ class ProcessTransport:
         self._process.start()
         child.close()
         self._conn = parent
+        self._on_reply = on_reply
 
         def read() -> None:
             while True:
@@ -178,9 +193,15 @@ class ProcessTransport:
                     reply = parent.recv()
                 except (EOFError, OSError):
                     break
+                if isinstance(reply, _FINAL):
+                    with self._send_lock:
+                        self._pending.discard(reply.request_id)
                 on_reply(reply)
                 if isinstance(reply, p.Stopped):
+                    self._stopped = True
                     break
+            if not self._stopped:
+                self._engine_died(on_reply)
 
         self._reader = threading.Thread(target=read, name="unsamv2-engine-replies", daemon=True)
         self._reader.start()
@@ -189,9 +210,39 @@ class ProcessTransport:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def alive(self) -> bool:
+        """Whether the engine process is running and has not ended on its own."""
+        return self._process is not None and self._process.is_alive() and self._dead_message is None
+
     def send(self, request: p.Request) -> None:
+        """Send ``request``; if the engine process has ended, it is answered at once with an
+        ``EngineDied`` :class:`~unsamv2_engine.protocol.Failure` instead of waiting forever."""
         with self._send_lock:
-            self._conn.send(request)
+            if self._dead_message is None:
+                try:
+                    self._conn.send(request)
+                    self._pending.add(request.request_id)
+                    return
+                except (OSError, EOFError, ValueError):  # broken pipe: the reader reports the death
+                    pass
+        self._reader.join(5.0)
+        self._on_reply(p.Failure(request.request_id, ENGINE_DIED, self._dead_message or "the engine process ended",
+                                 True))
+
+    def _engine_died(self, on_reply: Callback) -> None:
+        """Fail every pending request: the engine process ended without being asked to."""
+        self._process.join(1.0)
+        code = self._process.exitcode
+        how = ("was killed by signal " + str(-code)) if code is not None and code < 0 else f"exited with code {code}"
+        self._dead_message = (f"the engine process (pid {self._process.pid}) {how} while working, perhaps out of "
+                              "memory; the request was lost. Restart the engine (the widget's 'Restart engine' "
+                              "button, or a new EngineClient) and try again, with a smaller image or model if it "
+                              "happens again.")
+        with self._send_lock:
+            pending, self._pending = sorted(self._pending), set()
+        for request_id in pending:
+            on_reply(p.Failure(request_id, ENGINE_DIED, self._dead_message, True))
 
     def close(self, timeout: float) -> None:
         if self._process is None:

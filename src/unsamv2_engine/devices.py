@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import torch
 
+from unsamv2_engine.errors import DeviceError, InputError
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -23,11 +25,11 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+        raise DeviceError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device {name!r} requested but Apple MPS is not available here; use --device cpu or auto")
+        raise DeviceError(f"device {name!r} requested but Apple MPS is not available here; use --device cpu or auto")
     if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+        raise InputError(f"unsupported device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     return device
 
 

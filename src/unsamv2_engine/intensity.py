@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from unsamv2_engine.errors import ImageError
+
 __all__ = ["describe_intensity_rule", "to_uint8_rgb"]
 
 _ACCEPTED = (
@@ -128,7 +130,7 @@ def _resolve_layout(shape: tuple[int, ...], rgb: bool | None) -> bool:
     """Validate ``shape`` and return whether its last axis holds colour channels."""
     if len(shape) == 2:
         if rgb:
-            raise ValueError(
+            raise ImageError(
                 f"rgb=True but the image has shape {shape}, which has no channel axis; "
                 f"{_ACCEPTED}."
             )
@@ -136,24 +138,24 @@ def _resolve_layout(shape: tuple[int, ...], rgb: bool | None) -> bool:
     elif len(shape) == 3:
         is_colour_shape = shape[-1] in (3, 4)
         if rgb is False or (rgb is None and not is_colour_shape):
-            raise ValueError(
+            raise ImageError(
                 f"The image has shape {shape}, which is a stack of 2D images, not a "
                 f"single image: pass a single 2D slice (for example image[i]); "
                 f"{_ACCEPTED}."
             )
         if not is_colour_shape:
-            raise ValueError(
+            raise ImageError(
                 f"rgb=True but the last axis of shape {shape} has size {shape[-1]}, "
                 f"not 3 or 4; {_ACCEPTED}."
             )
         colour = True
     else:
-        raise ValueError(
+        raise ImageError(
             f"Cannot use an image of shape {shape} ({len(shape)} dimensions); "
             f"{_ACCEPTED}. Slice stacks and volumes to one 2D image first."
         )
     if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(f"The image of shape {shape} is empty; it has no pixels.")
+        raise ImageError(f"The image of shape {shape} is empty; it has no pixels.")
     return colour
 
 
@@ -163,7 +165,7 @@ def _check_dtype(dtype: np.dtype) -> None:
         return
     if np.issubdtype(dtype, np.floating):
         return
-    raise ValueError(
+    raise ImageError(
         f"Cannot convert an image of dtype {dtype} to intensities; use a boolean, "
         f"integer or real floating point image (for complex data, pass np.abs(image))."
     )
@@ -174,13 +176,13 @@ def _check_limits(contrast_limits: tuple[float, float]) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in contrast_limits)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise ImageError(
             f"contrast_limits must be two numbers (lo, hi), got {contrast_limits!r}."
         ) from None
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError(f"contrast_limits must be finite, got ({lo}, {hi}).")
+        raise ImageError(f"contrast_limits must be finite, got ({lo}, {hi}).")
     if hi < lo:
-        raise ValueError(
+        raise ImageError(
             f"contrast_limits must satisfy lo <= hi, got ({lo}, {hi}); swap them."
         )
     return lo, hi

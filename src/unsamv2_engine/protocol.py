@@ -232,12 +232,14 @@ class Progress:
 @dataclass
 class Failure:
     """A request that failed. ``kind`` is the exception class name; ``user_error`` marks input
-    problems (bad prompt, missing weights) as opposed to bugs."""
+    problems (an :class:`~unsamv2_engine.errors.UnSAMv2Error`: bad prompt, missing weights) as opposed
+    to bugs, whose ``traceback`` holds the engine side's traceback text (empty for user errors)."""
 
     request_id: int
     kind: str
     message: str
     user_error: bool
+    traceback: str = ""
 
 
 @dataclass

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from unsamv2_engine import protocol as p
+from unsamv2_engine.errors import EngineError, is_user_error
 
 EMBEDDING_CACHE_SIZE = 4
 #: Stacks kept with their propagation session (each holds up to its cap of frame embeddings).
@@ -22,7 +23,7 @@ VIDEO_SESSION_CACHE_SIZE = 1
 Emit = Callable[[p.Reply], None]
 
 
-class EngineStateError(RuntimeError):
+class EngineStateError(EngineError):
     """A request that needs state the engine does not have yet (a model, an embedded image)."""
 
 
@@ -67,7 +68,7 @@ class EngineService:
                 return p.Stopped(request.request_id)
             raise TypeError(f"unknown request {type(request).__name__}")
         except Exception as exc:  # every failure becomes a reply; the engine keeps serving
-            return p.Failure(getattr(request, "request_id", -1), type(exc).__name__, str(exc), _is_user_error(exc))
+            return failure_reply(getattr(request, "request_id", -1), exc)
 
     # ------------------------------------------------------------------ handlers
     def _use_model(self, model) -> None:
@@ -206,10 +207,15 @@ class EngineService:
         return self._session
 
 
-def _is_user_error(exc: BaseException) -> bool:
-    from unsamv2_engine.model.checkpoint import CheckpointError
-    from unsamv2_engine.weights import WeightsError
+def failure_reply(request_id: int, exc: BaseException) -> p.Failure:
+    """The :class:`~unsamv2_engine.protocol.Failure` for ``exc``: a user error (an
+    :class:`~unsamv2_engine.errors.UnSAMv2Error`, or an OS error about a named file) carries its message;
+    anything else is a bug and also carries its traceback text, so the front end can show it."""
+    import traceback
 
-    from unsamv2_engine.automatic import Cancelled
-
-    return isinstance(exc, (ValueError, FileNotFoundError, CheckpointError, WeightsError, EngineStateError, Cancelled))
+    user = is_user_error(exc)
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and user and exc.filename is not None:
+        message = f"{exc.strerror}: {exc.filename}"
+    trace = "" if user else "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return p.Failure(request_id, type(exc).__name__, message, user, trace)

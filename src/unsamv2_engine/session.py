@@ -12,19 +12,22 @@ SAM's three candidate masks ordered by area (:func:`sam_candidate_for_granularit
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from unsamv2_engine.errors import EngineError, ImageError
 from unsamv2_engine.devices import inference_context
 from unsamv2_engine.intensity import to_uint8_rgb
 from unsamv2_engine.model.build import UnSAMv2Model
 from unsamv2_engine.model.decoding import (DecoderOutput, ImageFeatures, clamp_low_res, decode, encode_image,
                                            returned_iou, upsample_logits)
 from unsamv2_engine.preprocess import preprocess_image
-from unsamv2_engine.prompts import PromptError, check_granularities, check_granularity, check_points
+from unsamv2_engine.prompts import (PromptError, check_granularities, check_granularity, check_mask_threshold,
+                                    check_points)
 
 # Prompts per decoder call. The image side of the decoder's first layer is shared by the whole
 # call (model/two_way.py); past that, on CPU, activations of more than two prompts fall out of
@@ -97,7 +100,7 @@ class ImageSession:
     def __init__(self, model: UnSAMv2Model, *, mask_threshold: float = 0.0,
                  decode_batch_size: int | None = None) -> None:
         self.model = model
-        self.mask_threshold = float(mask_threshold)
+        self.mask_threshold = check_mask_threshold(mask_threshold)
         if decode_batch_size is not None and decode_batch_size < 1:
             raise ValueError("decode_batch_size must be at least 1")
         self.decode_batch_size = decode_batch_size or DEFAULT_DECODE_BATCH.get(model.device.type, 8)
@@ -113,10 +116,25 @@ class ImageSession:
 
     def set_image(self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None,
                   rgb: bool | None = None) -> None:
-        """Embed a 2D image (grey, RGB or RGBA; any dtype, see :mod:`unsamv2_engine.intensity`)."""
-        rgb8 = to_uint8_rgb(np.asarray(image), contrast_limits=contrast_limits, rgb=rgb)
+        """Embed a 2D image (grey, RGB or RGBA; any dtype, see :mod:`unsamv2_engine.intensity`).
+
+        Singleton axes are dropped as the file reader does (``[H, W, 1]`` and ``[1, H, W]`` are 2D
+        images). The previous embedding is forgotten first: if this call fails, the session has no
+        image (and ``predict`` says so) rather than answering for the previous one.
+        """
+        self.reset()
+        if isinstance(image, (str, bytes, os.PathLike)):
+            raise ImageError(f"set_image takes the image's pixels (a numpy array), got the path {image!r}; read it "
+                             "first: unsamv2_engine.io.read_image(path)")
+        data = np.asarray(image)
+        if data.dtype == object or data.ndim == 0:
+            raise ImageError(f"set_image takes a 2D image array [H, W], [H, W, 3] or [H, W, 4], got "
+                             f"{type(image).__name__}" + (f" of shape {data.shape}" if data.ndim else ""))
+        if data.ndim == 3 and rgb is not True and (data.shape[0] == 1 or data.shape[-1] == 1):
+            data = data[0] if data.shape[0] == 1 else data[..., 0]
+        rgb8 = to_uint8_rgb(data, contrast_limits=contrast_limits, rgb=rgb)
         if min(rgb8.shape[:2]) < 2:
-            raise ValueError(f"image of {rgb8.shape[1]}x{rgb8.shape[0]} pixels is too small to segment")
+            raise ImageError(f"image of {rgb8.shape[1]}x{rgb8.shape[0]} pixels is too small to segment")
         device = self.model.device
         pixels = preprocess_image(rgb8, self.model.image_size, device)
         with inference_context(device):
@@ -157,7 +175,7 @@ class ImageSession:
     # ------------------------------------------------------------------ internals
     def _require_image(self) -> tuple[ImageFeatures, tuple[int, int]]:
         if self.features is None or self.image_hw is None:
-            raise RuntimeError("no image set: call set_image(image) first")
+            raise EngineError("no image set: call set_image(image) first")
         return self.features, self.image_hw
 
     def _prompt_tensors(self, points: object, labels: object, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +199,7 @@ class ImageSession:
                 mask_input: np.ndarray | None, multimask_output: bool, m2m: bool,
                 mask_threshold: float | None) -> Sweep:
         features, hw = self._require_image()
-        threshold = self.mask_threshold if mask_threshold is None else float(mask_threshold)
+        threshold = self.mask_threshold if mask_threshold is None else check_mask_threshold(mask_threshold)
         device = self.model.device
         with inference_context(device):
             if self.model.has_granularity:

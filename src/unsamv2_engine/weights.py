@@ -65,8 +65,7 @@ _USER_AGENT = "napari-unsamv2 (weights downloader; python urllib)"
 # --------------------------------------------------------------------------- errors
 
 
-class WeightsError(RuntimeError):
-    """Base class for every error raised while finding, checking or fetching weights."""
+from unsamv2_engine.errors import WeightsError  # noqa: E402 - re-exported: weights.WeightsError
 
 
 class UnknownModelError(WeightsError, KeyError):

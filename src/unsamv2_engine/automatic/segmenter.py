@@ -26,6 +26,7 @@ from sam2.utils.amg import batched_mask_to_box, build_point_grid, generate_crop_
 
 from unsamv2_engine.automatic.settings import AutoSettings
 from unsamv2_engine.devices import inference_context
+from unsamv2_engine.errors import CancelledError, PromptError
 from unsamv2_engine.model.decoding import clamp_low_res, decode, returned_iou
 from unsamv2_engine.nms import greedy_nms
 from unsamv2_engine.prompts import check_granularity
@@ -35,7 +36,7 @@ Progress = Callable[[int, int], None]
 UPSAMPLE_CHUNK = 16
 
 
-class Cancelled(RuntimeError):
+class Cancelled(CancelledError):
     """Raised when the caller's cancel check returns True between batches."""
 
 
@@ -123,7 +124,7 @@ class AutomaticSegmenter:
 
         levels = [check_granularity(g) for g in granularities]
         if not levels:
-            raise ValueError("give at least one granularity")
+            raise PromptError("give at least one granularity")
         rgb = to_uint8_rgb(np.asarray(image), contrast_limits=contrast_limits)
         h, w = rgb.shape[:2]
         s = self.settings

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+
+from unsamv2_engine.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class AutoSettings:
     def preset(cls, name: str) -> "AutoSettings":
         presets = {"authors": cls.authors, "cpu": cls.cpu}
         if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+            raise InputError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
         return presets[name]()
 
     def with_(self, **changes) -> "AutoSettings":
@@ -58,9 +61,11 @@ class AutoSettings:
 
     def validate(self) -> None:
         if self.points_per_side < 1 or self.points_per_batch < 1:
-            raise ValueError("points_per_side and points_per_batch must be at least 1")
+            raise InputError("points_per_side and points_per_batch must be at least 1")
         if self.crop_n_layers < 0:
-            raise ValueError("crop_n_layers must be >= 0")
+            raise InputError("crop_n_layers must be >= 0")
         for name in ("box_nms_thresh", "crop_nms_thresh"):
             if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1]")
+                raise InputError(f"{name} must be in (0, 1]")
+        if not math.isfinite(self.mask_threshold):
+            raise InputError(f"mask_threshold must be a finite number, got {self.mask_threshold!r}")

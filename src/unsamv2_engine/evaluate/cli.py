@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from unsamv2_engine.argtypes import positive_int as _positive_int
+from unsamv2_engine.errors import InputError
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     if args.predictions and not Path(args.predictions).is_file():
         raise FileNotFoundError(f"predictions file not found: {args.predictions}")
     if len(args.max_dets) != 3:
-        raise ValueError("--max-dets needs three values, e.g. 1,100,1000")
+        raise InputError("--max-dets needs three values, e.g. 1,100,1000")
     modes_text = args.modes if args.modes is not None else ("none" if args.predictions else None)
     modes = None if modes_text is None else ([] if modes_text.strip().lower() == "none" else parse_modes(modes_text))
     dataset = _dataset(args)
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             device = resolve_device(args.device)
         except RuntimeError as exc:
-            raise ValueError(str(exc)) from None
+            raise InputError(str(exc)) from None
         main_source = args.checkpoint or args.model or DEFAULT_MODEL
         model = _load(main_source, is_path=bool(args.checkpoint), args=args, adapter=args.adapter, device=device)
         predictor = SessionPredictor(model, mask_threshold=args.mask_threshold)

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from unsamv2_engine.errors import InputError
+
 __all__ = [
     "EvalDataset",
     "EvalItem",
@@ -200,12 +202,12 @@ def objects_from_label_image(labels: np.ndarray, *, level: str | None = None, le
     """One :class:`GTObject` per nonzero id of an integer ``[H, W]`` label image (ids + ``id_offset``)."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
-        raise ValueError(f"a label image must be 2-D, got shape {labels.shape}")
+        raise InputError(f"a label image must be 2-D, got shape {labels.shape}")
     if labels.dtype.kind == "b":
         labels = labels.astype(np.uint8)
     if labels.dtype.kind not in "iu":
         if not np.all(np.equal(np.mod(labels, 1), 0)):
-            raise ValueError("a label image must hold integer ids")
+            raise InputError("a label image must hold integer ids")
         labels = labels.astype(np.int64)
     return [GTObject(int(v) + id_offset, labels == v, level=level, level_index=level_index)
             for v in np.unique(labels) if v > 0]
@@ -224,7 +226,7 @@ def _read_label_levels(path: Path) -> list[np.ndarray]:
         return [data]
     if data.ndim == 3 and path.suffix.lower() in (".tif", ".tiff"):
         return list(data)
-    raise ValueError(f"{path}: a label image must be 2-D [H, W] (or a TIFF stack [L, H, W]), got shape {data.shape}")
+    raise InputError(f"{path}: a label image must be 2-D [H, W] (or a TIFF stack [L, H, W]), got shape {data.shape}")
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -235,7 +237,7 @@ def _check_shapes(image: np.ndarray, objects: Sequence[GTObject], where: str) ->
     hw = image.shape[:2] if image.ndim == 2 or image.shape[-1] in (3, 4) else image.shape[-2:]
     for obj in objects:
         if obj.mask.shape != tuple(hw):
-            raise ValueError(f"{where}: object {obj.id} has shape {obj.mask.shape}, the image {tuple(hw)}")
+            raise InputError(f"{where}: object {obj.id} has shape {obj.mask.shape}, the image {tuple(hw)}")
 
 
 # ============================================================================ (a) pairs
@@ -253,7 +255,7 @@ def _pairs(root: Path) -> list[tuple[str, Path, Path]]:
                             labels.setdefault(p[: -len(suffix)], labels[p])
                 out = [(p.stem, p, labels[p.stem]) for p in _image_files(images_dir) if p.stem in labels]
                 if not out:
-                    raise ValueError(f"{images_dir} and {labels_dir} share no file stems")
+                    raise InputError(f"{images_dir} and {labels_dir} share no file stems")
                 return out
     files = _image_files(root)
     stems = {p.stem: p for p in files}
@@ -267,7 +269,7 @@ def _pairs(root: Path) -> list[tuple[str, Path, Path]]:
                 out.append((p.stem, p, match))
                 break
     if not out:
-        raise ValueError(f"no image/label pairs in {root}: expected images/ + labels/ with the same file stems, "
+        raise InputError(f"no image/label pairs in {root}: expected images/ + labels/ with the same file stems, "
                          f"or NAME.tif + NAME_labels.tif")
     return out
 
@@ -401,11 +403,11 @@ def load_synthetic_dataset(root: str | os.PathLike, *, stack_planes: str = "midd
     column, its rows of frame P.
     """
     if stack_planes not in ("middle", "all"):
-        raise ValueError(f"stack_planes must be 'middle' or 'all', got {stack_planes!r}")
+        raise InputError(f"stack_planes must be 'middle' or 'all', got {stack_planes!r}")
     root = Path(root)
     samples = [root] if _is_sample(root) else sorted(p for p in root.iterdir() if p.is_dir() and _is_sample(p))
     if not samples:
-        raise ValueError(f"no synthetic samples (folders with hierarchy.csv and labels_*.tif) in {root}")
+        raise InputError(f"no synthetic samples (folders with hierarchy.csv and labels_*.tif) in {root}")
     entries: list[tuple[str, Path, int | None]] = []
     for folder in samples:
         depth = _stack_depth(_label_files(folder)[0])
@@ -435,7 +437,7 @@ def load_synthetic_dataset(root: str | os.PathLike, *, stack_planes: str = "midd
             lab = np.asarray(_read_image(label_path))
             for obj in objects_from_label_image(lab if plane is None else lab[plane]):
                 if obj.id in seen:
-                    raise ValueError(f"{label_path}: label {obj.id} appears on two levels; synthetic ids must be "
+                    raise InputError(f"{label_path}: label {obj.id} appears on two levels; synthetic ids must be "
                                      "unique across levels")
                 seen.add(obj.id)
                 row = table.get(obj.id, {})
@@ -475,7 +477,7 @@ def load_dataset(path: str | os.PathLike, *, image_dir: str | os.PathLike | None
     if path.is_file():
         if path.suffix.lower() == ".json":
             return load_coco_dataset(path, image_dir, **options)
-        raise ValueError(f"{path}: give a folder of images and label images, a folder of synthetic samples, or a "
+        raise InputError(f"{path}: give a folder of images and label images, a folder of synthetic samples, or a "
                          "COCO .json file")
     if _is_sample(path) or any(p.is_dir() and _is_sample(p) for p in path.iterdir()):
         return load_synthetic_dataset(path, **options)

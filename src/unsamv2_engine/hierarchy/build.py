@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from unsamv2_engine.errors import InputError
 from unsamv2_engine.hierarchy.model import (
     Hierarchy,
     as_label_stack,
@@ -65,16 +66,16 @@ def build_hierarchy(
         in increasing original label id), ``uint16`` / ``uint32``; table with parents and areas.
     """
     if not 0.0 < containment <= 1.0:
-        raise ValueError(f"containment must be in (0, 1], got {containment}")
+        raise InputError(f"containment must be in (0, 1], got {containment}")
     n = len(masks_per_level)
     if n == 0:
-        raise ValueError("build_hierarchy needs at least one level.")
+        raise InputError("build_hierarchy needs at least one level.")
     if granularities is None:
         granularities = [None] * n
     if len(granularities) != n:
-        raise ValueError(f"{len(granularities)} granularities given for {n} levels.")
+        raise InputError(f"{len(granularities)} granularities given for {n} levels.")
     if scores is not None and len(scores) != n:
-        raise ValueError(f"{len(scores)} score lists given for {n} levels.")
+        raise InputError(f"{len(scores)} score lists given for {n} levels.")
 
     images: list[np.ndarray] = []
     level_scores: list[dict[int, float]] = []
@@ -90,7 +91,7 @@ def build_hierarchy(
         images.append(image)
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
-        raise ValueError(f"All levels must have the same spatial shape, got {sorted(shapes)}.")
+        raise InputError(f"All levels must have the same spatial shape, got {sorted(shapes)}.")
 
     stack, mappings = relabel_levels(images)
     known = [
@@ -113,12 +114,12 @@ def label_image(item: np.ndarray, level: int) -> np.ndarray:
     if image.dtype == np.bool_:
         return image.astype(np.uint8)
     if not np.issubdtype(image.dtype, np.integer):
-        raise ValueError(
+        raise InputError(
             f"Level {level}: a label image must hold integers (or bool), got dtype {image.dtype}; "
             f"pass a list of masks for one object per mask."
         )
     if image.size and image.min() < 0:
-        raise ValueError(f"Level {level}: labels must be non-negative (0 = background).")
+        raise InputError(f"Level {level}: labels must be non-negative (0 = background).")
     return image
 
 
@@ -129,12 +130,12 @@ def _paint_masks(masks: Sequence[np.ndarray], level: int) -> tuple[np.ndarray, l
     """
     arrays = [np.asarray(m).astype(bool, copy=False) for m in masks]
     if not arrays:
-        raise ValueError(
+        raise InputError(
             f"Level {level} has no mask; pass an all-zero label image for an empty level."
         )
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise ValueError(f"Level {level}: masks differ in shape: {sorted(shapes)}.")
+        raise InputError(f"Level {level}: masks differ in shape: {sorted(shapes)}.")
     areas = [int(a.sum()) for a in arrays]
     image = np.zeros(arrays[0].shape, np.uint32 if len(arrays) >= 65535 else np.uint16)
     for index in sorted(range(len(arrays)), key=lambda k: -areas[k]):  # stable: ties in order
@@ -150,7 +151,7 @@ def _scores_for_ids(level_score: Any, ids: np.ndarray, level: int) -> dict[int, 
         return {int(k): float_or_nan(v) for k, v in level_score.items()}
     values = list(level_score)
     if len(values) != len(ids):
-        raise ValueError(
+        raise InputError(
             f"Level {level}: {len(values)} scores for {len(ids)} labels; give one score per "
             f"non-zero label id (sorted) or a mapping {{label: score}}."
         )
@@ -165,7 +166,7 @@ def _scores_for_masks(level_score: Any, kept: list[int], n_masks: int, level: in
         return {int(k) + 1: float_or_nan(v) for k, v in level_score.items()}
     values = list(level_score)
     if len(values) != n_masks:
-        raise ValueError(f"Level {level}: {len(values)} scores for {n_masks} masks.")
+        raise InputError(f"Level {level}: {len(values)} scores for {n_masks} masks.")
     return {k + 1: float_or_nan(values[k]) for k in kept}
 
 
@@ -189,21 +190,21 @@ def hierarchy_from_levels(
     """
     images = [np.asarray(level) for level in levels]
     if not images:
-        raise ValueError("hierarchy_from_levels needs at least one level.")
+        raise InputError("hierarchy_from_levels needs at least one level.")
     n = len(images)
     if granularities is None:
         granularities = [None] * n
     if len(granularities) != n:
-        raise ValueError(f"{len(granularities)} granularities given for {n} levels.")
+        raise InputError(f"{len(granularities)} granularities given for {n} levels.")
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
-        raise ValueError(f"All levels must have the same spatial shape, got {sorted(shapes)}.")
+        raise InputError(f"All levels must have the same spatial shape, got {sorted(shapes)}.")
     known = [
         {int(row["label"]): dict(row) for row in (table or []) if row.get("label") is not None}
         for table in (tables if tables is not None else [None] * n)
     ]
     if len(known) != n:
-        raise ValueError(f"{len(known)} tables given for {n} levels.")
+        raise InputError(f"{len(known)} tables given for {n} levels.")
     return assemble(
         np.stack([label_image(image, i) for i, image in enumerate(images)]),
         [None if g is None else float(g) for g in granularities],

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from unsamv2_engine.errors import InputError
+
 __all__ = [
     "TABLE_COLUMNS",
     "Hierarchy",
@@ -86,7 +88,7 @@ class Hierarchy:
             self.granularities = [None] * n
         self.granularities = [None if g is None else float(g) for g in self.granularities]
         if len(self.granularities) != n:
-            raise ValueError(
+            raise InputError(
                 f"{len(self.granularities)} granularities given for {n} levels; give one per "
                 f"level (None where unknown)."
             )
@@ -94,7 +96,7 @@ class Hierarchy:
             self.level_names = [default_level_name(g, i) for i, g in enumerate(self.granularities)]
         self.level_names = [str(name) for name in self.level_names]
         if len(self.level_names) != n:
-            raise ValueError(f"{len(self.level_names)} level names given for {n} levels.")
+            raise InputError(f"{len(self.level_names)} level names given for {n} levels.")
         self.table = sorted((_normalize_row(row) for row in self.table), key=lambda r: r["label"])
         self.metadata = dict(self.metadata or {})
 
@@ -147,19 +149,19 @@ def coarse_order(granularities: Sequence[float | None]) -> list[int]:
 def as_label_stack(labels: Any) -> np.ndarray:
     data = np.asarray(labels)
     if data.ndim < 3:
-        raise ValueError(
+        raise InputError(
             f"Hierarchy labels must be [L, *spatial] with at least 2 spatial axes, got shape "
             f"{data.shape} (use labels[None] for one level)."
         )
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
     if not np.issubdtype(data.dtype, np.integer):
-        raise ValueError(f"Hierarchy labels must be integers, got dtype {data.dtype}.")
+        raise InputError(f"Hierarchy labels must be integers, got dtype {data.dtype}.")
     high = int(data.max()) if data.size else 0
     if data.size and int(data.min()) < 0:
-        raise ValueError("Hierarchy labels must be non-negative (0 = background).")
+        raise InputError("Hierarchy labels must be non-negative (0 = background).")
     if high > np.iinfo(np.uint32).max:
-        raise ValueError(f"The largest label {high} does not fit in uint32.")
+        raise InputError(f"The largest label {high} does not fit in uint32.")
     dtype = np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32
     return np.ascontiguousarray(data, dtype=dtype)
 
@@ -169,7 +171,7 @@ def _normalize_row(row: Mapping[str, Any]) -> dict:
     try:
         out["label"] = int(out["label"])
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"A table row needs an integer 'label': {dict(row)!r}") from None
+        raise InputError(f"A table row needs an integer 'label': {dict(row)!r}") from None
     out["level"] = int_or_none(out.get("level"))
     out["parent"] = int_or_none(out.get("parent")) or 0
     out["area"] = int_or_none(out.get("area"))

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from unsamv2_engine.errors import InputError
 from unsamv2_engine.hierarchy import (
     TABLE_COLUMNS,
     Hierarchy,
@@ -121,7 +122,7 @@ def write_hierarchy(
     elif suffix in ZARR_SUFFIXES:
         _write_zarr(path, h, meta)
     else:
-        raise ValueError(
+        raise InputError(
             f"Cannot write a hierarchy to {str(path)!r}: use a .tif, .tiff or .zarr file name."
         )
     if table_csv:
@@ -151,7 +152,7 @@ def read_hierarchy(path: PathLike, *, containment: float = 0.5) -> Hierarchy:
     elif suffix in ZARR_SUFFIXES:
         data, meta = _read_zarr(path)
     else:
-        raise ValueError(
+        raise InputError(
             f"Cannot read a hierarchy from {str(path)!r}: expected a .tif, .tiff or .zarr path."
         )
     if meta.get("format") == FORMAT:
@@ -203,7 +204,7 @@ def _file_metadata(h: Hierarchy) -> dict:
 def _from_metadata(path: Path, data: np.ndarray, meta: dict) -> Hierarchy:
     version = meta.get("version", VERSION)
     if not isinstance(version, int) or version > VERSION:
-        raise ValueError(
+        raise InputError(
             f"{str(path)!r} is an {FORMAT} file of version {version}; this version of "
             f"unsamv2_engine reads version {VERSION} at most. Update napari-unsamv2."
         )
@@ -211,7 +212,7 @@ def _from_metadata(path: Path, data: np.ndarray, meta: dict) -> Hierarchy:
     data = np.asarray(data)
     if shape is not None:
         if int(np.prod(shape)) != data.size:
-            raise ValueError(
+            raise InputError(
                 f"{str(path)!r}: the stored shape {shape} does not match the {data.shape} pixels."
             )
         data = data.reshape(shape)
@@ -231,12 +232,12 @@ def _from_plain_stack(path: Path, data: np.ndarray, *, containment: float) -> Hi
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3:
-        raise ValueError(
+        raise InputError(
             f"{str(path)!r} holds an array of shape {data.shape}; a plain label hierarchy is "
             f"one 2D label image per page."
         )
     if not (np.issubdtype(data.dtype, np.integer) or data.dtype == np.bool_):
-        raise ValueError(f"{str(path)!r} does not hold integer labels (dtype {data.dtype}).")
+        raise InputError(f"{str(path)!r} does not hold integer labels (dtype {data.dtype}).")
     n = data.shape[0]
     csv_path = path.with_suffix(".csv")
     csv_rows = _read_table_csv(csv_path) if csv_path.is_file() else []
@@ -294,7 +295,7 @@ def _write_zarr(path: Path, h: Hierarchy, meta: dict) -> None:
         if not path.is_dir() or not any(
             (path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray")
         ):
-            raise ValueError(
+            raise InputError(
                 f"{str(path)!r} exists and is not a zarr store; refusing to replace it."
             )
     partial = path.with_name(path.name + ".partial")
@@ -327,9 +328,9 @@ def _read_zarr(path: Path) -> tuple[np.ndarray, dict]:
     try:
         group = zarr.open_group(store=str(path), mode="r")
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"Cannot open {str(path)!r} as a zarr group ({type(exc).__name__}: {exc}).") from exc
+        raise InputError(f"Cannot open {str(path)!r} as a zarr group ({type(exc).__name__}: {exc}).") from exc
     if "labels" not in group:
-        raise ValueError(f"The zarr group {str(path)!r} has no 'labels' array.")
+        raise InputError(f"The zarr group {str(path)!r} has no 'labels' array.")
     labels = np.asarray(group["labels"][...])
     meta = dict(group.attrs).get(ZARR_ATTR) or {}
     return labels, dict(meta)

@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 import tifffile
 from PIL import Image
+
+from unsamv2_engine.errors import ImageError, OutputError
 
 __all__ = [
     "ImageReadError",
@@ -63,7 +66,7 @@ _PIL_CONVERT = {
 PathLike = str | os.PathLike
 
 
-class ImageReadError(ValueError):
+class ImageReadError(ImageError):
     """A file exists but cannot be read as an image (corrupt, truncated, unknown format)."""
 
 

@@ -41,8 +41,7 @@ ADAPTER_FORMAT_VERSION = 2
 _SHOWN_KEYS = 12
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be used, with what to do about it."""
+from unsamv2_engine.errors import CheckpointError  # noqa: E402 - re-exported: checkpoint.CheckpointError
 
 
 class AdapterBaseMismatchError(CheckpointError):

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from unsamv2_engine.errors import InputError
 from unsamv2_engine.granularity_scores import sqrt_area_granularity
 from unsamv2_engine.io.coco import CATEGORIES, mask_to_annotation
 from unsamv2_engine.pseudo.backbones import Backbone, make_backbone
@@ -95,26 +96,26 @@ class PseudoLabelSettings:
         """Raise ValueError naming the first setting out of range."""
         for name in ("max_side", "divide_size", "local_size"):
             if getattr(self, name) < 32:
-                raise ValueError(f"{name} must be at least 32 pixels, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 32 pixels, got {getattr(self, name)}")
         if self.min_part_area < 0:
-            raise ValueError(f"min_part_area must be >= 0 pixels, got {self.min_part_area}")
+            raise InputError(f"min_part_area must be >= 0 pixels, got {self.min_part_area}")
         for name in ("max_instances", "min_instance_patches", "min_size", "nms_step"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("contain_thresh", "min_instance_fraction", "duplicate_iou", "coverage_thresh", "nms_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not -1.0 <= self.affinity_tau < 1.0:
-            raise ValueError(f"affinity_tau must be in [-1, 1), got {self.affinity_tau}")
+            raise InputError(f"affinity_tau must be in [-1, 1), got {self.affinity_tau}")
         if not self.thetas or any(not -1.0 <= t <= 1.0 for t in self.thetas):
-            raise ValueError(f"thetas must be cosine thresholds in [-1, 1], e.g. 0.9,0.8,0.7,0.6,0.5; "
+            raise InputError(f"thetas must be cosine thresholds in [-1, 1], e.g. 0.9,0.8,0.7,0.6,0.5; "
                              f"got {self.thetas}")
         if self.model_points_per_side is not None and self.model_points_per_side < 1:
-            raise ValueError(f"model_points_per_side must be at least 1, got {self.model_points_per_side}")
+            raise InputError(f"model_points_per_side must be at least 1, got {self.model_points_per_side}")
         if self.model_preset not in (None, "authors", "cpu"):
-            raise ValueError(f"model_preset must be authors, cpu or None, got {self.model_preset!r}")
+            raise InputError(f"model_preset must be authors, cpu or None, got {self.model_preset!r}")
         if not 0.1 <= self.model_granularity <= 1.0:
-            raise ValueError(f"model_granularity must be in [0.1, 1], got {self.model_granularity}")
+            raise InputError(f"model_granularity must be in [0.1, 1], got {self.model_granularity}")
 
 
 @dataclass
@@ -147,11 +148,11 @@ def _as_rgb8(image: np.ndarray) -> np.ndarray:
 
     arr = np.asarray(image)
     if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        raise ValueError(f"pseudo-labels need one 2D image; got a stack of shape {tuple(arr.shape)} "
+        raise InputError(f"pseudo-labels need one 2D image; got a stack of shape {tuple(arr.shape)} "
                          "(save its planes as separate files)")
     rgb = to_uint8_rgb(arr)
     if min(rgb.shape[:2]) < 16:
-        raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small for pseudo-labels "
+        raise InputError(f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small for pseudo-labels "
                          "(at least 16 x 16)")
     return rgb
 
@@ -247,7 +248,7 @@ def _list_images(images_dir: Path) -> list[Path]:
     stems: dict[str, Path] = {}
     for p in files:
         if p.stem in stems:
-            raise ValueError(f"{stems[p.stem].name} and {p.name} would both write {p.stem}.json; rename one of them")
+            raise InputError(f"{stems[p.stem].name} and {p.name} would both write {p.stem}.json; rename one of them")
         stems[p.stem] = p
     return files
 
@@ -291,7 +292,7 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
     src = Path(images_dir)
     files = _list_images(src)
     if not files:
-        raise ValueError(f"no images in {src} (looked for {' '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"no images in {src} (looked for {' '.join(IMAGE_SUFFIXES)})")
     s = settings or PseudoLabelSettings()
     s.validate()
     device = model.device if model is not None else "cpu"

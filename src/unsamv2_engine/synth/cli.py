@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Any
 
+from unsamv2_engine.errors import InputError
 from unsamv2_engine.argtypes import non_negative_int as _non_negative_int, positive_int as _positive_int
 
 __all__ = ["add_parser", "parse_shape", "run"]
@@ -79,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if shape is not None:
         want = 2 if args.ndim == "2" else 3
         if len(shape) != want:
-            raise ValueError(f"--shape for --ndim {args.ndim} needs {want} values, got {','.join(map(str, shape))}")
+            raise InputError(f"--shape for --ndim {args.ndim} needs {want} values, got {','.join(map(str, shape))}")
     if args.modality == "he" and args.ndim != "2":
-        raise ValueError("--modality he (a stained thin section) is 2D only; use --ndim 2")
+        raise InputError("--modality he (a stained thin section) is 2D only; use --ndim 2")
     cfg = SynthConfig.preset(getattr(args, "difficulty", "medium") or "medium")
     quiet = bool(getattr(args, "quiet", False))
     workers = getattr(args, "workers", None)

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from unsamv2_engine.errors import InputError
+
 __all__ = ["DIFFICULTIES", "LEVELS", "MODALITIES", "NDIMS", "SynthConfig"]
 
 #: Hierarchy levels, coarse to fine; the level index of an object is its position here.
@@ -121,16 +123,16 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.tissue_mode not in ("blobs", "full"):
-            raise ValueError(f"tissue_mode must be 'blobs' or 'full', got {self.tissue_mode!r}")
+            raise InputError(f"tissue_mode must be 'blobs' or 'full', got {self.tissue_mode!r}")
         for name in ("pixel_size_um", "z_step_um", "peak_snr", "tissue_fraction"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not 0 < self.density <= 1.5:
-            raise ValueError(f"density must be in (0, 1.5], got {self.density!r}")
+            raise InputError(f"density must be in (0, 1.5], got {self.density!r}")
         if self.min_size_px < 1 or self.min_size_voxels < 1:
-            raise ValueError("min_size_px and min_size_voxels must be >= 1")
+            raise InputError("min_size_px and min_size_voxels must be >= 1")
         if self.bit_depth not in (8, 10, 12, 14, 16):
-            raise ValueError(f"bit_depth must be 8, 10, 12, 14 or 16, got {self.bit_depth!r}")
+            raise InputError(f"bit_depth must be 8, 10, 12, 14 or 16, got {self.bit_depth!r}")
         # JSON round trips give lists: keep tuples so equal configs compare (and hash) equal.
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -141,7 +143,7 @@ class SynthConfig:
     def preset(cls, difficulty: str = "medium", **overrides: Any) -> SynthConfig:
         """The named difficulty preset (``easy`` / ``medium`` / ``hard``), with optional overrides."""
         if difficulty not in _PRESETS:
-            raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+            raise InputError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
         return cls(**{**_PRESETS[difficulty], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,5 +156,5 @@ class SynthConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown SynthConfig field(s): {', '.join(unknown)}")
+            raise InputError(f"unknown SynthConfig field(s): {', '.join(unknown)}")
         return cls(**dict(data))

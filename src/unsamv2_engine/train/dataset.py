@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unsamv2_engine.errors import InputError
 from unsamv2_engine.train.augment import AugmentConfig, augment_sample
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def find_pairs(images_dir: str | os.PathLike, labels_dir: str | os.PathLike) -> 
             raise NotADirectoryError(f"{what} folder {folder} is a file, not a folder")
     images = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise ValueError(f"no image in {images_dir}: put .tif, .tiff, .png or .jpg files there")
+        raise InputError(f"no image in {images_dir}: put .tif, .tiff, .png or .jpg files there")
     pairs, skipped, without_json = [], [], []
     for image_path in images:
         label_path = labels_dir / f"{image_path.stem}.json"
@@ -188,13 +189,13 @@ def find_pairs(images_dir: str | os.PathLike, labels_dir: str | os.PathLike) -> 
             continue
         pairs.append(LabelledImage(image_path.stem, image_path, label_path, hw, rles, gs))
     if without_json and len(without_json) == len(images):
-        raise ValueError(f"no pseudo-label JSON in {labels_dir} matches an image of {images_dir} (expected "
+        raise InputError(f"no pseudo-label JSON in {labels_dir} matches an image of {images_dir} (expected "
                          f"<image stem>.json, e.g. {images[0].stem}.json); make them with 'unsamv2 finetune' "
                          f"without --pseudo-labels, or point --pseudo-labels at the right folder")
     if without_json:
         skipped.append(f"{len(without_json)} images without a JSON (e.g. {without_json[0]})")
     if not pairs:
-        raise ValueError(f"no usable image in {images_dir} with {labels_dir}: " + "; ".join(skipped[:5]))
+        raise InputError(f"no usable image in {images_dir} with {labels_dir}: " + "; ".join(skipped[:5]))
     return pairs, skipped
 
 

@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from unsamv2_engine.errors import InputError
+
 __all__ = ["DistContext", "current_context", "init_distributed", "launched_by_torchrun", "shard", "shutdown"]
 
 T = TypeVar("T")
@@ -102,7 +104,7 @@ class DistContext:
 def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     """The contiguous share of ``items`` that ``rank`` processes; ``len(items)`` must divide evenly."""
     if len(items) % world_size:
-        raise ValueError(f"{len(items)} items cannot be shared equally by {world_size} processes")
+        raise InputError(f"{len(items)} items cannot be shared equally by {world_size} processes")
     per = len(items) // world_size
     return list(items[rank * per:(rank + 1) * per])
 
@@ -127,7 +129,7 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        raise ValueError(f"multi-process training runs on CUDA (nccl) or the CPU (gloo), not {device.type}")
+        raise InputError(f"multi-process training runs on CUDA (nccl) or the CPU (gloo), not {device.type}")
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, timeout=_TIMEOUT)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device), device

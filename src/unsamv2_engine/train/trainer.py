@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unsamv2_engine.errors import InputError
 from unsamv2_engine.model.build import UnSAMv2Model, is_added_parameter
 from unsamv2_engine.model.decoding import ImageFeatures, decode, encode_image, upsample_logits
 from unsamv2_engine.train.augment import AugmentConfig
@@ -151,23 +152,23 @@ class FinetuneConfig:
                     "val_max_clicks", "keep_checkpoints")
         for name in positive:
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("checkpoint_every", "val_every", "num_correction_clicks"):
             if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+                raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise ValueError(f"learning rates must satisfy 0 <= min_lr <= lr and lr > 0, got lr {self.lr}, "
+            raise InputError(f"learning rates must satisfy 0 <= min_lr <= lr and lr > 0, got lr {self.lr}, "
                              f"min_lr {self.min_lr}")
         if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            raise InputError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.trainable not in TRAINABLE_SETS:
-            raise ValueError(f"trainable must be one of {', '.join(TRAINABLE_SETS)}, got {self.trainable!r}")
+            raise InputError(f"trainable must be one of {', '.join(TRAINABLE_SETS)}, got {self.trainable!r}")
         if self.amp not in AMP_CHOICES:
-            raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+            raise InputError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
         if self.cache_embeddings and self.trainable == "all":
-            raise ValueError("cache_embeddings needs a frozen image encoder; it cannot be used with trainable 'all'")
+            raise InputError("cache_embeddings needs a frozen image encoder; it cannot be used with trainable 'all'")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -317,7 +318,7 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
     if device.type == "cuda" and amp in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if amp == "bf16":
-        raise ValueError("amp 'bf16' needs a CUDA device; use amp 'auto' or 'off'")
+        raise InputError("amp 'bf16' needs a CUDA device; use amp 'auto' or 'off'")
     return contextlib.nullcontext()
 
 
@@ -532,22 +533,22 @@ def _load_resume_state(path: Path, config: FinetuneConfig, model: UnSAMv2Model,
     """Read ``last.pt`` and check it belongs to this run (same recipe, same base model, same data)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a fine-tuning checkpoint of this engine")
+        raise InputError(f"{path} is not a fine-tuning checkpoint of this engine")
     saved = FinetuneConfig.from_dict(state["config"])
     differ = [f"{name}: checkpoint {getattr(saved, name)!r}, now {getattr(config, name)!r}"
               for name in _RUN_FIELDS if getattr(saved, name) != getattr(config, name)]
     if differ:
-        raise ValueError(f"cannot resume from {path}: the run used other settings ({'; '.join(differ)}); "
+        raise InputError(f"cannot resume from {path}: the run used other settings ({'; '.join(differ)}); "
                          "resume with the same options, or start a new run in another work folder")
     base = state.get("base", {})
     if base.get("sha256") and model.info.base_sha256 and base["sha256"] != model.info.base_sha256:
-        raise ValueError(f"cannot resume from {path}: it was trained from base {base.get('source')} "
+        raise InputError(f"cannot resume from {path}: it was trained from base {base.get('source')} "
                          f"(sha256 {base['sha256'][:12]}...), not {model.info.source}")
     if base.get("size") and base["size"] != model.info.size:
-        raise ValueError(f"cannot resume from {path}: it holds a {base['size']} model, this one is {model.info.size}")
+        raise InputError(f"cannot resume from {path}: it holds a {base['size']} model, this one is {model.info.size}")
     names = set(state["split"]["train"]) | set(state["split"]["val"])
     if names != set(dataset.names):
-        raise ValueError(f"cannot resume from {path}: the images changed since it was saved ({len(names)} then, "
+        raise InputError(f"cannot resume from {path}: the images changed since it was saved ({len(names)} then, "
                          f"{len(dataset)} now); resume with the same --images and --pseudo-labels")
     return state
 
@@ -592,15 +593,15 @@ def finetune(model: UnSAMv2Model, data: PseudoLabelDataset | tuple[str | os.Path
     workdir = Path(workdir)
     ctx = current_context(model.device)
     if config.batch_size % ctx.world_size:
-        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the number of processes "
+        raise InputError(f"batch_size {config.batch_size} must be a multiple of the number of processes "
                          f"({ctx.world_size})")
     dataset = _as_dataset(data, config, model.image_size)
     if config.cache_embeddings and dataset.augment is not None:
-        raise ValueError("cache_embeddings reuses each image's embedding, so the dataset must not augment the "
+        raise InputError("cache_embeddings reuses each image's embedding, so the dataset must not augment the "
                          "images: build it with augment=None (or set augment=False)")
     last_path = workdir / "checkpoints" / "last.pt"
     if last_path.exists() and not resume:
-        raise ValueError(f"{workdir} holds checkpoints of an earlier run: pass resume=True (--resume) to continue "
+        raise InputError(f"{workdir} holds checkpoints of an earlier run: pass resume=True (--resume) to continue "
                          "it, or use another work folder")
     if not model.has_granularity:
         model.add_granularity_module()

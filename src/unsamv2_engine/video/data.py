@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from unsamv2_engine.errors import PromptError
+
 __all__ = ["DEFAULT_MASK_THRESHOLD", "DIRECTIONS", "ObjectPrompt", "Propagation", "check_direction"]
 
 #: "both": forward from each object's first prompted slice to the end, then backward from that slice
@@ -25,7 +27,7 @@ def check_direction(direction: object) -> str:
     """One of :data:`DIRECTIONS` (case-insensitive), else a ValueError naming them."""
     text = str(direction).strip().lower()
     if text not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        raise PromptError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     return text
 
 

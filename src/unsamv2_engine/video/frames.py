@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from unsamv2_engine.errors import ImageError
 from unsamv2_engine.intensity import to_uint8_rgb
 from unsamv2_engine.preprocess import preprocess_image
 
@@ -64,9 +65,9 @@ class StackLayout:
 
 def _normalise_axis(value: object, ndim: int, what: str, shape: tuple[int, ...]) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{what} must be an integer axis index, got {value!r}")
+        raise ImageError(f"{what} must be an integer axis index, got {value!r}")
     if not -ndim <= int(value) < ndim:
-        raise ValueError(f"{what} {value} is out of range for a stack of shape {shape} ({ndim} axes: "
+        raise ImageError(f"{what} {value} is out of range for a stack of shape {shape} ({ndim} axes: "
                          f"use {-ndim} .. {ndim - 1})")
     return int(value) % ndim
 
@@ -76,28 +77,28 @@ def stack_layout(shape: tuple[int, ...], axis: int = 0, channel_axis: int | None
     shape = tuple(int(s) for s in shape)
     ndim = len(shape)
     if ndim == 2:
-        raise ValueError(f"propagation needs a stack of 2D frames (3D [Z, H, W] / [T, H, W], or 4D with a channel "
+        raise ImageError(f"propagation needs a stack of 2D frames (3D [Z, H, W] / [T, H, W], or 4D with a channel "
                          f"axis); got a single 2D image of shape {shape}: segment it with 'unsamv2 segment' / "
                          f"ImageSession instead")
     if ndim not in (3, 4):
-        raise ValueError(f"propagation needs a 3D stack [Z, H, W] or a 4D stack with one channel axis; got shape "
+        raise ImageError(f"propagation needs a 3D stack [Z, H, W] or a 4D stack with one channel axis; got shape "
                          f"{shape} ({ndim} axes): remove singleton or extra axes first")
     if ndim == 3 and channel_axis is not None:
-        raise ValueError(f"channel_axis={channel_axis} was given but the stack of shape {shape} is 3D: a 3D stack "
+        raise ImageError(f"channel_axis={channel_axis} was given but the stack of shape {shape} is 3D: a 3D stack "
                          f"is read as grey frames; a colour stack needs 4 axes")
     axis_i = _normalise_axis(axis, ndim, "axis", shape)
     channel_i = None
     if ndim == 4:
         channel_i = _normalise_axis(-1 if channel_axis is None else channel_axis, ndim, "channel_axis", shape)
         if channel_i == axis_i:
-            raise ValueError(f"axis and channel_axis both name axis {axis_i} of the stack of shape {shape}: the "
+            raise ImageError(f"axis and channel_axis both name axis {axis_i} of the stack of shape {shape}: the "
                              f"propagation axis must be a spatial (z or t) axis")
     frame_axes = tuple(i for i in range(ndim) if i not in (axis_i, channel_i))
     layout = StackLayout(shape, axis_i, channel_i, frame_axes)  # type: ignore[arg-type]
     if layout.n_frames < 1:
-        raise ValueError(f"the stack of shape {shape} has no frames along axis {axis_i}")
+        raise ImageError(f"the stack of shape {shape} has no frames along axis {axis_i}")
     if min(layout.frame_hw) < 2:
-        raise ValueError(f"frames of {layout.frame_hw[1]}x{layout.frame_hw[0]} pixels (axis {axis_i} of shape "
+        raise ImageError(f"frames of {layout.frame_hw[1]}x{layout.frame_hw[0]} pixels (axis {axis_i} of shape "
                          f"{shape}) are too small to segment: is --axis the z/t axis?")
     return layout
 
@@ -127,7 +128,7 @@ class StackFrames:
         self.layout = stack_layout(tuple(stack.shape), axis, channel_axis)
         dtype = np.dtype(stack.dtype)
         if not (dtype == np.bool_ or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-            raise ValueError(f"cannot use a stack of dtype {dtype}: give integer, floating point or boolean data")
+            raise ImageError(f"cannot use a stack of dtype {dtype}: give integer, floating point or boolean data")
         self.dtype = dtype
         self.contrast_limits = self._stack_contrast_limits(contrast_limits)
 
@@ -175,9 +176,9 @@ class StackFrames:
             try:
                 lo, hi = (float(v) for v in limits)
             except (TypeError, ValueError):
-                raise ValueError(f"contrast_limits must be two numbers (lo, hi), got {limits!r}") from None
+                raise ImageError(f"contrast_limits must be two numbers (lo, hi), got {limits!r}") from None
             if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
-                raise ValueError(f"contrast_limits must be finite with lo <= hi, got ({lo}, {hi})")
+                raise ImageError(f"contrast_limits must be finite with lo <= hi, got ({lo}, {hi})")
             return lo, hi
         if self.dtype in (np.dtype(np.uint8), np.dtype(np.bool_)):
             return None
