@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
+import os
 import random
 import socket
 import subprocess
@@ -113,6 +115,9 @@ def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeServ
     thread.start()
     monkeypatch.setenv("UNSAMV2_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("UNSAMV2_WEIGHTS_MIRROR", fake.base_url)
+    # the fake files are not the real ones: the test entry has no published size or digest
+    monkeypatch.setitem(weights.REGISTRY, NAME, dataclasses.replace(weights.REGISTRY[NAME], sha256=None,
+                                                                    size_bytes=None))
     try:
         yield fake
     finally:
@@ -124,7 +129,7 @@ def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeServ
 @pytest.fixture
 def known_hash(monkeypatch: pytest.MonkeyPatch) -> weights.ModelEntry:
     """Give the test entry the SHA-256 of :data:`CKPT`."""
-    entry = dataclasses.replace(weights.REGISTRY[NAME], sha256=CKPT_SHA)
+    entry = dataclasses.replace(weights.REGISTRY[NAME], sha256=CKPT_SHA, size_bytes=len(CKPT))
     monkeypatch.setitem(weights.REGISTRY, NAME, entry)
     return entry
 
@@ -168,7 +173,15 @@ def test_registry_names_and_official_urls() -> None:
         entry = weights.REGISTRY[name]
         assert entry.family == "unsamv2" and entry.size == "small"
         assert f"id={drive_id}" in entry.url
-    assert all(e.sha256 is None for e in weights.REGISTRY.values())
+    # published size + SHA-256 (WEIGHTS.md): Meta's SAM 2.1 files, the UnSAMv2+ digest; plain UnSAMv2 has none
+    pins = {"tiny": (156008466, "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69"),
+            "large": (898083611, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318")}
+    for size, (nbytes, digest) in pins.items():
+        entry = weights.REGISTRY[f"sam2.1-{size}"]
+        assert (entry.size_bytes, entry.sha256) == (nbytes, digest)
+    assert all(len(weights.REGISTRY[f"sam2.1-{s}"].sha256 or "") == 64 for s in ("small", "base-plus"))
+    assert weights.REGISTRY["unsamv2-plus"].sha256 == "4067a6966b06df984828f537da0f02389ff28655a8985a1e1f4a3e1de4077195"
+    assert weights.REGISTRY["unsamv2"].sha256 is None
     assert weights.DEFAULT_MODEL in weights.REGISTRY
 
 
@@ -207,13 +220,52 @@ def test_sha256_and_verify(tmp_path: Path, known_hash: weights.ModelEntry) -> No
     path = tmp_path / "f.pt"
     path.write_bytes(CKPT)
     assert weights.sha256_file(path, chunk=100) == CKPT_SHA
-    weights.verify_file(path, known_hash)
-    path.write_bytes(CKPT + b"x")
+    assert weights.verify_file(path, known_hash) == "published"
+    assert json.loads(weights.record_path(path).read_text())["sha256"] == CKPT_SHA  # remembered beside it
+    corrupt = bytearray(CKPT)
+    corrupt[100] ^= 0xFF  # same size, other bytes
+    path.write_bytes(bytes(corrupt))
     with pytest.raises(ChecksumMismatchError) as info:
         weights.verify_file(path, known_hash)
     message = str(info.value)
-    assert str(path) in message and CKPT_SHA in message and "delete" in message
-    weights.verify_file(path, weights.REGISTRY["unsamv2"])  # unknown hash: no check
+    assert str(path) in message and CKPT_SHA in message and f"--download {NAME} --force" in message
+    path.write_bytes(CKPT + b"x")  # wrong size: refused without hashing
+    with pytest.raises(ChecksumMismatchError, match=f"{len(CKPT) + 1:,} bytes but"):
+        weights.verify_file(path, known_hash)
+
+
+def test_unpublished_digest_is_recorded_then_checked(tmp_path: Path) -> None:
+    """Plain UnSAMv2 has no published digest: the first verified file's digest is recorded and enforced."""
+    path = tmp_path / weights.REGISTRY["unsamv2"].filename
+    path.write_bytes(CKPT)
+    assert weights.verify_file(path, weights.REGISTRY["unsamv2"]) == "recorded"
+    assert json.loads(weights.record_path(path).read_text())["source"] == "recorded"
+    corrupt = bytearray(CKPT)
+    corrupt[-1] ^= 0xFF
+    path.write_bytes(bytes(corrupt))
+    os.utime(path, ns=(1, 1))  # another modification time: the record no longer vouches for it
+    with pytest.raises(ChecksumMismatchError, match="recorded when it was first downloaded"):
+        weights.verify_file(path, weights.REGISTRY["unsamv2"])
+
+
+def test_garbage_in_cache_is_not_a_model(capsys, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Issue 11 item 4: 25 bytes under a registry name are neither listed as cached nor used."""
+    from unsamv2_engine import cli
+
+    monkeypatch.setenv("UNSAMV2_CACHE", str(tmp_path))
+    monkeypatch.setenv("UNSAMV2_WEIGHTS_MIRROR", f"http://127.0.0.1:{_closed_port()}")
+    (tmp_path / "sam2.1_hiera_tiny.pt").write_bytes(b"PK" + b"x" * 23)
+    (tmp_path / "unsamv2_plus_ckpt.pt").write_bytes(b"PK" + b"x" * 23)
+    rows = {r["name"]: r for r in weights.list_models()}
+    assert rows["sam2.1-tiny"]["cached"] is False and rows["sam2.1-tiny"]["size_ok"] is False
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "bad size" in out and "published" in out and "none yet" in out  # plain UnSAMv2: no digest yet
+    code = cli.main(["models", "--download", "unsamv2-plus", "-q"])  # re-fetches (and fails: no network)
+    err = capsys.readouterr().err
+    assert code == 2 and "cached file is bad" in err and "no network" in err
+    with pytest.raises(ChecksumMismatchError, match="--force"):
+        weights.resolve_checkpoint("unsamv2-plus")
 
 
 # --------------------------------------------------------------------------- download
@@ -230,7 +282,7 @@ def test_good_download(
     )
     assert path == weights.cache_dir() / FILENAME
     assert path.read_bytes() == CKPT
-    assert _cache_files() == [FILENAME]  # no .part left
+    assert _cache_files() == [FILENAME, f"{FILENAME}.sha256"]  # no .part left; the verified digest beside it
     done = [d for d, _ in calls]
     assert len(calls) >= 2 and done == sorted(done) and len(set(done)) == len(done)
     assert done[-1] == len(CKPT)
@@ -269,6 +321,14 @@ def test_checksum_mismatch_leaves_nothing(
     corrupt[-10] ^= 0xFF
     server.serve(FILENAME, Route(bytes(corrupt)))
     with pytest.raises(ChecksumMismatchError, match=CKPT_SHA):
+        weights.download(NAME, progress=False, timeout=5)
+    assert _cache_files() == []
+
+
+def test_truncated_file_from_mirror_is_not_cached(server: FakeServer, known_hash: weights.ModelEntry) -> None:
+    """Issue 11 item 4: a mirror serving a cut file (with a matching Content-Length) is caught by the pinned size."""
+    server.serve(FILENAME, Route(CKPT[: len(CKPT) // 2]))
+    with pytest.raises(ChecksumMismatchError, match="truncated"):
         weights.download(NAME, progress=False, timeout=5)
     assert _cache_files() == []
 
@@ -342,10 +402,10 @@ def test_cached_corrupt_file_is_reported(
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK garbage")
     with pytest.raises(ChecksumMismatchError, match="delete"):
-        weights.download(NAME, progress=False)
+        weights.resolve_checkpoint(NAME)  # using it: refused, with what to do
     assert server.hits == []
-    server.serve(FILENAME, Route(CKPT))  # force re-downloads and replaces it
-    assert weights.download(NAME, progress=False, force=True, timeout=5) == path
+    server.serve(FILENAME, Route(CKPT))  # an explicit download replaces the bad cached file
+    assert weights.download(NAME, progress=False, timeout=5) == path
     assert path.read_bytes() == CKPT and server.hits == [FILENAME]
 
 

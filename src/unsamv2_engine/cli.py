@@ -714,10 +714,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _format_models_table(rows: list[dict[str, Any]]) -> str:
     """The registry as an aligned text table."""
-    header = ("NAME", "FAMILY", "SIZE", "~MB", "CACHED", "PATH")
+    header = ("NAME", "FAMILY", "SIZE", "~MB", "CACHED", "SHA256", "PATH")
     body = [(r["name"], r["family"], r["size"], "?" if r["approx_mb"] is None else str(r["approx_mb"]),
-             "yes" if r["cached"] else "no", r["path"]) for r in rows]
-    return _align([header, *body])
+             "yes" if r["cached"] else ("no" if r["size_ok"] else "bad size"), r["digest"], r["path"]) for r in rows]
+    notes = []
+    if any(r["digest"] != "published" for r in rows):
+        notes.append("SHA256: 'published' = checked against the publisher's digest; 'recorded' = none is published, "
+                     "the digest of the first download is recorded beside the file and checked; 'none yet' = none "
+                     "published and not downloaded yet.")
+    if any(not r["size_ok"] for r in rows):
+        notes.append("'bad size': the cached file is not the published one; run 'unsamv2 models --download NAME "
+                     "--force'.")
+    return _align([header, *body]) + "".join("\n" + textwrap.fill(n, 100) for n in notes)
 
 
 def _align(rows: Sequence[Sequence[str]]) -> str:

@@ -14,15 +14,33 @@ Mirrors
     ``<mirror>/<filename>`` instead of their upstream URL (for labs with an internal
     mirror, and for tests that serve files locally).
 
-A download is written to ``<filename>.part``, checked (length, content type, checksum
-when known, checkpoint magic bytes) and only then renamed atomically to its final name,
-so an interrupted or bad download never leaves a corrupt file in the cache.
+A download is written to ``<filename>.part``, checked (length, content type, byte size and
+SHA-256 where published, checkpoint magic bytes) and only then renamed atomically to its final
+name, so an interrupted or bad download never leaves a corrupt file in the cache.
+
+Verification
+    Every entry whose digest is published pins its byte size and SHA-256 (the official SAM 2.1
+    digests and the UnSAMv2+ digest). A cached file is verified when it is first used in a process:
+    its size always, its full hash once; the verified digest is then remembered beside the file in
+    ``<filename>.sha256`` (JSON with the size and modification time it was computed for), so later
+    processes only compare size and time. For an entry with no published digest (plain UnSAMv2),
+    the digest of the first download is recorded there and later uses are checked against it;
+    ``unsamv2 models`` says which digests are published and which recorded.
+
+Why this downloader and not ``pooch`` or ``huggingface_hub``
+    Both verify hashes, but neither fits all our sources: plain UnSAMv2 is only on Google Drive
+    (confirmation pages; neither handles them without a custom downloader), SAM 2.1's canonical
+    source is Meta's CDN, and the CLI imports this module for ``--help``, which must stay
+    standard-library only. The hand-written downloader is about 300 lines, already has the GUI's
+    byte-progress callback, the mirror variable and local-server tests; pinning size + SHA-256 and
+    the sidecar record is what it lacked.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -49,6 +67,7 @@ __all__ = [
     "download_url",
     "get_entry",
     "list_models",
+    "record_path",
     "resolve_checkpoint",
     "sha256_file",
     "verify_file",
@@ -104,7 +123,9 @@ class ModelEntry:
         size: Hiera backbone size: ``"tiny"``, ``"small"``, ``"base_plus"`` or ``"large"``.
         filename: file name in the cache (and on a mirror).
         url: upstream download URL.
-        sha256: expected SHA-256 hex digest, or ``None`` when not known.
+        sha256: published SHA-256 hex digest, or ``None`` when none is published (the digest of the
+            first download is then recorded beside the file).
+        size_bytes: published byte size, or ``None`` when not known.
         approx_mb: approximate file size in MB, for display only.
         description: one line for humans.
         licence: licence of the weights (SPDX id or a pointer).
@@ -119,6 +140,7 @@ class ModelEntry:
     approx_mb: int | None
     description: str
     licence: str
+    size_bytes: int | None = None
 
 
 _SAM21_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
@@ -130,6 +152,17 @@ def _gdrive_url(file_id: str) -> str:
     return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
 
 
+# Published digests (docs: ../shared WEIGHTS.md; Meta's CDN and the Hugging Face hub serve the same bytes).
+_SAM21_PINS = {
+    "tiny": (156008466, "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69"),
+    "small": (184416285, "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38"),
+    "base_plus": (323606802, "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5"),
+    "large": (898083611, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"),
+}
+# UnSAMv2+: the digest shown for unsamv2_plus_ckpt.pt in the authors' Hugging Face Space; no byte size published.
+_UNSAMV2_PLUS_SHA256 = "4067a6966b06df984828f537da0f02389ff28655a8985a1e1f4a3e1de4077195"
+
+
 def _sam21(size: str, approx_mb: int) -> ModelEntry:
     """Registry entry of an official Meta SAM 2.1 checkpoint."""
     filename = f"sam2.1_hiera_{size}.pt"
@@ -139,14 +172,15 @@ def _sam21(size: str, approx_mb: int) -> ModelEntry:
         size=size,
         filename=filename,
         url=f"{_SAM21_BASE}/{filename}",
-        sha256=None,
+        sha256=_SAM21_PINS[size][1],
         approx_mb=approx_mb,
         description=f"Official Meta SAM 2.1 Hiera-{size} checkpoint (no granularity module)",
         licence="Apache-2.0",
+        size_bytes=_SAM21_PINS[size][0],
     )
 
 
-def _unsamv2(name: str, filename: str, drive_id: str, description: str) -> ModelEntry:
+def _unsamv2(name: str, filename: str, drive_id: str, description: str, sha256: str | None = None) -> ModelEntry:
     """Registry entry of an UnSAMv2 checkpoint published on Google Drive."""
     return ModelEntry(
         name=name,
@@ -154,7 +188,7 @@ def _unsamv2(name: str, filename: str, drive_id: str, description: str) -> Model
         size="small",
         filename=filename,
         url=_gdrive_url(drive_id),
-        sha256=None,
+        sha256=sha256,
         approx_mb=None,
         description=description,
         licence=_UNSAMV2_LICENCE,
@@ -179,6 +213,7 @@ def _build_registry() -> dict[str, ModelEntry]:
             "unsamv2_plus_ckpt.pt",
             "1M56QN2CWfou7h5azxJvc_igmbQh9D2af",
             "UnSAMv2+: SAM 2.1 Hiera-small + granularity module (improved training)",
+            sha256=_UNSAMV2_PLUS_SHA256,
         ),
     ]
     return {e.name: e for e in entries}
@@ -239,25 +274,35 @@ def download_url(name: str) -> str:
 
 
 def list_models() -> list[dict[str, Any]]:
-    """One dict per registry entry, for ``unsamv2 models``.
+    """One dict per registry entry, for ``unsamv2 models`` (cheap: no file is hashed here).
 
-    Keys: ``name``, ``family``, ``size``, ``approx_mb``, ``cached`` (bool), ``path``
-    (str, the cache location), ``url``, ``description``, ``licence``.
+    Keys: ``name``, ``family``, ``size``, ``approx_mb``, ``cached`` (bool: the file is there, with
+    the published size where one is known), ``path`` (str, the cache location), ``url``,
+    ``description``, ``licence``, ``sha256`` (the published digest, else the recorded one, else
+    None), ``digest`` (``"published"``, ``"recorded"``: none is published and this one was recorded
+    at the first download, or ``"none yet"``), ``size_ok`` (False when a cached file has the wrong size).
     """
     rows = []
     for entry in REGISTRY.values():
         path = cached_path(entry.name)
+        present = path.is_file()
+        size_ok = not present or entry.size_bytes is None or path.stat().st_size == entry.size_bytes
+        record = _read_record(path) if present and not entry.sha256 else None
+        digest = "published" if entry.sha256 else ("recorded" if record else "none yet")
         rows.append(
             {
                 "name": entry.name,
                 "family": entry.family,
                 "size": entry.size,
                 "approx_mb": entry.approx_mb,
-                "cached": path.is_file(),
+                "cached": present and size_ok,
                 "path": str(path),
                 "url": entry.url,
                 "description": entry.description,
                 "licence": entry.licence,
+                "sha256": entry.sha256 or (record or {}).get("sha256"),
+                "digest": digest,
+                "size_ok": size_ok,
             }
         )
     return rows
@@ -275,22 +320,111 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = _CHUNK) -> str:
     return digest.hexdigest()
 
 
-def verify_file(path: str | os.PathLike[str], entry: ModelEntry) -> None:
-    """Check ``path`` against ``entry.sha256`` when that hash is known (else do nothing).
+def record_path(path: str | os.PathLike[str]) -> Path:
+    """Where the verified digest of ``path`` is remembered: ``<file>.sha256`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The digest record of ``path`` (``sha256``, ``size``, ``mtime_ns``, ``source``), or None."""
+    try:
+        record = json.loads(record_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("sha256"), str) else None
+
+
+def _write_record(path: Path, sha256: str, source: str) -> None:
+    """Remember the verified digest of ``path`` (silently skipped in a read-only cache)."""
+    st = path.stat()
+    record = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "source": source}
+    target = record_path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+_VERIFIED: dict[str, tuple[int, int]] = {}
+"""Files verified in this process: resolved path -> (size, mtime_ns) when it was verified."""
+
+
+def _redownload_hint(entry: ModelEntry) -> str:
+    return (f"Replace it: 'unsamv2 models --download {entry.name} --force' downloads it again (or delete it and "
+            f"place the right file there, or pass --checkpoint PATH).")
+
+
+def _check_size(path: Path, entry: ModelEntry) -> None:
+    """Refuse a file whose byte size differs from the published one."""
+    size = path.stat().st_size
+    if entry.size_bytes is not None and size != entry.size_bytes:
+        raise ChecksumMismatchError(
+            f"{path} has {size:,} bytes but model '{entry.name}' has {entry.size_bytes:,}: the file is "
+            f"{'truncated' if size < entry.size_bytes else 'not the right one'}. {_redownload_hint(entry)}"
+        )
+
+
+def verify_file(path: str | os.PathLike[str], entry: ModelEntry) -> str:
+    """Check a cached file of ``entry``: its size always, its SHA-256 once (then remembered).
+
+    The full hash is computed the first time the file is used in a process, unless its digest
+    record (:func:`record_path`) matches its current size and modification time. Against a
+    published digest, or, when none is published, against the digest recorded at the first
+    download (recorded now if there is none yet).
+
+    Returns:
+        ``"published"`` (matches the published digest) or ``"recorded"`` (matches, or now is,
+        the recorded digest of an entry with none published).
 
     Raises:
-        ChecksumMismatchError: the file's hash differs; the message says what to do.
+        ChecksumMismatchError: wrong size or digest; the message says what to do.
     """
-    if not entry.sha256:
-        return
+    path = Path(path)
+    _check_size(path, entry)
+    st = path.stat()
+    stamp = (st.st_size, st.st_mtime_ns)
+    source = "published" if entry.sha256 else "recorded"
+    key = str(path.resolve())
+    if _VERIFIED.get(key) == stamp:
+        return source
+    record = _read_record(path)
+    expected = entry.sha256.lower() if entry.sha256 else (record or {}).get("sha256")
+    if record and expected and record.get("sha256") == expected and \
+            (record.get("size"), record.get("mtime_ns")) == stamp:
+        _VERIFIED[key] = stamp
+        return source
     actual = sha256_file(path)
-    expected = entry.sha256.lower()
-    if actual != expected:
+    if expected and actual != expected:
+        origin = "published" if entry.sha256 else "recorded when it was first downloaded"
         raise ChecksumMismatchError(
-            f"checksum mismatch for {path} (model '{entry.name}'): expected sha256 "
-            f"{expected}, got {actual}. The file is corrupt or not the right one: "
-            f"delete it and download again (unsamv2 models --download {entry.name})."
+            f"checksum mismatch for {path} (model '{entry.name}'): expected sha256 {expected} ({origin}), "
+            f"got {actual}. The file is corrupt or not the right one. {_redownload_hint(entry)}"
         )
+    _write_record(path, actual, source)
+    _VERIFIED[key] = stamp
+    return source
+
+
+def _check_download(part: Path, entry: ModelEntry, url: str) -> str:
+    """Size and SHA-256 of a fresh download against the published ones; returns its digest."""
+    size = part.stat().st_size
+    if entry.size_bytes is not None and size != entry.size_bytes:
+        raise ChecksumMismatchError(
+            f"{url} sent {size:,} bytes but model '{entry.name}' has {entry.size_bytes:,}: "
+            f"{'a truncated' if size < entry.size_bytes else 'another'} file (a bad mirror or an interrupted "
+            f"transfer). Nothing was cached; run the download again, or check the mirror."
+        )
+    actual = sha256_file(part)
+    if entry.sha256 and actual != entry.sha256.lower():
+        raise ChecksumMismatchError(
+            f"checksum mismatch for the download of model '{entry.name}' from {url}: expected sha256 "
+            f"{entry.sha256.lower()}, got {actual}. Nothing was cached; run the download again, or check "
+            f"the mirror."
+        )
+    return actual
 
 
 def _check_magic(path: Path, entry: ModelEntry, url: str, final: Path) -> None:
@@ -402,8 +536,8 @@ def _fetch_to(
     timeout: float,
     progress: bool,
     progress_callback: ProgressCallback | None,
-) -> None:
-    """Download ``url`` into ``part`` and run every check on it (raises on failure)."""
+) -> str:
+    """Download ``url`` into ``part`` and run every check on it (raises on failure); returns its SHA-256."""
     import http.client
 
     response = _open(url, timeout, final)
@@ -429,8 +563,8 @@ def _fetch_to(
             f"download of {url} is incomplete: received {done} of {total} bytes. "
             f"Run the download again."
         )
-    verify_file(part, entry)
     _check_magic(part, entry, url, final)
+    return _check_download(part, entry, url)
 
 
 def download(
@@ -444,8 +578,10 @@ def download(
 ) -> Path:
     """Download model ``name`` into ``dest_dir`` (default: :func:`cache_dir`) and return its path.
 
-    If the file is already there and ``force`` is false, it is verified (SHA-256 when
-    known) and returned without touching the network.
+    If the file is already there and ``force`` is false, it is verified (:func:`verify_file`)
+    and returned without touching the network; a cached file that fails verification is
+    downloaded again (a message on stderr says so). The digest of the new file is recorded
+    beside it (:func:`record_path`).
 
     Args:
         name: registry name (see :data:`REGISTRY`).
@@ -468,14 +604,17 @@ def download(
     directory = Path(dest_dir) if dest_dir is not None else cache_dir()
     final = directory / entry.filename
     if final.is_file() and not force:
-        verify_file(final, entry)
-        return final
+        try:
+            verify_file(final, entry)
+            return final
+        except ChecksumMismatchError as exc:
+            print(f"unsamv2: the cached file is bad, downloading it again: {exc}", file=sys.stderr, flush=True)
 
     url = download_url(name)
     directory.mkdir(parents=True, exist_ok=True)
     part = directory / f"{entry.filename}.part"
     try:
-        _fetch_to(
+        digest = _fetch_to(
             part,
             url,
             entry,
@@ -488,6 +627,8 @@ def download(
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+    _write_record(final, digest, "published" if entry.sha256 else "recorded")
+    _VERIFIED[str(final.resolve())] = (final.stat().st_size, final.stat().st_mtime_ns)
     return final
 
 
@@ -546,8 +687,13 @@ def _resolve_name(
     entry = get_entry(name)
     final = cached_path(name)
     if final.is_file():
-        verify_file(final, entry)
-        return final
+        try:
+            verify_file(final, entry)
+            return final
+        except ChecksumMismatchError:
+            if not download_missing:
+                raise
+        return download(name, progress=progress, progress_callback=progress_callback)  # replaces the bad file
     if download_missing:
         return download(name, progress=progress, progress_callback=progress_callback)
     raise WeightsNotFoundError(

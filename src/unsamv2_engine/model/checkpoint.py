@@ -49,22 +49,54 @@ class AdapterBaseMismatchError(CheckpointError):
 
 
 # ----------------------------------------------------------------------------------------- reading
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load`` a checkpoint safely (``weights_only``) with errors that say what is wrong."""
+def read_checkpoint(path: str | os.PathLike, *, role: str = "checkpoint", option: str = "--checkpoint") -> dict[str, Any]:
+    """``torch.load`` a checkpoint safely (``weights_only``) with errors that say what is wrong.
+
+    The file is sniffed first (:mod:`unsamv2_engine.sniff`): a text file, a web page, a git-lfs
+    pointer, an image, an empty file or a truncated zip is named as such, with what to do, before
+    torch sees it. ``role`` ("checkpoint" or "adapter") and ``option`` name the file in messages.
+    """
+    from unsamv2_engine.sniff import CHECKPOINT_KINDS, not_a_checkpoint, sniff
+
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{role} not found: {path}" if not path.is_dir() else
+                              f"{role} {path} is a folder; give the .pt file ({option} PATH)")
+    kind, head = sniff(path)
+    cached = _registry_name(path)
+    if kind not in CHECKPOINT_KINDS:
+        raise CheckpointError(not_a_checkpoint(path, kind, head, role=role, option=option, registry_name=cached))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, pickle.UnpicklingError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, pickle.UnpicklingError, KeyError,
+            IndexError, AttributeError, TypeError) as exc:
         size = path.stat().st_size
-        raise CheckpointError(
-            f"cannot read {path} ({size} bytes): {exc}. The file is truncated or not a PyTorch checkpoint; "
-            "delete it and download it again (unsamv2 models --download NAME) or pass another --checkpoint."
-        ) from exc
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+            reason = ("it holds Python objects other than tensors, which are not loaded for safety (only files "
+                      "of tensors and plain values are)")
+        else:
+            reason = f"it is truncated or damaged ({type(exc).__name__}: {first})"
+        todo = (f"it is the cached file of model '{cached}': delete it and download it again "
+                f"(unsamv2 models --download {cached} --force)" if cached else
+                f"copy or download it again, or pass another {option}")
+        raise CheckpointError(f"cannot read {path} ({size:,} bytes) as a PyTorch {role}: {reason}; {todo}") from exc
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dictionary")
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a {role} dictionary; pass another {option}")
     return obj
+
+
+def _registry_name(path: Path) -> str | None:
+    """The registry model whose cached file ``path`` is, if any."""
+    from unsamv2_engine import weights
+
+    for name in weights.REGISTRY:
+        try:
+            if weights.cached_path(name).resolve() == path.resolve():
+                return name
+        except OSError:
+            continue
+    return None
 
 
 def model_state(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -167,9 +199,11 @@ def _sha256(path: Path) -> str:
 # ----------------------------------------------------------------------------------------- adapters
 def read_adapter(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate an adapter file (format, version, tensors)."""
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, role="adapter", option="--adapter")
     if obj.get("format") != ADAPTER_FORMAT:
-        raise CheckpointError(f"{path} is not an UnSAMv2 adapter file (no 'format': '{ADAPTER_FORMAT}')")
+        raise CheckpointError(f"--adapter {path} is not an UnSAMv2 adapter file (no 'format': '{ADAPTER_FORMAT}'): "
+                              "it looks like a full model checkpoint; pass it as --checkpoint, or give the adapter "
+                              "file written by 'unsamv2 finetune'")
     if int(obj.get("format_version", 0)) > ADAPTER_FORMAT_VERSION:
         raise CheckpointError(f"{path} has adapter format version {obj['format_version']}; "
                               f"this engine reads up to {ADAPTER_FORMAT_VERSION}: upgrade napari-unsamv2")
@@ -294,6 +328,10 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 "parameters": int(sum(t.numel() for t in tensors.values())), "base": obj.get("base", {}),
                 "config": obj.get("config", {}), "metadata": obj.get("metadata", {})}
     state = model_state(obj)
-    return {"path": str(path), "kind": kind, "size": detect_size(state), "tensors": len(state),
+    try:
+        size = detect_size(state)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    return {"path": str(path), "kind": kind, "size": size, "tensors": len(state),
             "parameters": int(sum(t.numel() for t in state.values())),
             "added_parameters": int(sum(t.numel() for k, t in state.items() if is_added_parameter(k)))}
