@@ -453,7 +453,11 @@ def _is_stack(image: np.ndarray) -> bool:
 
 
 def _select_frame(image: np.ndarray, frame: int | None, path: str) -> np.ndarray:
-    """Apply ``--frame`` to a stack; refuse a stack without it."""
+    """Apply ``--frame`` to a stack; refuse a stack without it, and more than one stack axis."""
+    if image.ndim > 4 or (image.ndim == 4 and image.shape[-1] not in (3, 4)):
+        raise CliError(f"{path} has {image.ndim} axes (shape {tuple(image.shape)}): more than one stack axis (e.g. "
+                       "time and z). This command takes a 2D image or one stack [N, H, W] / [N, H, W, C] with --frame; "
+                       "save the plane or stack you want as its own file first")
     if frame is None:
         if _is_stack(image):
             raise CliError(f"{path} is a stack of {image.shape[0]} images (shape {tuple(image.shape)}); "
@@ -558,6 +562,7 @@ def _prepare(args: argparse.Namespace) -> _Run:
     """
     image, rgb8 = _read_image(args)
     points, labels = _prompt_arrays(args, rgb8.shape[:2])
+    _refuse_uniform(args, image, rgb8)
     path, source = _resolve_model_file(args)
     device = _resolve_device(args.device)
     _say(args, f"loading {source} on {device} ...")
@@ -573,6 +578,27 @@ def _prepare(args: argparse.Namespace) -> _Run:
     _, embed_s = _timed(lambda: _embed(session, rgb8), device)
     return _Run(image=image, points=points, labels=labels, checkpoint=path, device=device, model=model,
                 session=session, load_s=load_s, embed_s=embed_s)
+
+
+def _refuse_uniform(args: argparse.Namespace, image: np.ndarray, rgb8: np.ndarray) -> None:
+    """A uniform image (constant, all NaN, or flattened by --contrast-limits) has nothing to segment: say so
+    instead of letting the prompt, granularity or threshold take the blame for an empty mask."""
+    import numpy as np
+
+    lo, hi = int(rgb8.min()), int(rgb8.max())
+    if lo != hi:
+        return
+    from unsamv2_engine.errors import ImageError
+
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
+        what = "has no finite value (all NaN or infinite)"
+    elif args.contrast_limits and image.min() != image.max():
+        what = f"is uniform after --contrast-limits {args.contrast_limits[0]:g},{args.contrast_limits[1]:g}"
+    else:
+        what = f"is uniform (every pixel is {image.reshape(-1)[0].item()!r})"
+    raise ImageError(f"{args.image}{'' if args.frame is None else f' frame {args.frame}'} {what}: there is nothing "
+                     "to segment; check the file" + (", --frame" if args.frame is not None else "")
+                     + " or --contrast-limits")
 
 
 def _base_metadata(args: argparse.Namespace, run: _Run) -> dict[str, Any]:
@@ -820,8 +846,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     base = Path(args.base) if args.base else source
     if not base.is_file():
         raise CliError(f"base checkpoint not found: {args.base}")
-    if _same_file(source, args.output) or (args.adapter and _same_file(args.adapter, args.output)):
-        raise CliError(f"-o {args.output} would overwrite an input file; choose another output name")
+    from unsamv2_engine.outputs import check_outputs
+
+    check_outputs({"-o": args.output}, {"IN": source, "--adapter": args.adapter, "--base": base})
     _say(args, f"loading {source}" + (f" + adapter {args.adapter}" if args.adapter else "") + " ...")
     model = _load_for_convert(source, adapter=args.adapter, allow_base_mismatch=args.allow_base_mismatch,
                               source=args.input)
@@ -844,14 +871,6 @@ def _load_for_convert(path: Path, *, adapter: str | None, allow_base_mismatch: b
     with _reading_checkpoints(path, adapter):
         return load_checkpoint(path, device="cpu", adapter=adapter, allow_base_mismatch=allow_base_mismatch,
                                merge_lora=False, source=source)
-
-
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two paths name the same existing file."""
-    try:
-        return Path(a).resolve() == Path(b).resolve() or os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _check_base(model: UnSAMv2Model, base: Path, allow_mismatch: bool) -> None:

@@ -64,7 +64,8 @@ def _check_folder(folder: Path, what: str, path: str) -> None:
 
 def check_outputs(outputs: Mapping[str, str | os.PathLike[str] | None],
                   inputs: Mapping[str, str | os.PathLike[str] | None] | None = None, *,
-                  input_dirs: Mapping[str, str | os.PathLike[str] | None] | None = None) -> None:
+                  input_dirs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+                  folder_formats: tuple[str, ...] = (".zarr",)) -> None:
     """Refuse unsafe output files before any work starts.
 
     Args:
@@ -73,6 +74,8 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike[str] | None],
             input is skipped (it is reported by the command's own check).
         input_dirs: option name -> input folder; an output may not be that folder nor lie inside it
             (a folder of images or pseudo-labels that a later run would read as input).
+        folder_formats: suffixes of outputs that are folders by format (a zarr group): such an
+            output may be an existing folder (it is rewritten).
 
     Raises:
         OutputError: an output names an input or another output, is a folder, or its folder is not
@@ -93,7 +96,7 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike[str] | None],
                 raise OutputError(f"{other} and {name} both name {path}; one command cannot write two outputs "
                                   "to one file: give them different names")
         target = Path(path)
-        if target.is_dir():
+        if target.is_dir() and target.suffix.lower() not in folder_formats:
             raise OutputError(f"{name} {path} is an existing folder; give a file name (e.g. {target / 'out'}"
                               f"{target.suffix or ''})")
         _check_folder(target.parent if str(target.parent) else Path("."), name, path)
@@ -133,6 +136,8 @@ class StagedOutputs:
         if not _given(final):
             return None if final is None else os.fspath(final)
         key = os.fspath(final)  # type: ignore[arg-type]
+        if Path(key).suffix.lower() == ".zarr":  # a folder format: written in place
+            return key
         if key not in self._staged:
             self._staged[key] = _temporary_name(Path(key))
         return str(self._staged[key])

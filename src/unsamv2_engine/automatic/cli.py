@@ -15,7 +15,7 @@ option adders are those of :mod:`unsamv2_engine.cli` (``_add_model_options``,
 ``_add_common_options``), so the options are spelled and documented once. This module imports the
 standard library only (``unsamv2 auto --help`` never loads torch); the engine and the main CLI's
 helpers (image reading, model loading, error types) are imported inside the command functions.
-Errors a user can fix are raised as ``CliError`` / ``ValueError`` / ``OSError`` (one line on stderr,
+Errors a user can fix are raised as ``CliError`` or another ``UnSAMv2Error`` (one line on stderr,
 exit 2); Ctrl-C ends the command with exit code 130 (handled by :func:`unsamv2_engine.cli.main`)
 without writing an output file.
 """
@@ -151,7 +151,7 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
                        help="starting settings: authors (64x64 points, M2M) or cpu (16x16, no M2M); "
                             "default: authors on CUDA, cpu elsewhere")
     group.add_argument("--points-per-side", type=_positive_int, metavar="N",
-                       help="an N x N grid of point prompts (authors 64, cpu 24)")
+                       help="an N x N grid of point prompts (authors 64, cpu 16)")
     group.add_argument("--points-per-batch", type=_positive_int, metavar="N",
                        help="points decoded per decoder call (default: 8 on CPU, the preset's 128 or 32 on a GPU)")
     group.add_argument("--pred-iou-thresh", type=_fraction, metavar="T",
@@ -184,6 +184,7 @@ def run_auto(args: argparse.Namespace) -> int:
 
     main_cli._check_output_suffix(args.output, "output", main_cli.TIFF_SUFFIXES)
     granularity = check_granularity(args.granularity)
+    main_cli.check_command_outputs(args, {"-o": args.output, "--json": args.json})
     job = _Job.prepare(args, [granularity])
     if job.uniform:
         levels = [_empty_result(granularity, job.hw, job.settings)]
@@ -200,13 +201,16 @@ def run_auto(args: argparse.Namespace) -> int:
     meta = {**job.metadata(), "granularity": granularity,
             "thresholds": _thresholds(job.settings, granularity), "counts": counts,
             "scores": result.scores, "stability": result.stability, "areas": result.areas}
-    write_labels(args.output, labels, metadata=meta)
-    if args.json:
-        from unsamv2_engine.automatic.hierarchy import masks_to_coco
+    from unsamv2_engine.outputs import staged_outputs
 
-        document = masks_to_coco(result, file_name=str(args.image), info={**job.metadata(), "granularity": granularity,
-                                                                          "output": str(args.output)})
-        _emit_coco(args.json, document)
+    with staged_outputs() as out:
+        write_labels(out.path(args.output), labels, metadata=meta)
+        if args.json:
+            from unsamv2_engine.automatic.hierarchy import masks_to_coco
+
+            document = masks_to_coco(result, file_name=str(args.image), info={
+                **job.metadata(), "granularity": granularity, "output": str(args.output)})
+            _emit_coco(out.path(args.json), document)
     if len(result) == 0 and not job.uniform:
         main_cli._warn("no mask passed the filters: try lower --pred-iou-thresh / --stability-thresh, another "
                        "granularity or --preset authors")
@@ -228,6 +232,7 @@ def run_hierarchy(args: argparse.Namespace) -> int:
             f"{len(args.granularities)} granularities asked; give at most {MAX_LEVELS} (every level decodes the "
             f"whole point grid again and the pages get hard to read), e.g. 0.1:1.0:10 or 0.3,0.6,1.0")
     granularities = check_granularities(args.granularities)
+    main_cli.check_command_outputs(args, {"-o": args.output, "--table": args.table, "--json": args.json})
     if len(set(granularities)) < len(granularities):
         main_cli._warn("some granularities are repeated: their pages will hold the same objects")
     job = _Job.prepare(args, granularities)
@@ -244,11 +249,15 @@ def run_hierarchy(args: argparse.Namespace) -> int:
         "masks_per_level": [len(level) for level in levels]})
     from unsamv2_engine.io.hierarchy import write_hierarchy
 
-    write_hierarchy(args.output, hierarchy, table_csv=args.table or None)
-    if args.json:
-        from unsamv2_engine.automatic.hierarchy import hierarchy_to_coco
+    from unsamv2_engine.outputs import staged_outputs
 
-        _emit_coco(args.json, hierarchy_to_coco(hierarchy, file_name=str(args.image), info=hierarchy.metadata))
+    with staged_outputs() as out:
+        write_hierarchy(out.path(args.output), hierarchy, table_csv=out.path(args.table) if args.table else None)
+        if args.json:
+            from unsamv2_engine.automatic.hierarchy import hierarchy_to_coco
+
+            _emit_coco(out.path(args.json), hierarchy_to_coco(hierarchy, file_name=str(args.image),
+                                                              info=hierarchy.metadata))
     per_level = [sum(1 for row in hierarchy.table if row["level"] == i) for i in range(len(granularities))]
     outputs = [p for p in (args.table, args.json if args.json != "-" else None) if p]
     main_cli._summary(args, f"wrote {args.output} ({len(granularities)} levels, {len(hierarchy.table)} objects)"

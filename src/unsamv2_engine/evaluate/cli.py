@@ -211,6 +211,12 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"predictions file not found: {args.predictions}")
     if len(args.max_dets) != 3:
         raise InputError("--max-dets needs three values, e.g. 1,100,1000")
+    from unsamv2_engine.outputs import check_output_dir
+
+    check_output_dir("-o", args.out_dir, inputs={"--predictions": args.predictions,
+                                                 "--checkpoint": getattr(args, "checkpoint", None),
+                                                 "--adapter": getattr(args, "adapter", None)},
+                     input_dirs={"DATASET": args.dataset})
     modes_text = args.modes if args.modes is not None else ("none" if args.predictions else None)
     modes = None if modes_text is None else ([] if modes_text.strip().lower() == "none" else parse_modes(modes_text))
     dataset = _dataset(args)

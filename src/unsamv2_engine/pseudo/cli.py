@@ -123,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
     if args.adapter and not with_model:
         raise main_cli.CliError("--adapter needs the model it applies to: give --checkpoint PATH or --model NAME")
 
+    from unsamv2_engine.outputs import check_output_dir
+
+    check_output_dir("-o", args.output, inputs={"--checkpoint": args.checkpoint, "--adapter": args.adapter,
+                                                "--dino-weights": args.dino_weights})
     from unsamv2_engine.pseudo.pipeline import PseudoLabelSettings, pseudo_label_folder
 
     settings = PseudoLabelSettings().with_(max_side=args.max_side, max_instances=args.max_instances,

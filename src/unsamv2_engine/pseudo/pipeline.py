@@ -292,7 +292,10 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
     src = Path(images_dir)
     files = _list_images(src)
     if not files:
-        raise InputError(f"no images in {src} (looked for {' '.join(IMAGE_SUFFIXES)})")
+        nested = sorted({f.parent for f in src.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES})
+        hint = (f"; subfolders are not searched, and {len(nested)} hold images (e.g. {nested[0]}): give such a "
+                "folder" if nested else "")
+        raise InputError(f"no images in {src} (looked for {' '.join(IMAGE_SUFFIXES)} directly in it){hint}")
     s = settings or PseudoLabelSettings()
     s.validate()
     device = model.device if model is not None else "cpu"

@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--shape for --ndim {args.ndim} needs {want} values, got {','.join(map(str, shape))}")
     if args.modality == "he" and args.ndim != "2":
         raise InputError("--modality he (a stained thin section) is 2D only; use --ndim 2")
+    from unsamv2_engine.outputs import check_output_dir
+
+    check_output_dir("-o", args.output)
     cfg = SynthConfig.preset(getattr(args, "difficulty", "medium") or "medium")
     quiet = bool(getattr(args, "quiet", False))
     workers = getattr(args, "workers", None)

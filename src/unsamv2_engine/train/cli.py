@@ -214,6 +214,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise main_cli.CliError(f"-o {args.output} must end in .pt")
     if Path(args.output).is_dir():
         raise main_cli.CliError(f"-o {args.output} is a folder; give a file name such as adapter.pt")
+    _check_outputs(args)
     if args.min_lr < 0 or args.min_lr > args.lr:
         raise main_cli.CliError(f"--min-lr {args.min_lr:g} must be between 0 and --lr {args.lr:g}")
     if args.weight_decay < 0:
@@ -221,6 +222,19 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if args.cache_embeddings and args.trainable == "all":
         raise main_cli.CliError("--cache-embeddings needs a frozen image encoder: use it with --trainable "
                                 "granularity or decoder")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: -o may not replace the base checkpoint (or any input), and -o and --workdir must be
+    writable, so that a finished run can always write its adapter."""
+    from unsamv2_engine import weights
+    from unsamv2_engine.outputs import check_output_dir, check_outputs
+
+    base = args.base if Path(args.base).expanduser().exists() or args.base not in weights.REGISTRY \
+        else weights.cached_path(args.base)
+    inputs = {"--base": base, "--dino-weights": getattr(args, "dino_weights", None)}
+    check_outputs({"-o": args.output}, inputs)
+    check_output_dir("--workdir", _workdir(args), inputs={**inputs, "-o": args.output})
 
 
 def run(args: argparse.Namespace) -> int:

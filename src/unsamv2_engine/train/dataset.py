@@ -131,7 +131,7 @@ def _read_annotations(path: Path, hw: tuple[int, int]) -> tuple[list[dict[str, A
     if not isinstance(anns, list):
         return [], np.zeros(0, np.float32), f"{path.name} has no 'annotations' list"
     rles, gs = [], []
-    for ann in anns:
+    for index, ann in enumerate(anns):
         seg = ann.get("segmentation") if isinstance(ann, dict) else None
         if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
             continue  # polygons and broken entries are not pseudo-label masks
@@ -140,11 +140,21 @@ def _read_annotations(path: Path, hw: tuple[int, int]) -> tuple[list[dict[str, A
             return [], np.zeros(0, np.float32), (f"{path.name} has masks of {size[1]}x{size[0]} pixels but the image "
                                                  f"is {hw[1]}x{hw[0]}")
         counts = seg["counts"]
-        if isinstance(counts, list):
-            area = int(np.sum(counts[1::2]))
-        else:
-            coded = {"size": list(size), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-            area = int(mask_utils.area(coded))
+        try:  # a bad RLE skips the image, naming the file and the annotation (as every other skip reason does)
+            if isinstance(counts, list):
+                if int(np.sum(counts)) != size[0] * size[1] or min(counts, default=0) < 0:
+                    raise ValueError(f"its run lengths add up to {int(np.sum(counts))}, not {size[0]} x {size[1]}")
+                area = int(np.sum(counts[1::2]))
+            else:
+                coded = {"size": list(size), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+                area = int(mask_utils.area(coded))
+                if not 0 <= area <= size[0] * size[1]:
+                    raise ValueError(f"it covers {area} pixels of {size[0]} x {size[1]}")
+                mask_utils.decode(coded)  # raises on a cut or garbled string that area() accepts
+        except (ValueError, TypeError, UnicodeError) as exc:
+            return [], np.zeros(0, np.float32), (f"{path} annotation {index} (id {ann.get('id')}) has an invalid RLE "
+                                                 f"mask ({exc}); fix or remove that annotation, or make the "
+                                                 "pseudo-labels again")
         if area <= 0:
             continue
         rles.append({"size": list(size), "counts": counts})

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unsamv2_engine.errors import InputError
+from unsamv2_engine.errors import InputError, OutputError
 from unsamv2_engine.model.build import UnSAMv2Model, is_added_parameter
 from unsamv2_engine.model.decoding import ImageFeatures, decode, encode_image, upsample_logits
 from unsamv2_engine.train.augment import AugmentConfig
@@ -767,7 +767,12 @@ def _write_output(run: _Run, output: str | os.PathLike | None, steps: int) -> Pa
                                  "validation": run.val[-1] if run.val else None, "workdir": str(run.workdir),
                                  "processes": run.ctx.world_size}}
         changed = [name for name in select_trainable(model, cfg.trainable) if not is_added_parameter(name)]
-        save_adapter(model, path, base_sha256=model.info.base_sha256, base_source=model.info.source,
-                     metadata=metadata, extra_keys=changed)
+        try:
+            save_adapter(model, path, base_sha256=model.info.base_sha256, base_source=model.info.source,
+                         metadata=metadata, extra_keys=changed)
+        except OSError as exc:
+            raise OutputError(f"cannot write the adapter {path} ({exc.strerror or exc}); the trained weights are safe "
+                              f"in the last checkpoint in {run.workdir}: run the same command again with -o in a "
+                              "writable folder and --resume to write the adapter") from exc
     run.ctx.barrier()
     return path

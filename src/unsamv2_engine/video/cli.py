@@ -202,6 +202,8 @@ def run_propagate(args: argparse.Namespace) -> int:
     if args.scores:
         main_cli._check_output_suffix(args.scores, "--scores", (".csv",))
     prompts = _prompts(args)
+    main_cli.check_command_outputs(args, {"-o": args.output, "--scores": args.scores, "--json": args.json},
+                                   inputs={"STACK": args.stack})
     from unsamv2_engine.io import read_image
     from unsamv2_engine.video.frames import stack_layout
 
@@ -267,16 +269,19 @@ def _write_outputs(args: argparse.Namespace, result: Any, layout: Any, source: s
         "frames_embedded": result.frames_embedded,
         "timings": {**timings, "seconds_per_slice": timings["propagate_s"] / max(1, layout.n_frames)},
     }
-    write_labels(args.output, result.labels, metadata={k: meta[k] for k in (
-        "axis", "channel_axis", "direction", "mask_threshold", "objects", "model")})
-    if args.scores:
-        rows = [{"slice": z, "object": object_id, "score": result.scores[z, k],
-                 "object_score": result.object_scores[z, k]}
-                for z in range(result.scores.shape[0]) for k, object_id in enumerate(result.object_ids)
-                if not np.isnan(result.object_scores[z, k])]
-        write_table_csv(args.scores, rows, columns=["slice", "object", "score", "object_score"])
+    from unsamv2_engine.outputs import staged_outputs
+
     meta["output"] = str(args.output)
-    main_cli._emit_json(args.json, meta)
+    with staged_outputs() as out:
+        write_labels(out.path(args.output), result.labels, metadata={k: meta[k] for k in (
+            "axis", "channel_axis", "direction", "mask_threshold", "objects", "model")})
+        if args.scores:
+            rows = [{"slice": z, "object": object_id, "score": result.scores[z, k],
+                     "object_score": result.object_scores[z, k]}
+                    for z in range(result.scores.shape[0]) for k, object_id in enumerate(result.object_ids)
+                    if not np.isnan(result.object_scores[z, k])]
+            write_table_csv(out.path(args.scores), rows, columns=["slice", "object", "score", "object_score"])
+        main_cli._emit_json(out.path(args.json), meta)
     empty = [object_id for object_id, voxels in areas.items() if voxels == 0]
     if empty:
         main_cli._warn(f"object(s) {', '.join(map(str, empty))} are empty on every slice: try other points, another "
