@@ -685,7 +685,7 @@ class UnSAMv2Widget(QWidget):
         self._embedded_key = self._embedding_key = None
         self.propagate_panel.forget_stack()
         self._idle("the engine stopped: press 'Restart engine'")
-        if not self.restart_button.isVisible():
+        if self.restart_button.isHidden():
             self.restart_button.setVisible(True)
             self._notify(reply.message, "error")
 
