@@ -44,7 +44,11 @@ def write_hierarchy_layers(path: str, layer_data: Sequence[tuple[Any, dict, str]
     target = Path(os.fspath(path))
     if target.suffix.lower() not in SUFFIXES:
         target = target.with_name(target.name + ".tif")
-    write_hierarchy(target, layer_data_to_hierarchy(layer_data))
+    from unsamv2_engine.outputs import check_outputs
+
+    hierarchy = layer_data_to_hierarchy(layer_data)
+    check_outputs({"save as": target})  # a folder (other than .zarr) or a read-only place: said before writing
+    write_hierarchy(target, hierarchy)
     return [str(target)]
 
 
