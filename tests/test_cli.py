@@ -401,10 +401,19 @@ def test_models_download_from_mirror_and_errors(capsys, tmp_path, monkeypatch):
     assert code == 2 and "no network" in err and out == ""
     code, _, err = _run(capsys, "models", "--download", "sam3")
     assert code == 2 and "unknown model" in err
-    # a cached file is returned without touching the network
+    # a cached file that is not the published one is fetched again (issue 11: it used to be returned, exit 0)
     cached = tmp_path / "cache" / "sam2.1_hiera_tiny.pt"
     cached.parent.mkdir(exist_ok=True)
     cached.write_bytes(b"PK")
+    code, out, err = _run(capsys, "models", "--download", "sam2.1-tiny", "--json")
+    assert code == 2 and "cached file is bad" in err and "no network" in err and out == ""
+    # a cached file that verifies is returned without touching the network
+    import dataclasses
+
+    from unsamv2_engine import weights
+
+    monkeypatch.setitem(weights.REGISTRY, "sam2.1-tiny", dataclasses.replace(
+        weights.REGISTRY["sam2.1-tiny"], sha256=hashlib.sha256(b"PK").hexdigest(), size_bytes=2))
     code, out, _ = _run(capsys, "models", "--download", "sam2.1-tiny", "--json")
     assert code == 0 and json.loads(out) == {"name": "sam2.1-tiny", "path": str(cached)}
 
