@@ -262,6 +262,7 @@ class RemoteTransport:
 
     # ------------------------------------------------------------------ connecting
     def start(self, on_reply: Callback) -> None:
+        import inspect
         from urllib.parse import urlsplit
 
         from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
@@ -273,11 +274,13 @@ class RemoteTransport:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         host = urlsplit(self.url).hostname or ""
         local = host in ("localhost", "127.0.0.1", "::1")
+        options = {"proxy": None} if local else {}
+        if "legacy" in inspect.signature(connect).parameters:  # websockets >= 17: a plain connection, no `with`
+            options["legacy"] = True
         try:
             self._conn = connect(self.url, additional_headers=headers, compression=None, max_size=None,
                                  open_timeout=self.open_timeout, ping_interval=self.ping_interval,
-                                 ping_timeout=self.ping_timeout, close_timeout=2,
-                                 **({"proxy": None} if local else {}))
+                                 ping_timeout=self.ping_timeout, close_timeout=2, **options)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status == 401:

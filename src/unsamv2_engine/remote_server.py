@@ -154,19 +154,22 @@ class EngineServer:
                 "on both machines")))
             connection.close(CLOSE_REFUSED, "version mismatch")
             return
+        client = _ClientSession(self, connection)  # registered before the Welcome: the client may count on it
+        try:
+            peer = connection.remote_address
+        except OSError:
+            peer = "?"
+        with self._clients_lock:
+            self._clients.add(client)
         model = self.model
         info = None if model is None else asdict(p.ModelLoaded(0, model.info.label, model.info.family,
                                                                model.info.size, model.has_granularity,
                                                                str(model.device)))
-        connection.send(wire.encode(wire.Welcome(wire.PROTOCOL_VERSION, __version__,
-                                                 str(model.device) if model is not None else "none", info,
-                                                 asdict(self.limits))))
-        client = _ClientSession(self, connection)
-        peer = connection.remote_address
-        with self._clients_lock:
-            self._clients.add(client)
         log.info("session opened for %s (%d open)", peer, self.n_sessions)
         try:
+            connection.send(wire.encode(wire.Welcome(wire.PROTOCOL_VERSION, __version__,
+                                                     str(model.device) if model is not None else "none", info,
+                                                     asdict(self.limits))))
             client.run()
         finally:
             with self._clients_lock:

@@ -146,10 +146,9 @@ def decode(frame: bytes, *, max_array_bytes: int | None = None, max_image_pixels
     descriptors: list[dict] = []
     _collect_arrays(header, descriptors)
     state.check(descriptors)
-    message = _decode_value(header, state)
     if max_image_pixels is not None:
-        _check_pixels(message, max_image_pixels)
-    return message
+        _check_pixels(header, max_image_pixels)
+    return _decode_value(header, state)
 
 
 class _Decoding:
@@ -233,19 +232,22 @@ def _decode_value(value: Any, state: _Decoding) -> Any:
     return {k: _decode_value(v, state) for k, v in value.items()}
 
 
-def _check_pixels(message: Any, limit: int) -> None:
-    """Refuse an image (or a stack slice) with more than ``limit`` pixels."""
-    if isinstance(message, p.SetImage):
-        shape = message.image.shape
-        hw = shape[:2] if message.image.ndim >= 2 else shape
-        pixels = math.prod(hw)
-        what = f"image {message.image_key!r} of {'x'.join(map(str, shape))}"
-    elif isinstance(message, p.Propagate) and message.stack is not None:
-        shape = message.stack.shape
-        pixels = sorted(shape)[-2] * sorted(shape)[-1]  # the two largest axes bound a slice
-        what = f"stack {message.stack_key!r} of {'x'.join(map(str, shape))}"
-    else:
+def _check_pixels(header: Any, limit: int) -> None:
+    """Refuse a SetImage image (or a Propagate stack slice) with more than ``limit`` pixels, from the declared
+    shape (nothing decompressed yet)."""
+    if not isinstance(header, dict) or header.get("__type__") not in ("SetImage", "Propagate"):
         return
+    fields = header.get("fields") or {}
+    descriptor = fields.get("image") if header["__type__"] == "SetImage" else fields.get("stack")
+    if not isinstance(descriptor, dict) or "__array__" not in descriptor:
+        return
+    shape = descriptor["shape"]
+    if header["__type__"] == "SetImage":
+        pixels = math.prod(shape[:2])
+        what = f"image {fields.get('image_key')!r} of {'x'.join(map(str, shape))}"
+    else:
+        pixels = math.prod(sorted(shape)[-2:])  # the two largest axes bound a slice
+        what = f"stack {fields.get('stack_key')!r} of {'x'.join(map(str, shape))}"
     if pixels > limit:
         raise WireError(f"{what} is too large: the server accepts images of at most {limit} pixels "
                         f"(about {int(math.sqrt(limit))}x{int(math.sqrt(limit))}); crop or downsample it, or start "
