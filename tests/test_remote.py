@@ -328,3 +328,69 @@ def test_a_server_killed_mid_request_gives_a_clear_client_error():
 
 def connect_url(url: str) -> EngineClient:
     return EngineClient(RemoteTransport(url, token=None, open_timeout=10))
+
+
+# ------------------------------------------------------------------------ the commands
+_TORCH_FREE_CLI = """
+import sys
+for name in ("torch", "sam2", "torchvision"):
+    sys.modules[name] = None  # the laptop: no torch, no sam2
+from unsamv2_engine.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_serve_command_and_segment_with_server_on_a_torch_free_client(tmp_path, tiny_model):
+    """`unsamv2 serve` in its own process; `unsamv2 segment/sweep --server` with torch unimportable gives the
+    local engine's masks; a wrong token is a one-line error with exit code 2."""
+    import tifffile
+    from PIL import Image
+
+    from unsamv2_engine.model.checkpoint import save_checkpoint
+    from unsamv2_engine.session import ImageSession
+
+    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt", kind="unsamv2")
+    image = make_cells_image()
+    Image.fromarray(image).save(tmp_path / "cells.png")
+    env = {**os.environ, "UNSAMV2_TOKEN": TOKEN}
+    server = subprocess.Popen([sys.executable, "-m", "unsamv2_engine", "serve", "--checkpoint", str(checkpoint),
+                               "--port", "0", "--device", "cpu"], stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    try:
+        line = ""
+        while "listening on" not in line:
+            line = server.stderr.readline()
+            assert line, "unsamv2 serve ended before listening"
+        url = line.split("listening on ")[1].split()[0]
+        assert url.startswith("ws://127.0.0.1:") and "token required" in line
+
+        def cli(*args, token=TOKEN):
+            return subprocess.run([sys.executable, "-c", _TORCH_FREE_CLI, *args], capture_output=True, text=True,
+                                  cwd=REPO, env={**env, "UNSAMV2_TOKEN": token}, timeout=300)
+
+        out = cli("segment", str(tmp_path / "cells.png"), "--point", "40,40", "-g", "0.4", "-o",
+                  str(tmp_path / "remote.tif"), "--server", url)
+        assert out.returncode == 0, out.stderr
+        session = ImageSession(tiny_model)
+        session.set_image(image)
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "remote.tif").astype(bool),
+                                      session.predict(POINTS, LABELS, 0.4).mask)
+        out = cli("sweep", str(tmp_path / "cells.png"), "--point", "40,40", "--granularities", "0.2,0.9", "-o",
+                  str(tmp_path / "sweep.tif"), "--table", str(tmp_path / "sweep.csv"), "--server", url)
+        assert out.returncode == 0, out.stderr
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "sweep.tif").astype(bool),
+                                      session.sweep(POINTS, LABELS, [0.2, 0.9]).masks)
+        out = cli("segment", str(tmp_path / "cells.png"), "--point", "40,40", "-g", "0.4", "-o",
+                  str(tmp_path / "x.tif"), "--server", url, token="wrong")
+        assert out.returncode == 2 and "refused the token" in out.stderr and "Traceback" not in out.stderr
+        assert not (tmp_path / "x.tif").exists()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(60)
+    assert server.returncode == 0
+
+
+def test_serve_refuses_a_public_address_without_a_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "UNSAMV2_TOKEN"}
+    out = subprocess.run([sys.executable, "-m", "unsamv2_engine", "serve", "--host", "0.0.0.0", "--checkpoint",
+                          str(tmp_path / "none.pt")], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert out.returncode == 2 and "without a token" in out.stderr

@@ -191,6 +191,7 @@ class _ClientSession:
         self._busy = threading.Event()
         self._send_lock = threading.Lock()
         self._worker = threading.Thread(target=self._work, name="unsamv2-serve-session", daemon=True)
+        self._closed = False
 
     def run(self) -> None:
         """Read requests until the client leaves, is idle too long, or the connection breaks."""
@@ -234,6 +235,8 @@ class _ClientSession:
 
     def _work(self) -> None:
         while (request := self._requests.get()) is not None:
+            if self._closed:
+                continue  # the client is gone: what it left queued is dropped
             self._busy.set()
             try:
                 if isinstance(request, p.LoadModel):  # the operator chose the model: answer with it
@@ -262,10 +265,13 @@ class _ClientSession:
             pass
 
     def release(self) -> None:
-        """Stop the worker (after its current request) and free the session's memory."""
-        self.cancel_event.set()
+        """Stop the worker (a long job at its next batch) and free the session's memory."""
+        self._closed = True
         self._requests.put(None)
-        self._worker.join(60)
+        deadline = time.monotonic() + 120
+        while self._worker.is_alive() and time.monotonic() < deadline:
+            self.cancel_event.set()  # again and again: a job that was just starting clears the flag once
+            self._worker.join(0.1)
         self.service = None
         release_memory()
 
