@@ -259,6 +259,7 @@ class RemoteTransport:
         self._lock = threading.Lock()
         self._lost: str | None = None
         self._reader: threading.Thread | None = None
+        self._closing = False
 
     # ------------------------------------------------------------------ connecting
     def start(self, on_reply: Callback) -> None:
@@ -368,7 +369,8 @@ class RemoteTransport:
             try:
                 frame = self._conn.recv()
             except Exception as exc:  # noqa: BLE001 - ConnectionClosed, OSError: the server is gone
-                self._lose(self._loss_message(exc))
+                if not self._closing:  # closed by this client: what was still waiting is simply dropped
+                    self._lose(self._loss_message(exc))
                 return
             self.bytes_received += len(frame)
             try:
@@ -402,6 +404,7 @@ class RemoteTransport:
         with self._lock:
             if self._lost is None:
                 self._lost = message
+            message = self._lost
             pending, self._pending = sorted(self._pending), set()
         for rid in pending:
             self._fail(rid, message)
@@ -419,6 +422,7 @@ class RemoteTransport:
         return self._lost is None and self._conn is not None
 
     def close(self, timeout: float) -> None:
+        self._closing = True
         if self._conn is not None:
             with self._lock:
                 if self._lost is None:
