@@ -14,8 +14,9 @@ Builds a RANDOM-weight model (hiera-tiny by default; timings are the architectur
    both alike. Bytes per decode: the request and reply frames as sent (compressed).
 2. load: ``--clients`` clients (threads of this process, one WebSocket each) embed their own
    image and decode in a loop for ``--seconds``; failures are counted. The server's resident memory
-   (and GPU memory where nvidia-smi exists) is read before they connect, at the end of the load,
-   and after they disconnect and the server has closed their sessions.
+   (and GPU memory where nvidia-smi exists) is read at a cold start, after one client has come and
+   gone (the baseline: what a process keeps after its first use), at the end of the load, and
+   after the clients disconnect and the server has closed their sessions.
 
 Targets (issue 16): remote p50 <= 1.3x local p50; < 64 KiB per decode; no failures under load;
 memory back to baseline after the clients leave.
@@ -146,6 +147,14 @@ def main() -> None:
     # ---------------------------------------------------------------- 2. load: N clients for S seconds
     server, url = start_server(checkpoint, args.device, args.threads)
     time.sleep(1.0)
+    cold = {"rss_mib": rss_mib(server.pid), "gpu_mib": gpu_mib(server.pid)}
+    # one client comes and goes first: what the process keeps after a first use (allocator pools, kernel
+    # and primitive caches, thread pools) is the baseline the sessions' memory must return to
+    first = EngineClient(RemoteTransport(url))
+    first.call(p.SetImage("warm", image), timeout=900)
+    decode_times(first, "warm", point, 3, 0)
+    first.close()
+    time.sleep(3.0)
     baseline = {"rss_mib": rss_mib(server.pid), "gpu_mib": gpu_mib(server.pid)}
     counts, failures, errors = [0] * args.clients, [0] * args.clients, []
     ready = threading.Barrier(args.clients + 1)
@@ -203,7 +212,7 @@ def main() -> None:
         "load": {"clients": args.clients, "seconds": args.seconds, "embed_all_s": t_embed,
                  "decodes": sum(counts), "decodes_per_s": sum(counts) / args.seconds,
                  "failures": sum(failures), "errors": errors[:5],
-                 "memory": {"baseline": baseline, "under_load": loaded, "after": after}},
+                 "memory": {"cold": cold, "baseline": baseline, "under_load": loaded, "after": after}},
     }
     print(f"\n{results['model']}, image {results['image']}, {results['machine']}")
     print("| transport | p50 | p95 | decodes |\n|---|---|---|---|")
@@ -215,7 +224,8 @@ def main() -> None:
     mem = results["load"]["memory"]
     print(f"load: {args.clients} clients x {args.seconds:g} s: {sum(counts)} decodes "
           f"({sum(counts) / args.seconds:.1f}/s), {sum(failures)} failures; embedding all images took {t_embed:.1f} s")
-    print(f"server RSS: baseline {mem['baseline']['rss_mib']:.0f} MiB, under load {mem['under_load']['rss_mib']:.0f} "
+    print(f"server RSS: cold start {mem['cold']['rss_mib']:.0f} MiB, after one client came and went (baseline) "
+          f"{mem['baseline']['rss_mib']:.0f} MiB, under load {mem['under_load']['rss_mib']:.0f} "
           f"MiB, after the clients left {mem['after']['rss_mib']:.0f} MiB; GPU: {mem['baseline']['gpu_mib']} / "
           f"{mem['under_load']['gpu_mib']} / {mem['after']['gpu_mib']} MiB")
     for e in errors[:5]:
