@@ -109,6 +109,7 @@ def test_protocol_and_client_import_without_torch():
         from unsamv2_engine import protocol as p, wire
         from unsamv2_engine.client import EngineClient, RemoteTransport
         import unsamv2_engine.remote_cli, unsamv2_engine.serve_cli, unsamv2_engine.cli
+        import napari_unsamv2._widget, napari_unsamv2._reader, napari_unsamv2._writer  # the plugin side
         msg = wire.decode(wire.encode(p.Predict("k", np.zeros((1, 2)), np.ones(1, np.int64), 0.5)))
         assert msg.granularity == 0.5
         print("torch-free ok")
