@@ -5,7 +5,7 @@
 # granularities from one click, into a multi-page label TIFF.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=pyqt6 bash scripts/setup.sh
+EXTRAS=all bash scripts/setup.sh
 if [ "${1:-}" != "--cli" ]; then
   if [ -n "${CHECKPOINT:-}" ]; then
     exec .venv/bin/unsamv2 napari --sample cells --checkpoint "$CHECKPOINT"

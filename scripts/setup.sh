@@ -4,7 +4,7 @@
 #   1. torch first, so nothing later swaps in a CUDA build;
 #   2. sam2 from its sdist without build isolation and without the CUDA extension;
 #   3. torchvision pinned to the build matching torch (sam2 requires it; our engine never imports it);
-#   4. this package with its test and Qt extras.
+#   4. this package with its extras: dev = all (engine, napari, pyqt6) + test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -31,6 +31,8 @@ OBJECTS_LAYER = "UnSAMv2 objects"
 DIAL_STEPS = 90  # slider 10..100 -> g 0.10..1.00
 NUDGE = 0.05
 CHECKPOINT_CHOICE = "checkpoint file…"
+LOCAL_ENGINE = "this computer"
+SERVER_ENGINE = "server"
 KEYS = {"granularity_up": ".", "granularity_down": ",", "commit": "Shift-Enter", "clear": "Shift-Backspace",
         "toggle_polarity": "n"}
 
@@ -76,6 +78,17 @@ class UnSAMv2Widget(QWidget):
 
         model_box = QGroupBox("Model")
         form = QFormLayout(model_box)
+        self.engine_combo = QComboBox()
+        self.engine_combo.addItems([LOCAL_ENGINE, SERVER_ENGINE])
+        self.engine_combo.setToolTip("where the model runs: here, or on an 'unsamv2 serve' GPU server")
+        form.addRow("engine", self.engine_combo)
+        self.server_edit = QLineEdit(os.environ.get("UNSAMV2_SERVER", ""))
+        self.server_edit.setPlaceholderText("ws://gpu-box:8765")
+        form.addRow("server URL", self.server_edit)
+        self.token_edit = QLineEdit(os.environ.get("UNSAMV2_TOKEN", ""))
+        self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token_edit.setPlaceholderText("the server's token (UNSAMV2_TOKEN)")
+        form.addRow("token", self.token_edit)
         self.model_combo = QComboBox()
         self.model_combo.addItems(list(REGISTRY) + [CHECKPOINT_CHOICE])
         self.model_combo.setCurrentText(DEFAULT_MODEL)
@@ -179,14 +192,38 @@ class UnSAMv2Widget(QWidget):
         layout.addWidget(self.propagate_panel)
         layout.addStretch(1)
         self.model_combo.currentTextChanged.connect(self._on_model_choice)
-        self._on_model_choice(self.model_combo.currentText())
+        self.engine_combo.currentTextChanged.connect(self._on_engine_choice)
+        if self.server_edit.text():
+            self.engine_combo.setCurrentText(SERVER_ENGINE)
+        self._show_engine_choice(self.engine_combo.currentText())
 
     def _path_row(self, form: QFormLayout, name: str, placeholder: str) -> QLineEdit:
         return path_row(form, name, placeholder, lambda: QFileDialog.getOpenFileName(
             self, f"Choose {name}", "", "PyTorch checkpoints (*.pt *.pth)")[0])
 
     def _on_model_choice(self, text: str) -> None:
-        self.checkpoint_edit.setEnabled(text == CHECKPOINT_CHOICE)
+        self.checkpoint_edit.setEnabled(text == CHECKPOINT_CHOICE and not self.uses_server)
+
+    @property
+    def uses_server(self) -> bool:
+        return self.engine_combo.currentText() == SERVER_ENGINE
+
+    def _on_engine_choice(self, text: str) -> None:
+        """Another engine from now on: the running one (and its model) is closed."""
+        self._show_engine_choice(text)
+        if self._engine is not None:
+            self.close_engine()
+            self.status_label.setText("no model loaded")
+
+    def _show_engine_choice(self, text: str) -> None:
+        """Server: URL and token rows on, model rows off (the server's operator chose the model)."""
+        server = text == SERVER_ENGINE
+        for widget in (self.server_edit, self.token_edit):
+            widget.setEnabled(server)
+        for widget in (self.model_combo, self.adapter_edit, self.device_combo, self.download_check):
+            widget.setEnabled(not server)
+        self._on_model_choice(self.model_combo.currentText())
+        self.load_button.setText("Connect to server" if server else "Load model")
 
     # ================================================================== viewer wiring
     def _connect_viewer(self) -> None:
@@ -235,11 +272,33 @@ class UnSAMv2Widget(QWidget):
     @property
     def engine(self):
         if self._engine is None:
-            from unsamv2_engine.client import EngineClient, ProcessTransport, ThreadTransport
-
-            mode = os.environ.get("UNSAMV2_ENGINE", "process")
-            self._engine = EngineClient(ThreadTransport() if mode == "thread" else ProcessTransport())
+            self._engine = self._start_engine()
         return self._engine
+
+    def _start_engine(self):
+        """An engine client: on the server of the URL field, or local (a process; ``UNSAMV2_ENGINE=thread``:
+        a worker thread). Raises RemoteEngineError / RuntimeError with a message for the user."""
+        import importlib.util
+
+        from unsamv2_engine.client import EngineClient, ProcessTransport, RemoteTransport, ThreadTransport
+
+        if self.uses_server:
+            url = self.server_edit.text().strip()
+            if not url:
+                raise RuntimeError("give the server's URL (e.g. ws://gpu-box:8765), or choose 'this computer'")
+            return EngineClient(RemoteTransport(url, self.token_edit.text().strip() or None))
+        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("sam2") is None:
+            raise RuntimeError("torch and sam2 are not installed on this computer (light install): choose the "
+                               "'server' engine and give the URL of an 'unsamv2 serve' machine, or install the "
+                               "engine here with pip install 'napari-unsamv2[engine]'")
+        mode = os.environ.get("UNSAMV2_ENGINE", "process")
+        return EngineClient(ThreadTransport() if mode == "thread" else ProcessTransport())
+
+    @property
+    def engine_location(self) -> str:
+        """Where the engine runs (status line): ``this computer`` or ``server ws://..., cuda:0``."""
+        transport = getattr(self._engine, "_transport", None)
+        return getattr(transport, "where", LOCAL_ENGINE)
 
     def _submit(self, request, purpose: str) -> None:
         self._pending[request.request_id] = purpose
@@ -259,7 +318,17 @@ class UnSAMv2Widget(QWidget):
         self._model_ready = False
         self._embedded_key = self._embedding_key = None
         self.propagate_panel.forget_stack()
-        self._busy(f"loading {checkpoint or choice}…")
+        if self._engine is not None and not getattr(getattr(self._engine, "_transport", None), "connected", True):
+            self.close_engine()  # the connection was lost: this press reconnects
+        try:
+            self.engine
+        except Exception as exc:  # noqa: BLE001 - RemoteEngineError, missing torch: the message says what to do
+            self._engine = None
+            self._idle(f"error: {exc}")
+            self._notify(str(exc), "error")
+            return
+        self._busy(f"connecting to {self.server_edit.text().strip()}…" if self.uses_server else
+                   f"loading {checkpoint or choice}…")
         self._submit(request, "load")
 
     def _finetune_base(self) -> tuple[str | None, str]:
@@ -341,8 +410,8 @@ class UnSAMv2Widget(QWidget):
             return
         xy, labels, _ = prompt
         self._submit(p.Predict(self._embedded_key, xy, labels, self.granularity,
-                               mask_threshold=self.threshold_spin.value(), m2m=self.m2m_check.isChecked()),
-                     "preview")
+                               mask_threshold=self.threshold_spin.value(), m2m=self.m2m_check.isChecked(),
+                               want_logits=False), "preview")
 
     # ================================================================== replies (GUI thread)
     def _on_reply(self, reply) -> None:
@@ -365,6 +434,8 @@ class UnSAMv2Widget(QWidget):
             return
         purpose = self._pending.pop(reply.request_id, None)
         if isinstance(reply, p.Failure):
+            if reply.kind == "ConnectionLost":
+                self._connection_lost(reply)
             self._idle(f"error: {reply.message}" if purpose == "load" else None)
             if purpose == PROPAGATE:
                 self.propagate_panel.job_failed(reply)
@@ -381,7 +452,7 @@ class UnSAMv2Widget(QWidget):
         elif isinstance(reply, p.ModelLoaded):
             self._model_ready = True
             grain = "granularity module" if reply.has_granularity else "plain SAM 2.1: the dial picks among 3 masks"
-            self._idle(f"{reply.label} on {reply.device} ({grain})")
+            self._idle(f"{reply.label} on {reply.device} ({grain}); engine: {self.engine_location}")
             self.model_loaded.emit(reply)
             self._ensure_embedding()
         elif isinstance(reply, p.ImageEmbedded):
@@ -694,6 +765,15 @@ class UnSAMv2Widget(QWidget):
         self.restart_button.setVisible(False)
         self.close_engine()
         self.load_model()
+    def _connection_lost(self, reply) -> None:
+        """The server went away: forget what it held; the next press of the button reconnects."""
+        if not self._model_ready and self._engine is None:
+            return
+        self._model_ready = False
+        self._embedded_key = self._embedding_key = None
+        self.propagate_panel.forget_stack()
+        self._job_done(f"error: {reply.message}")
+        self.status_label.setText(f"{reply.message} — press '{self.load_button.text()}' to reconnect")
 
     def close_engine(self) -> None:
         self.finetune_panel.cancel()  # a run outlives no widget; it keeps its checkpoint for --resume

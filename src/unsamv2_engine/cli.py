@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_engine_version()}")
     _allow_negative_values(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    inference = [_add_prompt_options, _add_model_options, _add_common_options]
+    inference = [_add_prompt_options, _add_model_options, _add_server_option, _add_common_options]
     _add_segment(sub, inference)
     _add_sweep(sub, inference)
     from unsamv2_engine.automatic.cli import add_parser as add_automatic  # auto, hierarchy; standard library only
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     from unsamv2_engine.pseudo.cli import add_parser as add_pseudo_label  # standard library only
 
     add_pseudo_label(sub, _add_model_options, _add_common_options)
+    from unsamv2_engine.serve_cli import add_parser as add_serve  # standard library only
+
+    add_serve(sub, _add_model_options, _add_common_options)
     return parser
 
 
@@ -227,6 +230,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="where to run: auto = cuda, then mps, then cpu; cuda:N picks a GPU (default: auto)")
     group.add_argument("--download", action="store_true",
                        help="download the --model if it is not in the cache yet (needs network)")
+
+
+def _add_server_option(parser: argparse.ArgumentParser) -> None:
+    """``--server URL``: run the command on an ``unsamv2 serve`` engine (token from UNSAMV2_TOKEN)."""
+    group = parser.add_argument_group("remote engine")
+    group.add_argument("--server", metavar="URL",
+                       help="compute on an 'unsamv2 serve' engine, e.g. ws://gpu-box:8765 (its token from the "
+                            "UNSAMV2_TOKEN variable; the server's model and device are used)")
 
 
 def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
@@ -651,6 +662,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     granularity = check_granularity(args.granularity)
     check_mask_threshold(args.mask_threshold)
     check_command_outputs(args, {"-o": args.output, "--json": args.json})
+    if args.server:
+        from unsamv2_engine import remote_cli
+
+        return remote_cli.segment(args, granularity)
     run = _prepare(args)
     _say(args, f"decoding at granularity {granularity:g} ...")
     pred, decode_s = _timed(lambda: run.session.predict(run.points, run.labels, granularity, m2m=args.m2m),
@@ -683,6 +698,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     granularities = check_granularities(args.granularities)
     check_mask_threshold(args.mask_threshold)
     check_command_outputs(args, {"-o": args.output, "--table": args.table, "--json": args.json})
+    if args.server:
+        from unsamv2_engine import remote_cli
+
+        return remote_cli.sweep(args, granularities)
     run = _prepare(args)
     _say(args, f"decoding {len(granularities)} granularities ...")
     sweep, decode_s = _timed(lambda: run.session.sweep(run.points, run.labels, granularities, m2m=args.m2m),

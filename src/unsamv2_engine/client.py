@@ -258,3 +258,234 @@ class ProcessTransport:
         if self._reader is not None:
             self._reader.join(timeout)
         self._conn.close()
+
+
+class RemoteEngineError(ConnectionError):
+    """The engine server cannot be used: not reachable, token refused, versions differ (the message says
+    what to do)."""
+
+
+class _RemoteCancel:
+    """``cancel_event`` of a remote engine: ``set()`` sends a Cancel message (it is handled at once, even
+    while the client's job runs)."""
+
+    def __init__(self, transport: RemoteTransport) -> None:
+        self._transport = transport
+
+    def set(self) -> None:
+        from unsamv2_engine import wire
+
+        self._transport.send_control(wire.Cancel())
+
+
+class RemoteTransport:
+    """The engine on an ``unsamv2 serve`` server (``ws://host:port``, or ``wss://`` behind a TLS proxy).
+
+    token: sent as ``Authorization: Bearer TOKEN`` (default: the ``UNSAMV2_TOKEN`` variable). ``start``
+    connects and shakes hands; it raises :class:`RemoteEngineError` with a message for the user when
+    the server is not there, refuses the token, or runs another protocol version. Afterwards a lost
+    connection (server stopped or restarted, network cut: noticed by keepalive pings within
+    ``ping_timeout`` s) answers every request still waiting with a Failure of kind ``ConnectionLost``,
+    and later requests get the same at once: nothing waits forever. :attr:`welcome` holds the server's
+    version, device, model and limits.
+    """
+
+    def __init__(self, url: str, token: str | None = None, *, open_timeout: float = 10.0,
+                 ping_interval: float = 10.0, ping_timeout: float = 20.0) -> None:
+        import os
+
+        if not url.startswith(("ws://", "wss://")):
+            raise RemoteEngineError(f"server URL {url!r} must start with ws:// (or wss:// behind a TLS proxy), "
+                                    "e.g. ws://gpu-box:8765")
+        self.url = url
+        self.token = token if token is not None else os.environ.get("UNSAMV2_TOKEN") or None
+        self.open_timeout, self.ping_interval, self.ping_timeout = open_timeout, ping_interval, ping_timeout
+        self.cancel_event = _RemoteCancel(self)
+        self.welcome = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._conn = None
+        self._on_reply: Callback | None = None
+        self._pending: set[int] = set()
+        self._lock = threading.Lock()
+        self._lost: str | None = None
+        self._reader: threading.Thread | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ connecting
+    def start(self, on_reply: Callback) -> None:
+        import inspect
+        from urllib.parse import urlsplit
+
+        from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+        from websockets.sync.client import connect
+
+        from unsamv2_engine import __version__, wire
+
+        self._on_reply = on_reply
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        host = urlsplit(self.url).hostname or ""
+        local = host in ("localhost", "127.0.0.1", "::1")
+        options = {"proxy": None} if local else {}
+        if "legacy" in inspect.signature(connect).parameters:  # websockets >= 17: a plain connection, no `with`
+            options["legacy"] = True
+        try:
+            self._conn = connect(self.url, additional_headers=headers, compression=None, max_size=None,
+                                 open_timeout=self.open_timeout, ping_interval=self.ping_interval,
+                                 ping_timeout=self.ping_timeout, close_timeout=2, **options)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status == 401:
+                raise RemoteEngineError(
+                    f"the engine server at {self.url} refused the token ("
+                    f"{'none was given' if not self.token else 'wrong token'}): set UNSAMV2_TOKEN (CLI) or the "
+                    "widget's token field to the token the server was started with") from None
+            raise RemoteEngineError(f"the engine server at {self.url} answered HTTP {status}: is it an unsamv2 "
+                                    "server ('unsamv2 serve')?") from None
+        except InvalidURI as exc:
+            raise RemoteEngineError(f"bad server URL {self.url!r}: {exc}") from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise RemoteEngineError(
+                f"no engine server answers at {self.url} ({_reason(exc)}): start one on the GPU machine with "
+                "'unsamv2 serve' and check the address, the port and any SSH tunnel") from None
+        try:
+            self._conn.send(wire.encode(wire.Hello(wire.PROTOCOL_VERSION, __version__)))
+            answer = wire.decode(self._conn.recv(timeout=self.open_timeout))
+        except Exception as exc:  # noqa: BLE001
+            self._conn.close()
+            raise RemoteEngineError(f"the engine server at {self.url} did not complete the handshake "
+                                    f"({_reason(exc)})") from None
+        if isinstance(answer, wire.Refused):
+            self._conn.close()
+            raise RemoteEngineError(f"the engine server at {self.url} refused this client: {answer.message}")
+        if not isinstance(answer, wire.Welcome):
+            self._conn.close()
+            raise RemoteEngineError(f"{self.url} is not an unsamv2 engine server (it answered "
+                                    f"{type(answer).__name__})")
+        self.welcome = answer
+        self._reader = threading.Thread(target=self._read, name="unsamv2-remote-replies", daemon=True)
+        self._reader.start()
+
+    @property
+    def where(self) -> str:
+        """``server ws://host:port, cuda:0`` (for status lines)."""
+        device = self.welcome.device if self.welcome is not None else "?"
+        return f"server {self.url}, {device}"
+
+    # ------------------------------------------------------------------ traffic
+    def send(self, request: p.Request) -> None:
+        from unsamv2_engine import wire
+
+        if isinstance(request, p.Shutdown):
+            self._fail(request.request_id, "Stopped")
+            return
+        with self._lock:
+            lost = self._lost
+            if lost is None:
+                self._pending.add(request.request_id)
+        if lost is not None:
+            self._fail(request.request_id, lost)
+            return
+        try:
+            frame = wire.encode(request)
+        except wire.WireError as exc:
+            self._fail(request.request_id, str(exc), kind="RequestRefused")
+            return
+        limit = self.welcome.limits.get("max_frame_bytes") if self.welcome else None
+        if limit is not None and len(frame) > limit:
+            self._fail(request.request_id, f"request too large: {len(frame) / 2**20:.1f} MiB compressed, the server "
+                                           f"accepts frames of at most {limit / 2**20:.1f} MiB (crop or downsample "
+                                           "the image, or raise the server's --max-frame-mb)", kind="RequestRefused")
+            return
+        try:
+            self._conn.send(frame)
+            self.bytes_sent += len(frame)
+        except Exception as exc:  # noqa: BLE001 - the reader thread reports the loss for the others
+            self._fail(request.request_id, self._loss_message(exc))
+
+    def send_control(self, message) -> None:
+        """A control message (Cancel) without a reply; dropped if the connection is gone."""
+        from unsamv2_engine import wire
+
+        if self._lost is None and self._conn is not None:
+            try:
+                self._conn.send(wire.encode(message))
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _read(self) -> None:
+        from unsamv2_engine import wire
+
+        while True:
+            try:
+                frame = self._conn.recv()
+            except Exception as exc:  # noqa: BLE001 - ConnectionClosed, OSError: the server is gone
+                if not self._closing:  # closed by this client: what was still waiting is simply dropped
+                    self._lose(self._loss_message(exc))
+                return
+            self.bytes_received += len(frame)
+            try:
+                reply = wire.decode(frame)
+            except wire.WireError as exc:
+                log.error("undecodable reply from %s: %s", self.url, exc)
+                continue
+            if isinstance(reply, _FINAL):
+                with self._lock:
+                    self._pending.discard(reply.request_id)
+            self._on_reply(reply)
+
+    def _loss_message(self, exc: BaseException) -> str:
+        from websockets.exceptions import ConnectionClosed
+
+        from unsamv2_engine import remote_server as rs
+
+        code = getattr(getattr(exc, "rcvd", None), "code", None) if isinstance(exc, ConnectionClosed) else None
+        reason = getattr(getattr(exc, "rcvd", None), "reason", "") if code is not None else ""
+        if code == rs.CLOSE_IDLE:
+            return f"the engine server at {self.url} closed this idle session ({reason})"
+        if code == rs.CLOSE_SHUTDOWN:
+            return f"the engine server at {self.url} was shut down; reconnect when it is back"
+        if code == 1009:
+            return (f"the engine server at {self.url} refused a message larger than its frame limit and closed the "
+                    "connection: use a smaller image, or raise the server's --max-frame-mb")
+        return (f"lost the connection to the engine server at {self.url} ({_reason(exc)}): the server stopped or "
+                "restarted, or the network is cut; its embeddings are gone, reconnect (load the model again)")
+
+    def _lose(self, message: str) -> None:
+        with self._lock:
+            if self._lost is None:
+                self._lost = message
+            message = self._lost
+            pending, self._pending = sorted(self._pending), set()
+        for rid in pending:
+            self._fail(rid, message)
+
+    def _fail(self, request_id: int, message: str, kind: str = "ConnectionLost") -> None:
+        if message == "Stopped":
+            self._on_reply(p.Stopped(request_id))
+            return
+        with self._lock:
+            self._pending.discard(request_id)
+        self._on_reply(p.Failure(request_id, kind, message, True))
+
+    @property
+    def connected(self) -> bool:
+        return self._lost is None and self._conn is not None
+
+    def close(self, timeout: float) -> None:
+        self._closing = True
+        if self._conn is not None:
+            with self._lock:
+                if self._lost is None:
+                    self._lost = f"the connection to {self.url} was closed by this client"
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self._reader is not None:
+            self._reader.join(timeout)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -6,7 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from unsamv2_engine.model.granularity import GRANULARITY_MAX, GRANULARITY_MIN
+#: The granularity range of the model (the paper's [0.1, 1]); here, not in model/, so that prompts are
+#: validated without torch (the light install's CLI with --server).
+GRANULARITY_MIN = 0.1
+GRANULARITY_MAX = 1.0
 
 
 from unsamv2_engine.errors import PromptError  # noqa: E402 - re-exported: prompts.PromptError

@@ -132,7 +132,8 @@ class EngineService:
         start = time.perf_counter()
         pred = session.predict(request.points_xy, request.labels, request.granularity, m2m=request.m2m,
                                mask_input=request.mask_input, mask_threshold=request.mask_threshold)
-        return p.Decoded(request.request_id, request.image_key, pred.mask, pred.low_res_logits, pred.score,
+        logits = pred.low_res_logits if request.want_logits else None
+        return p.Decoded(request.request_id, request.image_key, pred.mask, logits, pred.score,
                          pred.granularity, time.perf_counter() - start)
 
     def _sweep(self, request: p.SweepRequest) -> p.SweepDecoded:

@@ -13,8 +13,7 @@ import torch
 from sam2.modeling.sam2_utils import MLP
 from torch import nn
 
-GRANULARITY_MIN = 0.1
-GRANULARITY_MAX = 1.0
+from unsamv2_engine.prompts import GRANULARITY_MAX, GRANULARITY_MIN  # noqa: E402,F401 (torch-free home)
 
 
 class FourierFeatures(nn.Module):
