@@ -20,6 +20,7 @@ import json
 import os
 import re
 import threading
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -34,6 +35,7 @@ from unsamv2_engine.pseudo.backbones import Backbone, make_backbone
 from unsamv2_engine.pseudo.conquer import conquer_instance, resize_rgb
 from unsamv2_engine.pseudo.divide import maskcut, model_masks, split_instances
 from unsamv2_engine.pseudo.merging import upsample_mask
+from unsamv2_engine.pseudo.pixel import NothingToLabel
 
 if TYPE_CHECKING:
     from unsamv2_engine.model.build import UnSAMv2Model
@@ -52,6 +54,14 @@ class PseudoLabelSettings:
 
     Bounded memory: ``max_side`` (px) -- a larger image is downscaled to this long side for divide and
     conquer; masks are scaled back to full resolution when written.
+    ``proposals``: ``"pixel"`` (default) the pixel-accurate pipeline of :mod:`.pixel` (classical
+    instance proposals + MaskCut and model masks snapped to superpixels, superpixel conquer);
+    ``"maskcut"`` the patch-grid pipeline (MaskCut instances, patch merging), kept for comparison.
+    Pixel pipeline only: ``superpixel_size`` (px per SLIC superpixel), ``min_instance_area`` (px,
+    replaces the 5 % ``min_instance_fraction`` of natural images: a cell is 0.5 % of a microscopy
+    image), ``maskcut_instances`` normalized cuts added to the classical proposals, ``contrast_k``
+    (noise standard errors a mask must stand out from its surroundings by) and ``inner_contrast``
+    (how clearly an inner part stands out in its container, see :func:`.classical.classical_proposals`).
     Divide: ``divide_size`` (px) long side of the image given to the backbone for the normalized
     cuts (MaskCut's 480); ``max_instances`` cuts per image; ``affinity_tau`` cosine threshold of the
     affinity graph; ``min_instance_patches`` smallest cut kept; ``contain_thresh`` (0.8) and
@@ -65,6 +75,7 @@ class PseudoLabelSettings:
     """
 
     max_side: int = 1024
+    proposals: str = "pixel"
     divide_size: int = 480
     max_instances: int = 8
     affinity_tau: float = 0.15
@@ -82,6 +93,11 @@ class PseudoLabelSettings:
     min_part_area: int = 16
     nms_iou: float = 0.8
     nms_step: int = 5
+    superpixel_size: float = 30.0
+    min_instance_area: int = 64
+    maskcut_instances: int = 3
+    contrast_k: float = 4.0
+    inner_contrast: float = 3.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "thetas", tuple(float(t) for t in self.thetas))
@@ -93,6 +109,16 @@ class PseudoLabelSettings:
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting out of range."""
+        if self.proposals not in ("pixel", "maskcut"):
+            raise ValueError(f"proposals must be 'pixel' or 'maskcut', got {self.proposals!r}")
+        if self.superpixel_size < 4:
+            raise ValueError(f"superpixel_size must be at least 4 pixels, got {self.superpixel_size}")
+        for name in ("min_instance_area", "maskcut_instances"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("contrast_k", "inner_contrast"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_side", "divide_size", "local_size"):
             if getattr(self, name) < 32:
                 raise ValueError(f"{name} must be at least 32 pixels, got {getattr(self, name)}")
@@ -195,17 +221,16 @@ def pseudo_label_image(image: np.ndarray, backbone: Backbone, *, model: UnSAMv2M
     rgb = _as_rgb8(image)
     full_h, full_w = rgb.shape[:2]
     work = _work_image(rgb, s.max_side)
-    masks, sources = divide_proposals(work, backbone, model=model, settings=s)
-    instances = split_instances(masks, sources=sources, contain_thresh=s.contain_thresh,
-                                min_instance_fraction=s.min_instance_fraction, duplicate_iou=s.duplicate_iou)
+    try:
+        trees = _hierarchies(work, backbone, model, s)
+    except NothingToLabel as exc:
+        warnings.warn(f"no pseudo-labels: {exc}", NothingToLabelWarning, stacklevel=2)
+        return []
     annotations: list[dict[str, Any]] = []
     next_id = int(first_id)
-    for instance_id, inst in enumerate(instances):
-        parts = conquer_instance(work, inst.mask, backbone, divide_parts=inst.parts, local_size=s.local_size,
-                                 thetas=s.thetas, min_size=s.min_size, coverage_thresh=s.coverage_thresh,
-                                 nms_iou=s.nms_iou, nms_step=s.nms_step, min_part_area=s.min_part_area)
-        hierarchy = [p.mask for p in parts] + [inst.mask]
-        flags = [p.is_conquer for p in parts] + [False]
+    for instance_id, (instance_mask, parts) in enumerate(trees):
+        hierarchy = [m for m, _ in parts] + [instance_mask]
+        flags = [c for _, c in parts] + [False]
         if work.shape[:2] != (full_h, full_w):
             hierarchy = [upsample_mask(m, (full_h, full_w)) for m in hierarchy]
         areas = [int(np.count_nonzero(m)) for m in hierarchy]
@@ -220,6 +245,35 @@ def pseudo_label_image(image: np.ndarray, backbone: Backbone, *, model: UnSAMv2M
                 is_conquer=bool(conquer)))
             next_id += 1
     return annotations
+
+
+class NothingToLabelWarning(UserWarning):
+    """Warned when an image is blank, constant or pure noise and gets no pseudo-labels."""
+
+
+def _hierarchies(work: np.ndarray, backbone: Backbone, model: UnSAMv2Model | None, s: PseudoLabelSettings
+                 ) -> list[tuple[np.ndarray, list[tuple[np.ndarray, bool]]]]:
+    """``[(instance mask, [(part mask, is_conquer), ...]), ...]`` of the working image, by ``s.proposals``.
+
+    Raises NothingToLabel for a blank, constant or pure-noise image (both pipelines)."""
+    from unsamv2_engine.pseudo.classical import object_channel, signal_check
+    from unsamv2_engine.pseudo.pixel import pixel_hierarchies
+
+    if s.proposals == "pixel":
+        return [(t.instance, t.parts) for t in pixel_hierarchies(work, backbone, s, model=model)]
+    report = signal_check(object_channel(work)[0])
+    if not report.ok:
+        raise NothingToLabel(report.reason)
+    masks, sources = divide_proposals(work, backbone, model=model, settings=s)
+    instances = split_instances(masks, sources=sources, contain_thresh=s.contain_thresh,
+                                min_instance_fraction=s.min_instance_fraction, duplicate_iou=s.duplicate_iou)
+    out = []
+    for inst in instances:
+        parts = conquer_instance(work, inst.mask, backbone, divide_parts=inst.parts, local_size=s.local_size,
+                                 thetas=s.thetas, min_size=s.min_size, coverage_thresh=s.coverage_thresh,
+                                 nms_iou=s.nms_iou, nms_step=s.nms_step, min_part_area=s.min_part_area)
+        out.append((inst.mask, [(p.mask, p.is_conquer) for p in parts]))
+    return out
 
 
 def image_id_for(name: str) -> int:
