@@ -89,8 +89,21 @@ def pixel_hierarchies(rgb: np.ndarray, backbone: Backbone, settings: Any, *, mod
     for inst in instances:
         new = conquer_superpixels(f, inst.mask, labels, known=inst.parts, thetas=s.thetas, noise=sigma,
                                   min_part_area=s.min_part_area)
-        new = [new[k] for k in windowed_mask_nms(new, s.nms_iou, s.nms_step)]
         candidates = [(m, True) for m in new] + [(np.asarray(m, bool), False) for m in inst.parts]
-        kept = protected_nms(inst.mask, [c[0] for c in candidates], s.nms_iou, s.nms_step)
+        sl = _union_box([inst.mask] + [c[0] for c in candidates])  # NMS on the crop: same IoUs, less work
+        local_new = [m[sl] for m in new]
+        new_kept = windowed_mask_nms(local_new, s.nms_iou, s.nms_step)
+        candidates = [candidates[k] for k in new_kept] + candidates[len(new):]
+        kept = protected_nms(inst.mask[sl], [c[0][sl] for c in candidates], s.nms_iou, s.nms_step)
         out.append(Hierarchy(inst.mask, [candidates[k] for k in kept]))
     return out
+
+
+def _union_box(masks: list[np.ndarray]) -> tuple[slice, slice]:
+    """The bounding box of the union of bool ``[H, W]`` masks, as slices."""
+    union = np.zeros(masks[0].shape, bool)
+    for m in masks:
+        union |= m
+    rows = np.flatnonzero(union.any(axis=1))
+    cols = np.flatnonzero(union.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
