@@ -40,12 +40,15 @@ from unsamv2_engine.pseudo.pixel import NothingToLabel
 if TYPE_CHECKING:
     from unsamv2_engine.model.build import UnSAMv2Model
 
-__all__ = ["IMAGE_SUFFIXES", "PseudoLabelSettings", "PseudoLabelSummary", "image_id_for", "pseudo_label_document",
-           "pseudo_label_folder", "pseudo_label_image"]
+__all__ = ["IMAGE_SUFFIXES", "NothingToLabelWarning", "PseudoLabelSettings", "PseudoLabelSummary",
+           "SettingsMismatchError", "existing_state", "image_id_for", "pseudo_label_document", "pseudo_label_folder",
+           "pseudo_label_image"]
 
 #: Files a folder run reads (case-insensitive).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 REFINEMENT_NOTE = "no CascadePSP refinement (its weights are not available to this engine)"
+PIXEL_REFINEMENT_NOTE = ("no CascadePSP (no weights); MaskCut and model masks snapped to SLIC superpixels, "
+                         "classical proposals and superpixel parts are pixel-accurate")
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class PseudoLabelSummary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     n_masks: int = 0
+    empty: dict[str, str] = field(default_factory=dict)  # name -> why it got no masks (blank, constant, noise)
     cancelled: bool = False
     out_dir: str = ""
 
@@ -322,17 +326,44 @@ def _engine_version() -> str:
     return __version__
 
 
+def recipe_of(info: dict[str, Any]) -> dict[str, Any]:
+    """The part of a JSON ``info`` that decides the masks: backbone, model, proposals, settings."""
+    return {k: info.get(k) for k in ("backbone", "model", "proposals", "settings")}
+
+
+def existing_state(target: Path, info: dict[str, Any]) -> str:
+    """``"missing"``, ``"unreadable"`` (truncated, not JSON, not a pseudo-label file), ``"other-settings"``
+    (made with another backbone, model or settings) or ``"done"`` (made with these)."""
+    if not target.exists():
+        return "missing"
+    try:
+        document = json.loads(target.read_text(encoding="utf-8"))
+        old = document["info"]
+        if not isinstance(document["annotations"], list) or not isinstance(old, dict):
+            return "unreadable"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable"
+    return "done" if recipe_of(old) == recipe_of(json.loads(json.dumps(info))) else "other-settings"
+
+
+class SettingsMismatchError(ValueError):
+    """The output folder holds pseudo-labels made with other settings (re-run with ``overwrite=True``)."""
+
+
 def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                         model: UnSAMv2Model | None = None, backbone: str | None = None,
                         dino_weights: str | os.PathLike | None = None,
                         settings: PseudoLabelSettings | None = None, overlays: bool = True,
                         progress: Callable[[int, int, str], None] | None = None,
-                        cancel: threading.Event | None = None) -> PseudoLabelSummary:
+                        cancel: threading.Event | None = None, overwrite: bool = False) -> PseudoLabelSummary:
     """Pseudo-label every image of ``images_dir`` (``.tif .tiff .png .jpg .jpeg .bmp``, sorted by name).
 
     Writes ``<out_dir>/<image stem>.json`` (§5.4) and, with ``overlays``, ``<out_dir>/overlays/<stem>.png``,
     each atomically (temporary file + rename), so an interrupted run never leaves a partial file. An
-    image whose JSON exists is skipped (the run resumes). An image that cannot be read or used
+    image whose JSON exists and was made with the same backbone, model, proposals and settings
+    (recorded in its ``info``) is skipped (the run resumes); a truncated or unreadable JSON is re-done.
+    JSONs made with other settings are refused (:class:`SettingsMismatchError`, before any work)
+    unless ``overwrite``, which re-does them. An image that cannot be read or used
     (corrupt file, a stack, too small) is recorded in ``failed`` with the reason and the run goes on.
     ``backbone=None`` is ``"sam2"`` with a model, else ``"classical"``. ``progress(done, total, name)``
     is called after each image; ``cancel`` is checked before each image (the summary then has
@@ -341,6 +372,7 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
     Raises:
         NotADirectoryError / FileNotFoundError: ``images_dir`` is not a folder.
         ValueError: no images in it, two images with the same stem, or a bad backbone/setting.
+        SettingsMismatchError: some JSONs were made with other settings and ``overwrite`` is False.
     """
     src = Path(images_dir)
     files = _list_images(src)
@@ -358,8 +390,15 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
             "engine_version": _engine_version(), "backbone": feature_backbone.name,
             "backbone_patch_size": int(feature_backbone.patch_size),
             "model": model.info.label if model is not None else None,
-            "proposals": "maskcut" + ("+model@g=%g" % s.model_granularity if model is not None else ""),
-            "refinement": REFINEMENT_NOTE, "settings": {**asdict(s), "thetas": list(s.thetas)}}
+            "proposals": _proposals_name(s, model),
+            "refinement": REFINEMENT_NOTE if s.proposals == "maskcut" else PIXEL_REFINEMENT_NOTE,
+            "settings": {**asdict(s), "thetas": list(s.thetas)}}
+    states = {p.name: existing_state(out / f"{p.stem}.json", info) for p in files}
+    stale = [name for name, state in states.items() if state == "other-settings"]
+    if stale and not overwrite:
+        raise SettingsMismatchError(
+            f"{len(stale)} pseudo-label file(s) in {out} were made with other settings (e.g. "
+            f"{Path(stale[0]).stem}.json); use another output folder, or overwrite them (--overwrite)")
     summary = PseudoLabelSummary(out_dir=str(out))
     total = len(files)
     for index, path in enumerate(files):
@@ -367,19 +406,26 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
             summary.cancelled = True
             break
         target = out / f"{path.stem}.json"
-        if target.exists():
+        if states[path.name] == "done":
             summary.skipped.append(path.name)
         else:
             try:
-                n = _label_one(path, target, feature_backbone, model, s, info, overlays)
+                n, empty_reason = _label_one(path, target, feature_backbone, model, s, info, overlays)
             except (OSError, ValueError, MemoryError) as exc:
                 summary.failed[path.name] = _reason(exc)
             else:
                 summary.done.append(path.name)
                 summary.n_masks += n
+                if empty_reason:
+                    summary.empty[path.name] = empty_reason
         if progress is not None:
             progress(index + 1, total, path.name)
     return summary
+
+
+def _proposals_name(s: PseudoLabelSettings, model: UnSAMv2Model | None) -> str:
+    base = "classical+maskcut" if s.proposals == "pixel" else "maskcut"
+    return base + ("+model@g=%g" % s.model_granularity if model is not None else "")
 
 
 def _reason(exc: BaseException) -> str:
@@ -389,13 +435,17 @@ def _reason(exc: BaseException) -> str:
 
 
 def _label_one(path: Path, target: Path, backbone: Backbone, model: UnSAMv2Model | None,
-               settings: PseudoLabelSettings, info: dict[str, Any], overlays: bool) -> int:
+               settings: PseudoLabelSettings, info: dict[str, Any], overlays: bool) -> tuple[int, str]:
+    """Label one file; (number of masks, why there are none or "")."""
     from unsamv2_engine.io import read_image
 
     image = read_image(path)
     rgb = _as_rgb8(image)
     image_id = image_id_for(path.name)
-    annotations = pseudo_label_image(rgb, backbone, model=model, settings=settings, image_id=image_id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NothingToLabelWarning)
+        annotations = pseudo_label_image(rgb, backbone, model=model, settings=settings, image_id=image_id)
+    empty = next((str(w.message) for w in caught if issubclass(w.category, NothingToLabelWarning)), "")
     document = pseudo_label_document(annotations, file_name=path.name, width=rgb.shape[1], height=rgb.shape[0],
                                      image_id=image_id, info={**info, "source_dtype": str(image.dtype)})
     if overlays:
@@ -403,4 +453,4 @@ def _label_one(path: Path, target: Path, backbone: Backbone, model: UnSAMv2Model
 
         _atomic_write_bytes(target.parent / "overlays" / f"{path.stem}.png", overlay_png_bytes(rgb, annotations))
     _atomic_write_bytes(target, json.dumps(document, separators=(",", ":")).encode("utf-8"))
-    return len(annotations)
+    return len(annotations), empty
