@@ -149,7 +149,8 @@ def _clean(fg: np.ndarray, min_area: int) -> np.ndarray:
 
 
 def foreground_levels(f: np.ndarray, *, sigma: float = 1.0) -> list[tuple[str, np.ndarray]]:
-    """Foregrounds of ``f`` at the Otsu threshold and at both thresholds of a 3-class multi-Otsu."""
+    """Foregrounds of ``f`` at the Otsu threshold and at both thresholds of a 3-class multi-Otsu (Gaussian
+    ``sigma``), and at the upper multi-Otsu threshold after a Gaussian of ``2 sigma``."""
     from skimage.filters import gaussian, threshold_multiotsu, threshold_otsu
 
     smooth = gaussian(f, sigma, preserve_range=True)
@@ -159,6 +160,11 @@ def foreground_levels(f: np.ndarray, *, sigma: float = 1.0) -> list[tuple[str, n
     except ValueError:  # too few grey levels for three classes
         return levels
     levels += [("multiotsu-low", smooth > t1), ("multiotsu-high", smooth > t2)]
+    smoother = gaussian(f, 2.0 * sigma, preserve_range=True)  # textured objects (chromatin) stay whole
+    try:
+        levels.append(("multiotsu-high-smooth", smoother > threshold_multiotsu(smoother, classes=3)[1]))
+    except ValueError:
+        pass
     return levels
 
 
@@ -188,14 +194,21 @@ def nested_contrast(f: np.ndarray, part: np.ndarray, whole: np.ndarray) -> float
 
 
 def seeded_cells(f: np.ndarray, *, min_area: int, max_area: int, min_seed_contrast: float = 3.0,
-                 min_growth: float = 1.5) -> list[Proposal]:
-    """Cells: seeds = objects of the upper multi-Otsu class (nuclei), grown over the lower class's
-    foreground by a watershed on the gradient magnitude of ``f`` (stops at membranes and edges), and
-    by a watershed on the distance to the seeds. A grown cell is kept only if it is at least
-    ``min_growth`` times its seed's area and its seed stands out in it (:func:`nested_contrast` >=
-    ``min_seed_contrast``): a nucleus in a cytoplasm, not a bright patch of a textured object."""
+                 min_growth: float = 1.5, reach: float = 2.5) -> list[Proposal]:
+    """Cells grown from nuclei, and the nucleus of each cell by a threshold inside it.
+
+    Seeds = objects of the upper multi-Otsu class (nuclei), split by the distance watershed. They
+    grow over the lower class's foreground by a watershed on the gradient magnitude of ``f`` (stops
+    at membranes and edges; ``"seeded-gradient"``), by one on the distance to the seeds
+    (``"seeded-distance"``), and by the gradient watershed limited to ``reach`` seed radii from the
+    nearest seed (``"seeded-reach"``: a cell does not leak into a tissue of the same brightness). A
+    grown cell is kept only if it is at least ``min_growth`` times its seed's area and its seed stands
+    out in it (:func:`nested_contrast` >= ``min_seed_contrast``): a nucleus in a cytoplasm, not a bright
+    patch of a textured object. Inside every kept cell, the Otsu threshold of the cell's own pixels
+    (σ = 1.5) gives its nucleus (``"cell-otsu"``: the largest component, holes filled, 8-70 % of the cell).
+    """
     from scipy import ndimage as ndi
-    from skimage.filters import gaussian, sobel, threshold_multiotsu
+    from skimage.filters import gaussian, sobel, threshold_multiotsu, threshold_otsu
     from skimage.segmentation import watershed
 
     smooth = gaussian(f, 1.0, preserve_range=True)
@@ -208,9 +221,16 @@ def seeded_cells(f: np.ndarray, *, min_area: int, max_area: int, min_seed_contra
     seeds = _split_touching(seeds_fg, min_distance=4)
     if seeds.max() == 0:
         return []
+    dist, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    radius = np.sqrt(np.bincount(seeds.reshape(-1)) / np.pi)
+    near = dist <= reach * radius[seeds[iy, ix]]
+    gradient = sobel(smooth)
+    smooth15 = gaussian(f, 1.5, preserve_range=True)
     out = []
-    for name, elevation in (("seeded-gradient", sobel(smooth)), ("seeded-distance", ndi.distance_transform_edt(~seeds_fg))):
-        grown = watershed(elevation, seeds, mask=cells_fg)
+    cells_kept: list[tuple[tuple[slice, slice], np.ndarray]] = []
+    for name, elevation, mask in (("seeded-gradient", gradient, cells_fg), ("seeded-distance", dist, cells_fg),
+                                  ("seeded-reach", gradient, cells_fg & near)):
+        grown = watershed(elevation, seeds, mask=mask)
         for k, sl in enumerate(ndi.find_objects(grown), start=1):
             if sl is None:
                 continue
@@ -224,6 +244,23 @@ def seeded_cells(f: np.ndarray, *, min_area: int, max_area: int, min_seed_contra
             m = np.zeros(f.shape, bool)
             m[sl] = cell
             out.append(Proposal(m, name))
+            cells_kept.append((sl, cell))
+    for sl, cell in cells_kept:
+        vals = smooth15[sl]
+        inside = vals[cell]
+        if inside.size < 16 or float(inside.max() - inside.min()) < 1e-6:
+            continue
+        fg = ndi.binary_fill_holes(cell & (vals > threshold_otsu(inside)))
+        comps, n = ndi.label(fg)
+        if n == 0:
+            continue
+        sizes = np.bincount(comps.reshape(-1))[1:]
+        nucleus = comps == (int(np.argmax(sizes)) + 1)
+        if not 0.08 * cell.sum() <= nucleus.sum() <= 0.7 * cell.sum() or nucleus.sum() < max(8, min_area // 2):
+            continue
+        m = np.zeros(f.shape, bool)
+        m[sl] = nucleus
+        out.append(Proposal(m, "cell-otsu"))
     return out
 
 
@@ -237,8 +274,8 @@ def blob_instances(f: np.ndarray, *, radii: Sequence[float] = (2.5, 4.0, 6.0, 9.
     objects of a brightfield image are bright blobs of ``f``; dark spots *inside* objects (measured on
     the synthetic data: 1 % of them matched a true object) are not searched by default.
     A blob at ``(y, x)`` with radius ``r`` becomes the connected component holding its centre of the
-    pixels, within a window of ``3 r``, brighter than half-way between the centre's value and the
-    median of an annulus ``1.5 r .. 2.2 r`` around it (the local background); a component reaching the
+    pixels (of ``f`` smoothed at ``r / 4``), within a window of ``3 r``, brighter than half-way between
+    the mean of its core (radius ``r / 2``) and the median of an annulus ``1.5 r .. 2.2 r`` around it (the local background); a component reaching the
     window's edge is not a blob.
     """
     from scipy import ndimage as ndi
@@ -250,20 +287,25 @@ def blob_instances(f: np.ndarray, *, radii: Sequence[float] = (2.5, 4.0, 6.0, 9.
     sigmas = [r / np.sqrt(2.0) for r in radii]
     images = {"bright": smooth, "dark": 1.0 - smooth}
     for polarity, img in ((p, images[p]) for p in polarities):
+        # the cut-out works on the image smoothed at a quarter of the blob's radius (texture inside a
+        # nucleus must not break it up); one smoothed copy per scale
+        by_scale = {round(r, 3): ndi.gaussian_filter(img, max(0.7, r / 4.0)) for r in radii}
         blobs = blob_log(img, min_sigma=min(sigmas), max_sigma=max(sigmas), num_sigma=len(sigmas),
                          threshold=threshold, overlap=1.0, exclude_border=False)
         for y, x, s in blobs:
             r = float(s) * np.sqrt(2.0)
+            scaled = by_scale[min(by_scale, key=lambda q: abs(q - r))]
             half = int(np.ceil(3 * r)) + 2
             y0, y1 = max(0, int(y) - half), min(h, int(y) + half + 1)
             x0, x1 = max(0, int(x) - half), min(w, int(x) + half + 1)
-            win = img[y0:y1, x0:x1]
+            win = scaled[y0:y1, x0:x1]
             yy, xx = np.ogrid[y0 - int(y):y1 - int(y), x0 - int(x):x1 - int(x)]
             rr = np.sqrt(yy * yy + xx * xx)
             ring = win[(rr >= 1.5 * r) & (rr <= 2.2 * r + 1)]
+            core = win[rr <= max(1.0, 0.5 * r)]
             if ring.size == 0:
                 continue
-            centre = float(img[int(y), int(x)])
+            centre = float(core.mean())
             level = 0.5 * (centre + float(np.median(ring)))
             comp, _ = ndi.label(win > level)
             k = comp[int(y) - y0, int(x) - x0]
@@ -304,7 +346,8 @@ def contrast_ok(f: np.ndarray, mask: np.ndarray, sigma: float, *, k: float = 4.0
 
 #: Sources that find the insides of objects (bright cores, spots); their masks must stand out within
 #: the smallest other proposal that contains them (see :func:`classical_proposals`).
-INNER_SOURCES = ("blob-bright", "blob-dark", "multiotsu-high-cc", "multiotsu-high-watershed")
+INNER_SOURCES = ("blob-bright", "blob-dark", "multiotsu-high-cc", "multiotsu-high-watershed", "cell-otsu",
+                 "multiotsu-high-smooth-cc", "multiotsu-high-smooth-watershed")
 
 
 def classical_proposals(f: np.ndarray, *, min_area: int = 16, max_fraction: float = 0.9,

@@ -64,7 +64,8 @@ class PseudoLabelSettings:
     replaces the 5 % ``min_instance_fraction`` of natural images: a cell is 0.5 % of a microscopy
     image), ``maskcut_instances`` normalized cuts added to the classical proposals, ``contrast_k``
     (noise standard errors a mask must stand out from its surroundings by) and ``inner_contrast``
-    (how clearly an inner part stands out in its container, see :func:`.classical.classical_proposals`).
+    (how clearly an inner part stands out in its container, see :func:`.classical.classical_proposals`),
+    ``conquer_contrast`` (how clearly a merged superpixel part stands out in its instance).
     Divide: ``divide_size`` (px) long side of the image given to the backbone for the normalized
     cuts (MaskCut's 480); ``max_instances`` cuts per image; ``affinity_tau`` cosine threshold of the
     affinity graph; ``min_instance_patches`` smallest cut kept; ``contain_thresh`` (0.8) and
@@ -101,6 +102,7 @@ class PseudoLabelSettings:
     maskcut_instances: int = 3
     contrast_k: float = 4.0
     inner_contrast: float = 3.0
+    conquer_contrast: float = 3.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "thetas", tuple(float(t) for t in self.thetas))
@@ -119,7 +121,7 @@ class PseudoLabelSettings:
         for name in ("min_instance_area", "maskcut_instances"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("contrast_k", "inner_contrast"):
+        for name in ("contrast_k", "inner_contrast", "conquer_contrast"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_side", "divide_size", "local_size"):

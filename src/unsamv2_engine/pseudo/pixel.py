@@ -36,6 +36,7 @@ class Hierarchy:
 
     instance: np.ndarray
     parts: list[tuple[np.ndarray, bool]]
+    source: str = ""  # the proposal source of the instance ("otsu-cc", "maskcut", "model", ...)
 
 
 def pixel_hierarchies(rgb: np.ndarray, backbone: Backbone, settings: Any, *, model: UnSAMv2Model | None = None
@@ -88,14 +89,14 @@ def pixel_hierarchies(rgb: np.ndarray, backbone: Backbone, settings: Any, *, mod
     out = []
     for inst in instances:
         new = conquer_superpixels(f, inst.mask, labels, known=inst.parts, thetas=s.thetas, noise=sigma,
-                                  min_part_area=s.min_part_area)
+                                  min_part_area=s.min_part_area, min_contrast=s.conquer_contrast)
         candidates = [(m, True) for m in new] + [(np.asarray(m, bool), False) for m in inst.parts]
         sl = _union_box([inst.mask] + [c[0] for c in candidates])  # NMS on the crop: same IoUs, less work
         local_new = [m[sl] for m in new]
         new_kept = windowed_mask_nms(local_new, s.nms_iou, s.nms_step)
         candidates = [candidates[k] for k in new_kept] + candidates[len(new):]
         kept = protected_nms(inst.mask[sl], [c[0][sl] for c in candidates], s.nms_iou, s.nms_step)
-        out.append(Hierarchy(inst.mask, [candidates[k] for k in kept]))
+        out.append(Hierarchy(inst.mask, [candidates[k] for k in kept], inst.source))
     return out
 
 
