@@ -26,7 +26,10 @@ Methods, all in the same run and on the same images:
 Columns: recall at IoU 0.5 and 0.75 per hierarchy level (share of true objects matched by some mask),
 mean best IoU over all true objects, **precision** (share of the masks that match a true object of any
 level at IoU >= 0.5), boundary F (2-px tolerance; mean over true objects matched at IoU >= 0.5, of their
-best mask), masks per image, seconds per image (wall time of the method alone).
+best mask), masks per image, seconds per image (wall time of the method alone) and CPU seconds per
+image (process time, all threads: on a machine shared with other jobs the wall time grows with the
+load, the CPU time much less; on an idle machine the wall time is at most the CPU time for these
+mostly single-threaded methods).
 """
 
 from __future__ import annotations
@@ -125,11 +128,14 @@ class Tally:
     bf_sum: float = 0.0
     bf_n: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     images: int = 0
 
-    def add(self, masks: list[np.ndarray], labels: dict[str, np.ndarray], seconds: float) -> None:
+    def add(self, masks: list[np.ndarray], labels: dict[str, np.ndarray], seconds: float, cpu_seconds: float = 0.0
+            ) -> None:
         self.images += 1
         self.seconds += seconds
+        self.cpu_seconds += cpu_seconds
         self.n_masks += len(masks)
         matched = np.zeros(len(masks), bool)
         for level, lab in labels.items():
@@ -168,6 +174,7 @@ class Tally:
         out["boundary F"] = self.bf_sum / max(self.bf_n, 1)
         out["masks/img"] = self.n_masks / max(self.images, 1)
         out["s/img"] = self.seconds / max(self.images, 1)
+        out["cpu s/img"] = self.cpu_seconds / max(self.images, 1)
         return out
 
 
@@ -276,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(torch.device("cpu"))
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     columns = ["data set", "method"] + [f"{lv}@{t}" for lv in LEVELS for t in ("0.5", "0.75")] + [
-        "mean best IoU", "precision", "boundary F", "masks/img", "s/img"]
+        "mean best IoU", "precision", "boundary F", "masks/img", "s/img", "cpu s/img"]
     rows = []
     for ds in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         items = list(real_nuclei(args.n) if ds == "real-nuclei" else synthetic(ds.removeprefix("synth-"), args.n))
@@ -284,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
             fn = METHODS[method]
             tally = Tally()
             for index, item in enumerate(items):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 masks = fn(item.image, multi=ds != "real-nuclei")
-                tally.add(masks, item.labels, time.perf_counter() - start)
+                tally.add(masks, item.labels, time.perf_counter() - start, time.process_time() - cpu)
                 if args.overlays and method == "ours" and index == 0:
                     save_overlay(Path(args.overlays) / f"pseudo-{ds}-{item.name}.png", item.image, masks, item.labels)
             row = {"data set": ds, "method": method, **tally.row()}
