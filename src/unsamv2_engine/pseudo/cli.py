@@ -31,11 +31,14 @@ OptionAdder = Callable[[argparse.ArgumentParser], None]
 
 DESCRIPTION = (
     "Make UnSAMv2 training pseudo-labels for every image of IMAGES_DIR (.tif .tiff .png .jpg .jpeg .bmp) "
-    "without any annotation: divide (normalized cuts on backbone patch features, plus the model's own "
-    "whole-image masks when a model is given) into instances, conquer each instance into parts by merging "
-    "similar neighbouring patches, and score every mask's granularity by the sqrt-area rule. Writes "
-    "OUT_DIR/<image stem>.json (COCO RLE with granularity, instance_id, is_part) and an overlay PNG per "
-    "image in OUT_DIR/overlays/. Images whose JSON exists are skipped, so an interrupted run resumes."
+    "without any annotation: divide into instances (thresholds + watershed, seeded cells, blobs, normalized "
+    "cuts on backbone features, plus the model's own whole-image masks when a model is given; all at pixel "
+    "resolution), conquer each instance into parts by merging similar superpixels, and score every mask's "
+    "granularity by the sqrt-area rule. Writes OUT_DIR/<image stem>.json (COCO RLE with granularity, "
+    "instance_id, is_part; the settings in its info) and an overlay PNG per image in OUT_DIR/overlays/. "
+    "Images whose JSON was made with the same settings are skipped, so an interrupted run resumes; JSONs "
+    "made with other settings are refused unless --overwrite. Blank, constant or pure-noise images get no "
+    "masks (with a warning)."
 )
 EPILOG = """\
 backbones (default: sam2 with --checkpoint/--model, else classical):
@@ -84,6 +87,8 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
                        help="patch features for both stages (default: sam2 with a model, else classical)")
     group.add_argument("--dino-weights", metavar="PATH", help="DINOv2/DINOv3 ViT weights file for --backbone dino")
     group.add_argument("--no-overlays", action="store_true", help="do not write the overlay PNGs")
+    group.add_argument("--overwrite", action="store_true",
+                       help="re-do the JSONs in OUT_DIR that were made with other settings (default: refuse)")
     group.add_argument("--max-side", type=_side, metavar="PX",
                        help="images with a longer side are downscaled to it for the computation; masks are "
                             "written at full resolution (default: 1024)")
@@ -154,13 +159,19 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(image_name, refresh=False)
         bar.update(done - bar.n)
 
+    from unsamv2_engine.pseudo.pipeline import SettingsMismatchError
+
     try:
         summary = pseudo_label_folder(images_dir, args.output, model=model, backbone=backbone,
                                       dino_weights=args.dino_weights, settings=settings,
-                                      overlays=not args.no_overlays, progress=progress)
+                                      overlays=not args.no_overlays, progress=progress, overwrite=args.overwrite)
+    except SettingsMismatchError as exc:
+        raise main_cli.CliError(str(exc)) from None
     finally:
         bar.close()
     for name_, reason in summary.failed.items():
+        main_cli._warn(f"{name_}: {reason}")
+    for name_, reason in summary.empty.items():
         main_cli._warn(f"{name_}: {reason}")
     line = (f"wrote {len(summary.done)} pseudo-label file(s) to {args.output} ({summary.n_masks} masks); "
             f"{len(summary.skipped)} skipped (already done), {len(summary.failed)} failed")

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import threading
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -35,16 +36,20 @@ from unsamv2_engine.pseudo.backbones import Backbone, make_backbone
 from unsamv2_engine.pseudo.conquer import conquer_instance, resize_rgb
 from unsamv2_engine.pseudo.divide import maskcut, model_masks, split_instances
 from unsamv2_engine.pseudo.merging import upsample_mask
+from unsamv2_engine.pseudo.pixel import NothingToLabel
 
 if TYPE_CHECKING:
     from unsamv2_engine.model.build import UnSAMv2Model
 
-__all__ = ["IMAGE_SUFFIXES", "PseudoLabelSettings", "PseudoLabelSummary", "image_id_for", "pseudo_label_document",
-           "pseudo_label_folder", "pseudo_label_image"]
+__all__ = ["IMAGE_SUFFIXES", "NothingToLabelWarning", "PseudoLabelSettings", "PseudoLabelSummary",
+           "SettingsMismatchError", "existing_state", "image_id_for", "pseudo_label_document", "pseudo_label_folder",
+           "pseudo_label_image"]
 
 #: Files a folder run reads (case-insensitive).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 REFINEMENT_NOTE = "no CascadePSP refinement (its weights are not available to this engine)"
+PIXEL_REFINEMENT_NOTE = ("no CascadePSP (no weights); MaskCut and model masks snapped to SLIC superpixels, "
+                         "classical proposals and superpixel parts are pixel-accurate")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,15 @@ class PseudoLabelSettings:
 
     Bounded memory: ``max_side`` (px) -- a larger image is downscaled to this long side for divide and
     conquer; masks are scaled back to full resolution when written.
+    ``proposals``: ``"pixel"`` (default) the pixel-accurate pipeline of :mod:`.pixel` (classical
+    instance proposals + MaskCut and model masks snapped to superpixels, superpixel conquer);
+    ``"maskcut"`` the patch-grid pipeline (MaskCut instances, patch merging), kept for comparison.
+    Pixel pipeline only: ``superpixel_size`` (px per SLIC superpixel), ``min_instance_area`` (px,
+    replaces the 5 % ``min_instance_fraction`` of natural images: a cell is 0.5 % of a microscopy
+    image), ``maskcut_instances`` normalized cuts added to the classical proposals, ``contrast_k``
+    (noise standard errors a mask must stand out from its surroundings by) and ``inner_contrast``
+    (how clearly an inner part stands out in its container, see :func:`.classical.classical_proposals`),
+    ``conquer_contrast`` (how clearly a merged superpixel part stands out in its instance).
     Divide: ``divide_size`` (px) long side of the image given to the backbone for the normalized
     cuts (MaskCut's 480); ``max_instances`` cuts per image; ``affinity_tau`` cosine threshold of the
     affinity graph; ``min_instance_patches`` smallest cut kept; ``contain_thresh`` (0.8) and
@@ -66,6 +80,7 @@ class PseudoLabelSettings:
     """
 
     max_side: int = 1024
+    proposals: str = "pixel"
     divide_size: int = 480
     max_instances: int = 8
     affinity_tau: float = 0.15
@@ -83,6 +98,12 @@ class PseudoLabelSettings:
     min_part_area: int = 16
     nms_iou: float = 0.8
     nms_step: int = 5
+    superpixel_size: float = 30.0
+    min_instance_area: int = 64
+    maskcut_instances: int = 3
+    contrast_k: float = 4.0
+    inner_contrast: float = 3.0
+    conquer_contrast: float = 3.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "thetas", tuple(float(t) for t in self.thetas))
@@ -94,6 +115,16 @@ class PseudoLabelSettings:
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting out of range."""
+        if self.proposals not in ("pixel", "maskcut"):
+            raise ValueError(f"proposals must be 'pixel' or 'maskcut', got {self.proposals!r}")
+        if self.superpixel_size < 4:
+            raise ValueError(f"superpixel_size must be at least 4 pixels, got {self.superpixel_size}")
+        for name in ("min_instance_area", "maskcut_instances"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("contrast_k", "inner_contrast", "conquer_contrast"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_side", "divide_size", "local_size"):
             if getattr(self, name) < 32:
                 raise InputError(f"{name} must be at least 32 pixels, got {getattr(self, name)}")
@@ -126,6 +157,7 @@ class PseudoLabelSummary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     n_masks: int = 0
+    empty: dict[str, str] = field(default_factory=dict)  # name -> why it got no masks (blank, constant, noise)
     cancelled: bool = False
     out_dir: str = ""
 
@@ -196,17 +228,16 @@ def pseudo_label_image(image: np.ndarray, backbone: Backbone, *, model: UnSAMv2M
     rgb = _as_rgb8(image)
     full_h, full_w = rgb.shape[:2]
     work = _work_image(rgb, s.max_side)
-    masks, sources = divide_proposals(work, backbone, model=model, settings=s)
-    instances = split_instances(masks, sources=sources, contain_thresh=s.contain_thresh,
-                                min_instance_fraction=s.min_instance_fraction, duplicate_iou=s.duplicate_iou)
+    try:
+        trees = _hierarchies(work, backbone, model, s)
+    except NothingToLabel as exc:
+        warnings.warn(f"no pseudo-labels: {exc}", NothingToLabelWarning, stacklevel=2)
+        return []
     annotations: list[dict[str, Any]] = []
     next_id = int(first_id)
-    for instance_id, inst in enumerate(instances):
-        parts = conquer_instance(work, inst.mask, backbone, divide_parts=inst.parts, local_size=s.local_size,
-                                 thetas=s.thetas, min_size=s.min_size, coverage_thresh=s.coverage_thresh,
-                                 nms_iou=s.nms_iou, nms_step=s.nms_step, min_part_area=s.min_part_area)
-        hierarchy = [p.mask for p in parts] + [inst.mask]
-        flags = [p.is_conquer for p in parts] + [False]
+    for instance_id, (instance_mask, parts) in enumerate(trees):
+        hierarchy = [m for m, _ in parts] + [instance_mask]
+        flags = [c for _, c in parts] + [False]
         if work.shape[:2] != (full_h, full_w):
             hierarchy = [upsample_mask(m, (full_h, full_w)) for m in hierarchy]
         areas = [int(np.count_nonzero(m)) for m in hierarchy]
@@ -221,6 +252,35 @@ def pseudo_label_image(image: np.ndarray, backbone: Backbone, *, model: UnSAMv2M
                 is_conquer=bool(conquer)))
             next_id += 1
     return annotations
+
+
+class NothingToLabelWarning(UserWarning):
+    """Warned when an image is blank, constant or pure noise and gets no pseudo-labels."""
+
+
+def _hierarchies(work: np.ndarray, backbone: Backbone, model: UnSAMv2Model | None, s: PseudoLabelSettings
+                 ) -> list[tuple[np.ndarray, list[tuple[np.ndarray, bool]]]]:
+    """``[(instance mask, [(part mask, is_conquer), ...]), ...]`` of the working image, by ``s.proposals``.
+
+    Raises NothingToLabel for a blank, constant or pure-noise image (both pipelines)."""
+    from unsamv2_engine.pseudo.classical import object_channel, signal_check
+    from unsamv2_engine.pseudo.pixel import pixel_hierarchies
+
+    if s.proposals == "pixel":
+        return [(t.instance, t.parts) for t in pixel_hierarchies(work, backbone, s, model=model)]
+    report = signal_check(object_channel(work)[0])
+    if not report.ok:
+        raise NothingToLabel(report.reason)
+    masks, sources = divide_proposals(work, backbone, model=model, settings=s)
+    instances = split_instances(masks, sources=sources, contain_thresh=s.contain_thresh,
+                                min_instance_fraction=s.min_instance_fraction, duplicate_iou=s.duplicate_iou)
+    out = []
+    for inst in instances:
+        parts = conquer_instance(work, inst.mask, backbone, divide_parts=inst.parts, local_size=s.local_size,
+                                 thetas=s.thetas, min_size=s.min_size, coverage_thresh=s.coverage_thresh,
+                                 nms_iou=s.nms_iou, nms_step=s.nms_step, min_part_area=s.min_part_area)
+        out.append((inst.mask, [(p.mask, p.is_conquer) for p in parts]))
+    return out
 
 
 def image_id_for(name: str) -> int:
@@ -269,17 +329,44 @@ def _engine_version() -> str:
     return __version__
 
 
+def recipe_of(info: dict[str, Any]) -> dict[str, Any]:
+    """The part of a JSON ``info`` that decides the masks: backbone, model, proposals, settings."""
+    return {k: info.get(k) for k in ("backbone", "model", "proposals", "settings")}
+
+
+def existing_state(target: Path, info: dict[str, Any]) -> str:
+    """``"missing"``, ``"unreadable"`` (truncated, not JSON, not a pseudo-label file), ``"other-settings"``
+    (made with another backbone, model or settings) or ``"done"`` (made with these)."""
+    if not target.exists():
+        return "missing"
+    try:
+        document = json.loads(target.read_text(encoding="utf-8"))
+        old = document["info"]
+        if not isinstance(document["annotations"], list) or not isinstance(old, dict):
+            return "unreadable"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable"
+    return "done" if recipe_of(old) == recipe_of(json.loads(json.dumps(info))) else "other-settings"
+
+
+class SettingsMismatchError(ValueError):
+    """The output folder holds pseudo-labels made with other settings (re-run with ``overwrite=True``)."""
+
+
 def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                         model: UnSAMv2Model | None = None, backbone: str | None = None,
                         dino_weights: str | os.PathLike | None = None,
                         settings: PseudoLabelSettings | None = None, overlays: bool = True,
                         progress: Callable[[int, int, str], None] | None = None,
-                        cancel: threading.Event | None = None) -> PseudoLabelSummary:
+                        cancel: threading.Event | None = None, overwrite: bool = False) -> PseudoLabelSummary:
     """Pseudo-label every image of ``images_dir`` (``.tif .tiff .png .jpg .jpeg .bmp``, sorted by name).
 
     Writes ``<out_dir>/<image stem>.json`` (§5.4) and, with ``overlays``, ``<out_dir>/overlays/<stem>.png``,
     each atomically (temporary file + rename), so an interrupted run never leaves a partial file. An
-    image whose JSON exists is skipped (the run resumes). An image that cannot be read or used
+    image whose JSON exists and was made with the same backbone, model, proposals and settings
+    (recorded in its ``info``) is skipped (the run resumes); a truncated or unreadable JSON is re-done.
+    JSONs made with other settings are refused (:class:`SettingsMismatchError`, before any work)
+    unless ``overwrite``, which re-does them. An image that cannot be read or used
     (corrupt file, a stack, too small) is recorded in ``failed`` with the reason and the run goes on.
     ``backbone=None`` is ``"sam2"`` with a model, else ``"classical"``. ``progress(done, total, name)``
     is called after each image; ``cancel`` is checked before each image (the summary then has
@@ -288,6 +375,7 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
     Raises:
         NotADirectoryError / FileNotFoundError: ``images_dir`` is not a folder.
         ValueError: no images in it, two images with the same stem, or a bad backbone/setting.
+        SettingsMismatchError: some JSONs were made with other settings and ``overwrite`` is False.
     """
     src = Path(images_dir)
     files = _list_images(src)
@@ -308,8 +396,15 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
             "engine_version": _engine_version(), "backbone": feature_backbone.name,
             "backbone_patch_size": int(feature_backbone.patch_size),
             "model": model.info.label if model is not None else None,
-            "proposals": "maskcut" + ("+model@g=%g" % s.model_granularity if model is not None else ""),
-            "refinement": REFINEMENT_NOTE, "settings": {**asdict(s), "thetas": list(s.thetas)}}
+            "proposals": _proposals_name(s, model),
+            "refinement": REFINEMENT_NOTE if s.proposals == "maskcut" else PIXEL_REFINEMENT_NOTE,
+            "settings": {**asdict(s), "thetas": list(s.thetas)}}
+    states = {p.name: existing_state(out / f"{p.stem}.json", info) for p in files}
+    stale = [name for name, state in states.items() if state == "other-settings"]
+    if stale and not overwrite:
+        raise SettingsMismatchError(
+            f"{len(stale)} pseudo-label file(s) in {out} were made with other settings (e.g. "
+            f"{Path(stale[0]).stem}.json); use another output folder, or overwrite them (--overwrite)")
     summary = PseudoLabelSummary(out_dir=str(out))
     total = len(files)
     for index, path in enumerate(files):
@@ -317,19 +412,26 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
             summary.cancelled = True
             break
         target = out / f"{path.stem}.json"
-        if target.exists():
+        if states[path.name] == "done":
             summary.skipped.append(path.name)
         else:
             try:
-                n = _label_one(path, target, feature_backbone, model, s, info, overlays)
+                n, empty_reason = _label_one(path, target, feature_backbone, model, s, info, overlays)
             except (OSError, ValueError, MemoryError) as exc:
                 summary.failed[path.name] = _reason(exc)
             else:
                 summary.done.append(path.name)
                 summary.n_masks += n
+                if empty_reason:
+                    summary.empty[path.name] = empty_reason
         if progress is not None:
             progress(index + 1, total, path.name)
     return summary
+
+
+def _proposals_name(s: PseudoLabelSettings, model: UnSAMv2Model | None) -> str:
+    base = "classical+maskcut" if s.proposals == "pixel" else "maskcut"
+    return base + ("+model@g=%g" % s.model_granularity if model is not None else "")
 
 
 def _reason(exc: BaseException) -> str:
@@ -339,13 +441,17 @@ def _reason(exc: BaseException) -> str:
 
 
 def _label_one(path: Path, target: Path, backbone: Backbone, model: UnSAMv2Model | None,
-               settings: PseudoLabelSettings, info: dict[str, Any], overlays: bool) -> int:
+               settings: PseudoLabelSettings, info: dict[str, Any], overlays: bool) -> tuple[int, str]:
+    """Label one file; (number of masks, why there are none or "")."""
     from unsamv2_engine.io import read_image
 
     image = read_image(path)
     rgb = _as_rgb8(image)
     image_id = image_id_for(path.name)
-    annotations = pseudo_label_image(rgb, backbone, model=model, settings=settings, image_id=image_id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NothingToLabelWarning)
+        annotations = pseudo_label_image(rgb, backbone, model=model, settings=settings, image_id=image_id)
+    empty = next((str(w.message) for w in caught if issubclass(w.category, NothingToLabelWarning)), "")
     document = pseudo_label_document(annotations, file_name=path.name, width=rgb.shape[1], height=rgb.shape[0],
                                      image_id=image_id, info={**info, "source_dtype": str(image.dtype)})
     if overlays:
@@ -353,4 +459,4 @@ def _label_one(path: Path, target: Path, backbone: Backbone, model: UnSAMv2Model
 
         _atomic_write_bytes(target.parent / "overlays" / f"{path.stem}.png", overlay_png_bytes(rgb, annotations))
     _atomic_write_bytes(target, json.dumps(document, separators=(",", ":")).encode("utf-8"))
-    return len(annotations)
+    return len(annotations), empty

@@ -333,7 +333,8 @@ def _make_pseudo_labels(args: argparse.Namespace, model: Any, workdir: Path, rep
     # classical = the weight-free recipe of `unsamv2 pseudo-label` without a model (no model masks at g = 1)
     summary = pseudo_label_folder(args.images, out_dir, model=None if args.backbone == "classical" else model,
                                   backbone=args.backbone,
-                                  dino_weights=args.dino_weights, progress=progress, cancel=cancel)
+                                  dino_weights=args.dino_weights, progress=progress, cancel=cancel,
+                                  overwrite=True)  # the workdir's labels are derived data: re-do other settings
     if summary.cancelled or cancel.is_set():
         return None
     reporter({"event": "stage", "stage": "pseudo-labels",

@@ -1,0 +1,110 @@
+"""The pixel-accurate divide-and-conquer of one image (default ``proposals="pixel"``; ``docs/pseudo-labels.md``).
+
+1. **Object channel** ``f`` (luminance, inverted for bright backgrounds) and a **signal check**: a
+   blank, constant or pure-noise image gets no masks (:class:`NothingToLabel`).
+2. **Divide**: classical instance proposals at pixel resolution (:mod:`.classical`: Otsu and
+   multi-Otsu + distance watershed, nucleus-seeded cells, LoG blobs bright and dark), MaskCut on the
+   backbone's patch features and -- with a model -- the model's whole-image masks at g = 1; the
+   last two are snapped to superpixels (:mod:`.refine`), so no mask follows a patch grid.
+3. **Instances** by the §5.2 rules (:func:`~.hierarchy.build_instances`).
+4. **Conquer** each instance by superpixel merging at the thresholds 0.9 .. 0.5
+   (:func:`~.superpixel_conquer.conquer_superpixels`), with its divide parts.
+5. Windowed + protected NMS (§5.3-6/7), as in the patch pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from unsamv2_engine.model.build import UnSAMv2Model
+    from unsamv2_engine.pseudo.backbones import Backbone
+
+__all__ = ["Hierarchy", "NothingToLabel", "pixel_hierarchies"]
+
+
+class NothingToLabel(ValueError):
+    """The image is blank, constant or pure noise: there is nothing to pseudo-label (the message says which)."""
+
+
+@dataclass
+class Hierarchy:
+    """One instance: bool ``[H, W]`` mask and its kept parts as ``(mask, is_conquer)``, area-descending."""
+
+    instance: np.ndarray
+    parts: list[tuple[np.ndarray, bool]]
+    source: str = ""  # the proposal source of the instance ("otsu-cc", "maskcut", "model", ...)
+
+
+def pixel_hierarchies(rgb: np.ndarray, backbone: Backbone, settings: Any, *, model: UnSAMv2Model | None = None
+                      ) -> list[Hierarchy]:
+    """Instance hierarchies of uint8 RGB ``[H, W, 3]`` (the working image), all masks ``[H, W]`` bool.
+
+    ``settings`` is a :class:`~unsamv2_engine.pseudo.pipeline.PseudoLabelSettings`.
+    Raises :class:`NothingToLabel` for a blank, constant or pure-noise image.
+    """
+    from unsamv2_engine.pseudo.classical import classical_proposals, noise_sigma, object_channel, signal_check
+    from unsamv2_engine.pseudo.divide import maskcut, model_masks
+    from unsamv2_engine.pseudo.hierarchy import build_instances
+    from unsamv2_engine.pseudo.merging import upsample_mask
+    from unsamv2_engine.pseudo.nms import protected_nms, windowed_mask_nms
+    from unsamv2_engine.pseudo.conquer import resize_rgb
+    from unsamv2_engine.pseudo.refine import snap_to_superpixels, superpixels
+    from unsamv2_engine.pseudo.superpixel_conquer import conquer_superpixels
+
+    s = settings
+    f, _polarity = object_channel(rgb)
+    report = signal_check(f)
+    if not report.ok:
+        raise NothingToLabel(report.reason)
+    h, w = f.shape
+    sigma = noise_sigma(f)
+    labels = superpixels(f, size=s.superpixel_size)
+    found = classical_proposals(f, min_area=s.min_part_area, contrast_k=s.contrast_k,
+                                inner_contrast=s.inner_contrast)
+    masks = [p.mask for p in found]
+    sources = [p.source for p in found]
+    if s.maskcut_instances > 0:
+        scale = s.divide_size / max(h, w)
+        small = resize_rgb(rgb, (max(2, round(h * scale)), max(2, round(w * scale))))
+        cuts = maskcut(backbone.features(small), n_instances=s.maskcut_instances, tau=s.affinity_tau,
+                       min_patches=s.min_instance_patches)
+        for cut in cuts:
+            snapped = snap_to_superpixels(upsample_mask(cut, (h, w)), labels)
+            if snapped.any():
+                masks.append(snapped)
+                sources.append("maskcut")
+    if model is not None:
+        for m in model_masks(model, rgb, granularity=s.model_granularity, preset=s.model_preset,
+                             points_per_side=s.model_points_per_side):
+            snapped = snap_to_superpixels(m, labels)
+            if snapped.any():
+                masks.append(snapped)
+                sources.append("model")
+    instances = build_instances(masks, sources=sources, contain_thresh=s.contain_thresh,
+                                duplicate_iou=s.duplicate_iou, min_instance_area=s.min_instance_area)
+    out = []
+    for inst in instances:
+        new = conquer_superpixels(f, inst.mask, labels, known=inst.parts, thetas=s.thetas, noise=sigma,
+                                  min_part_area=s.min_part_area, min_contrast=s.conquer_contrast)
+        candidates = [(m, True) for m in new] + [(np.asarray(m, bool), False) for m in inst.parts]
+        sl = _union_box([inst.mask] + [c[0] for c in candidates])  # NMS on the crop: same IoUs, less work
+        local_new = [m[sl] for m in new]
+        new_kept = windowed_mask_nms(local_new, s.nms_iou, s.nms_step)
+        candidates = [candidates[k] for k in new_kept] + candidates[len(new):]
+        kept = protected_nms(inst.mask[sl], [c[0][sl] for c in candidates], s.nms_iou, s.nms_step)
+        out.append(Hierarchy(inst.mask, [candidates[k] for k in kept], inst.source))
+    return out
+
+
+def _union_box(masks: list[np.ndarray]) -> tuple[slice, slice]:
+    """The bounding box of the union of bool ``[H, W]`` masks, as slices."""
+    union = np.zeros(masks[0].shape, bool)
+    for m in masks:
+        union |= m
+    rows = np.flatnonzero(union.any(axis=1))
+    cols = np.flatnonzero(union.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
