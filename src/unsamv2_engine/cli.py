@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     from unsamv2_engine.pseudo.cli import add_parser as add_pseudo_label  # standard library only
 
     add_pseudo_label(sub, _add_model_options, _add_common_options)
+    from unsamv2_engine.minisam.cli import add_parser as add_pretrain_mini  # standard library only
+
+    add_pretrain_mini(sub, _add_model_options, _add_common_options)
     return parser
 
 
