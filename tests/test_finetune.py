@@ -232,6 +232,27 @@ def test_mask_chunks_give_the_loss_and_gradient_of_all_masks_at_once(tmp_path):
         torch.testing.assert_close(grad_chunked[name], grad_all[name], rtol=1e-4, atol=1e-7)
 
 
+def test_training_reaches_every_tensor_of_the_granularity_module(tmp_path):
+    """The reduced learnability guard (issue 13): a few steps of the authors' recipe (trainable
+    ``granularity``) on ground-truth labels move each of the 70 added tensors (granularity encoder,
+    gra token and MLP, LoRA A and B) and nothing else; it fails if gradients stop reaching any of them."""
+    from unsamv2_engine.model import build_model
+    from unsamv2_engine.model.build import is_added_parameter
+    from unsamv2_engine.train.trainer import finetune
+
+    images, labels = write_pseudo_labels(tmp_path / "data", n_images=2, masks_per_image=2)
+    model = build_model("tiny", seed=0, image_size=128)  # a reduced input size keeps the test fast
+    before = {k: v.clone() for k, v in model.sam.state_dict().items()}
+    result = finetune(model, (images, labels), fast_config(max_steps=3, lr=1e-3), workdir=tmp_path / "work")
+    assert result.steps == 3 and all(math.isfinite(x) for x in result.losses)
+    after = model.sam.state_dict()
+    added = [k for k in after if is_added_parameter(k)]
+    assert len(added) == 70
+    unchanged = [k for k in added if torch.equal(before[k], after[k])]
+    assert not unchanged, f"no gradient reached: {unchanged}"
+    assert all(torch.equal(before[k], after[k]) for k in after if not is_added_parameter(k))
+
+
 # ============================================================================ training
 @pytest.mark.slow
 def test_overfit_halves_the_loss(tiny_model, pl_data, tmp_path):

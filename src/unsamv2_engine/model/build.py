@@ -85,6 +85,11 @@ class UnSAMv2Model:
     def image_size(self) -> int:
         return int(self.sam.image_size)
 
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-resolution mask logits (and of ``mask_input``): ``image_size // 4``, 256 at 1024 px."""
+        return int(self.sam.sam_prompt_encoder.mask_input_size[0])
+
     def to(self, device: torch.device | str) -> "UnSAMv2Model":
         self.sam.to(device)
         return self
