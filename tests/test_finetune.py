@@ -189,6 +189,70 @@ def test_trainable_sets(tiny_model):
     assert len(select_trainable(tiny_model, "all")) == len(list(tiny_model.sam.parameters()))
 
 
+def test_mask_chunks_give_the_loss_and_gradient_of_all_masks_at_once(tmp_path):
+    """Chunked masks with gradient accumulation (the memory bound of issue 13) change nothing: an object's
+    click does not depend on its chunk, and loss and gradients equal those of one pass over all masks."""
+    from unsamv2_engine.model import build_model
+    from unsamv2_engine.model.decoding import encode_image
+    from unsamv2_engine.train.dataset import PseudoLabelDataset
+    from unsamv2_engine.train.trainer import InteractiveLoss, mask_chunks, select_trainable
+
+    assert mask_chunks(5, 2) == [(0, 2), (2, 4), (4, 5)] and mask_chunks(5, 0) == [(0, 5)]
+    images, labels = write_pseudo_labels(tmp_path, n_images=1, masks_per_image=3)
+    model = build_model("tiny", seed=0, image_size=256)  # a reduced input size keeps the test fast
+    model.sam.eval()
+    trainable = select_trainable(model, "granularity")
+    model.sam.requires_grad_(False)
+    for p in trainable.values():
+        p.requires_grad_(True)
+    sample = PseudoLabelDataset(images, labels, max_masks=3, image_size=256).sample(0, 0)
+    assert sample.num_objects == 3
+    with torch.no_grad():
+        f = encode_image(model.sam, sample.image[None])
+    # The first pass only: a correction click is drawn uniformly over the error region, so one pixel that
+    # flips with the float rounding of another batch size moves it (the same holds between any two runs).
+    forward = InteractiveLoss(model.sam, num_correction_clicks=0)
+
+    def run(chunk: int) -> tuple[float, dict[str, torch.Tensor]]:
+        for p in trainable.values():
+            p.grad = None
+        total = 0.0
+        for lo, hi in mask_chunks(sample.num_objects, chunk):
+            out = forward(None, f.image_embed, *f.high_res, sample.masks[lo:hi], sample.granularities[lo:hi],
+                          click_seed=11, num_objects=3.0, first_object=lo)
+            out["loss"].backward()
+            total += float(out["loss"].detach())
+        return total, {k: p.grad.clone() for k, p in trainable.items() if p.grad is not None}
+
+    loss_all, grad_all = run(0)
+    loss_chunked, grad_chunked = run(1)
+    assert grad_all and set(grad_all) == set(grad_chunked)
+    assert loss_chunked == pytest.approx(loss_all, rel=1e-5)
+    for name in grad_all:
+        torch.testing.assert_close(grad_chunked[name], grad_all[name], rtol=1e-4, atol=1e-7)
+
+
+def test_training_reaches_every_tensor_of_the_granularity_module(tmp_path):
+    """The reduced learnability guard (issue 13): a few steps of the authors' recipe (trainable
+    ``granularity``) on ground-truth labels move each of the 70 added tensors (granularity encoder,
+    gra token and MLP, LoRA A and B) and nothing else; it fails if gradients stop reaching any of them."""
+    from unsamv2_engine.model import build_model
+    from unsamv2_engine.model.build import is_added_parameter
+    from unsamv2_engine.train.trainer import finetune
+
+    images, labels = write_pseudo_labels(tmp_path / "data", n_images=2, masks_per_image=2)
+    model = build_model("tiny", seed=0, image_size=128)  # a reduced input size keeps the test fast
+    before = {k: v.clone() for k, v in model.sam.state_dict().items()}
+    result = finetune(model, (images, labels), fast_config(max_steps=3, lr=1e-3), workdir=tmp_path / "work")
+    assert result.steps == 3 and all(math.isfinite(x) for x in result.losses)
+    after = model.sam.state_dict()
+    added = [k for k in after if is_added_parameter(k)]
+    assert len(added) == 70
+    unchanged = [k for k in added if torch.equal(before[k], after[k])]
+    assert not unchanged, f"no gradient reached: {unchanged}"
+    assert all(torch.equal(before[k], after[k]) for k in after if not is_added_parameter(k))
+
+
 # ============================================================================ training
 @pytest.mark.slow
 def test_overfit_halves_the_loss(tiny_model, pl_data, tmp_path):

@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     from unsamv2_engine.serve_cli import add_parser as add_serve  # standard library only
 
     add_serve(sub, _add_model_options, _add_common_options)
+    from unsamv2_engine.minisam.cli import add_parser as add_pretrain_mini  # standard library only
+
+    add_pretrain_mini(sub, _add_model_options, _add_common_options)
     return parser
 
 

@@ -190,9 +190,11 @@ class ImageSession:
         if mask_input is None:
             return None
         m = np.asarray(mask_input, np.float32)
-        if m.shape[-2:] != (256, 256) or m.size != 256 * 256:
-            raise PromptError(f"mask_input must be the [256, 256] low_res_logits of a prediction, got shape {m.shape}")
-        t = torch.from_numpy(m.reshape(1, 1, 256, 256)).to(self.model.device)
+        side = self.model.low_res_size  # 256 at the usual 1024 px input
+        if m.shape[-2:] != (side, side) or m.size != side * side:
+            raise PromptError(f"mask_input must be the [{side}, {side}] low_res_logits of a prediction, got shape "
+                              f"{m.shape}")
+        t = torch.from_numpy(m.reshape(1, 1, side, side)).to(self.model.device)
         return t.expand(batch, -1, -1, -1)
 
     def _decode(self, granularities: list[float | None], points: object, labels: object,

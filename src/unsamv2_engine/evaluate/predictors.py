@@ -155,7 +155,8 @@ class SessionPredictor:
         lab_t = torch.from_numpy(lab).to(device)[None]
         mask_t = None
         if mask_input is not None:
-            mask_t = torch.from_numpy(np.asarray(mask_input, np.float32).reshape(1, 1, 256, 256)).to(device)
+            side = self.model.low_res_size  # 256 at 1024 px
+            mask_t = torch.from_numpy(np.asarray(mask_input, np.float32).reshape(1, 1, side, side)).to(device)
         with inference_context(device):
             out = decode(self.model.sam, session.features, coords, lab_t, None, mask_t, return_sam_logits=True)
             tokens = [0] if single else [1, 2, 3]

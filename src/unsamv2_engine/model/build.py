@@ -42,7 +42,7 @@ class ModelInfo:
         return text + (f" + adapter {self.adapter}" if self.adapter else "")
 
 
-def _build_upstream(size: str, device: torch.device, granularity: bool) -> nn.Module:
+def _build_upstream(size: str, device: torch.device, granularity: bool, image_size: int | None = None) -> nn.Module:
     import sam2  # noqa: F401  (initialises sam2's hydra config module)
     from hydra.core.global_hydra import GlobalHydra
     from hydra import initialize_config_module
@@ -51,6 +51,8 @@ def _build_upstream(size: str, device: torch.device, granularity: bool) -> nn.Mo
     if not GlobalHydra.instance().is_initialized():  # someone cleared it (ENVIRONMENT.md trap 5)
         initialize_config_module("sam2", version_base="1.2")
     overrides = list(UNSAMV2_OVERRIDES) if granularity else []
+    if image_size is not None:
+        overrides.append(f"++model.image_size={int(image_size)}")
     return build_sam2(SIZES[size].config, ckpt_path=None, device=str(device), mode="eval",
                       hydra_overrides_extra=overrides)
 
@@ -82,6 +84,11 @@ class UnSAMv2Model:
     @property
     def image_size(self) -> int:
         return int(self.sam.image_size)
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-resolution mask logits (and of ``mask_input``): ``image_size // 4``, 256 at 1024 px."""
+        return int(self.sam.sam_prompt_encoder.mask_input_size[0])
 
     def to(self, device: torch.device | str) -> "UnSAMv2Model":
         self.sam.to(device)
@@ -118,17 +125,22 @@ def is_added_parameter(name: str) -> bool:
 
 
 def build_model(size: str = "small", *, granularity: bool = True, device: str | torch.device = "cpu",
-                lora_rank: int = DEFAULT_RANK, lora_alpha: float = DEFAULT_ALPHA, seed: int | None = None) -> UnSAMv2Model:
+                lora_rank: int = DEFAULT_RANK, lora_alpha: float = DEFAULT_ALPHA, seed: int | None = None,
+                image_size: int | None = None) -> UnSAMv2Model:
     """A randomly initialised model of the given SAM 2.1 size, in eval mode.
 
     ``granularity=False`` gives plain SAM 2.1. ``seed`` makes the random weights reproducible
-    (tests and benchmarks). Load weights with :mod:`unsamv2_engine.model.checkpoint`.
+    (tests and benchmarks). ``image_size``: the square input side in pixels (default the config's
+    1024; a multiple of 32, e.g. 256 for the miniature models of :mod:`unsamv2_engine.minisam`; the
+    weights do not depend on it). Load weights with :mod:`unsamv2_engine.model.checkpoint`.
     """
     size = normalise_size(size)
+    if image_size is not None and (int(image_size) < 64 or int(image_size) % 32):
+        raise ValueError(f"image_size must be a multiple of 32 and at least 64, got {image_size}")
     device = torch.device(device)
     if seed is not None:
         torch.manual_seed(seed)
-    sam = _build_upstream(size, torch.device("cpu"), granularity)
+    sam = _build_upstream(size, torch.device("cpu"), granularity, image_size)
     model = UnSAMv2Model(sam, ModelInfo(size=size, family="sam2.1"))
     if granularity:
         model.add_granularity_module(lora_rank=lora_rank, lora_alpha=lora_alpha)

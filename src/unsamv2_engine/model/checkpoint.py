@@ -115,6 +115,20 @@ def checkpoint_kind(obj: Mapping[str, Any]) -> str:
     return "unsamv2" if any(is_added_parameter(k) for k in state) else "sam2"
 
 
+def checkpoint_image_size(obj: Mapping[str, Any], path: str | os.PathLike = "checkpoint") -> int | None:
+    """The model input size a full checkpoint records (``obj["image_size"]``; None: the config's 1024).
+
+    Official SAM 2.1 and UnSAMv2 files record none; the miniature models of
+    :mod:`unsamv2_engine.minisam` were trained at a reduced size and must be run at it.
+    """
+    value = obj.get("image_size")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 64 or value % 32:
+        raise CheckpointError(f"{path}: 'image_size' must be a multiple of 32 (at least 64), got {value!r}")
+    return int(value)
+
+
 # ----------------------------------------------------------------------------------------- loading
 def _describe_keys(keys: set[str]) -> str:
     shown = sorted(keys)[:_SHOWN_KEYS]
@@ -176,8 +190,9 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         size = detect_size(state)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    model = build_model(size, granularity=kind == "unsamv2", device="cpu")
-    model.info = ModelInfo(size=size, family="unsamv2" if kind == "unsamv2" else "sam2.1", source=source or str(path))
+    model = build_model(size, granularity=kind == "unsamv2", device="cpu", image_size=checkpoint_image_size(obj, path))
+    model.info = ModelInfo(size=size, family="unsamv2" if kind == "unsamv2" else "sam2.1", source=source or str(path),
+                           extra=dict(obj.get("metadata") or {}))
     load_state_dict_strict(model, state, source=str(path))
     del state, obj
     if adapter is not None:
@@ -291,11 +306,14 @@ def save_adapter(model: UnSAMv2Model, path: str | os.PathLike, *, base_sha256: s
 
 
 # ----------------------------------------------------------------------------------------- full files
-def save_checkpoint(model: UnSAMv2Model, path: str | os.PathLike, *, kind: str = "unsamv2") -> Path:
+def save_checkpoint(model: UnSAMv2Model, path: str | os.PathLike, *, kind: str = "unsamv2",
+                    metadata: Mapping[str, Any] | None = None) -> Path:
     """Write a full checkpoint ``{"model": state_dict}``.
 
     ``kind="unsamv2"``: the published LoRA-wrapped layout (needs a granularity module);
     ``kind="sam2"``: plain SAM 2.1 keys, the original weights without the UnSAMv2 additions.
+    A model whose input size is not 1024 also records ``"image_size"``; ``metadata`` (or the
+    model's own, ``model.info.extra``) goes under ``"metadata"``.
     """
     state = {k: v.detach().cpu() for k, v in model.sam.state_dict().items()}
     if kind == "unsamv2":
@@ -306,7 +324,13 @@ def save_checkpoint(model: UnSAMv2Model, path: str | os.PathLike, *, kind: str =
         state = {k.replace(".original_layer.", "."): v for k, v in state.items() if not is_added_parameter(k)}
     else:
         raise ValueError(f"kind must be 'unsamv2' or 'sam2', got {kind!r}")
-    return _atomic_save({"model": state}, path)
+    obj: dict[str, Any] = {"model": state}
+    if model.image_size != 1024:
+        obj["image_size"] = model.image_size
+    meta = dict(metadata if metadata is not None else model.info.extra)
+    if meta:
+        obj["metadata"] = meta
+    return _atomic_save(obj, path)
 
 
 def _atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -332,6 +356,11 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         size = detect_size(state)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    return {"path": str(path), "kind": kind, "size": size, "tensors": len(state),
-            "parameters": int(sum(t.numel() for t in state.values())),
-            "added_parameters": int(sum(t.numel() for k, t in state.items() if is_added_parameter(k)))}
+    out = {"path": str(path), "kind": kind, "size": size, "tensors": len(state),
+           "parameters": int(sum(t.numel() for t in state.values())),
+           "added_parameters": int(sum(t.numel() for k, t in state.items() if is_added_parameter(k)))}
+    if obj.get("image_size") is not None:
+        out["image_size"] = checkpoint_image_size(obj, path)
+    if obj.get("metadata"):
+        out["metadata"] = obj["metadata"]
+    return out

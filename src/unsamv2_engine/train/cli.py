@@ -93,6 +93,10 @@ def add_parser(subparsers: Any, model_options: Callable | None = None,
     train.add_argument("--cache-embeddings", action="store_true",
                        help="compute each image's embedding once (much faster on a CPU; turns augmentation off; "
                             "about 16 MB of memory per image)")
+    train.add_argument("--mask-chunk", type=non_negative_int, default=4, metavar="N",
+                       help="with a frozen encoder, simulate and back-propagate an image's masks N at a time "
+                            "(same loss and gradient; memory of N masks, about 0.6 GB each at 1024 px; "
+                            "default: 4; 0: all at once, fastest on a large GPU)")
     train.add_argument("--no-augment", action="store_true", help="no flips, rotations, affine or intensity jitter")
     train.add_argument("--checkpoint-every", type=non_negative_int, default=500, metavar="N",
                        help="save a checkpoint every N steps (default: 500; one is always saved at the end)")
@@ -304,7 +308,8 @@ def _train(args: argparse.Namespace, base_path: Path, device: Any, ctx: Any, rep
                             checkpoint_every=args.checkpoint_every, val_fraction=args.val_fraction,
                             val_every=args.val_every, seed=args.seed, max_masks=args.max_masks,
                             num_correction_clicks=args.correction_clicks,
-                            cache_embeddings=args.cache_embeddings, augment=augment is not None)
+                            cache_embeddings=args.cache_embeddings, augment=augment is not None,
+                            mask_chunk=args.mask_chunk)
     result = finetune(model, dataset, config, workdir=workdir, output=args.output, resume=args.resume,
                       progress=reporter, cancel=cancel)
     if result.cancelled:

@@ -12,6 +12,7 @@ Points are ``(x, y)`` = (column, row) integer pixel indices, as upstream. All ra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional, Tuple
 
 import torch
@@ -110,6 +111,16 @@ def sample_correction_click(pred: torch.Tensor, gt: torch.Tensor,
     return x, y, 1
 
 
+def _per_object(generator: torch.Generator | Sequence[torch.Generator] | None, n: int) -> list:
+    """One generator per object: the shared one ``n`` times, or the given list (length checked)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return [generator] * n
+    gens = list(generator)
+    if len(gens) != n:
+        raise ValueError(f"{len(gens)} generators for {n} objects")
+    return gens
+
+
 def batch_initial_clicks(gt: torch.Tensor,
                          generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """One positive click per object, uniform inside each GT mask.
@@ -118,8 +129,9 @@ def batch_initial_clicks(gt: torch.Tensor,
     ----------
     gt : torch.Tensor
         Ground-truth masks, shape ``[N, H, W]`` (``[N, 1, H, W]`` accepted); each must be non-empty.
-    generator : torch.Generator, optional
-        CPU generator for reproducibility.
+    generator : torch.Generator or sequence of them, optional
+        CPU generator for reproducibility; a list gives each object its own (so that an object's
+        clicks do not depend on which other objects share the batch).
 
     Returns
     -------
@@ -129,7 +141,8 @@ def batch_initial_clicks(gt: torch.Tensor,
         Int32 ``[N, 1]``, all ones.
     """
     g = _as_bool_3d(gt, "gt")
-    pts = [sample_point_in_mask(g[i], generator) for i in range(g.shape[0])]
+    gens = _per_object(generator, g.shape[0])
+    pts = [sample_point_in_mask(g[i], gens[i]) for i in range(g.shape[0])]
     points = torch.tensor(pts, dtype=torch.float32).reshape(-1, 1, 2).to(g.device)
     labels = torch.ones(g.shape[0], 1, dtype=torch.int32, device=g.device)
     return points, labels
@@ -145,8 +158,8 @@ def batch_correction_clicks(pred: torch.Tensor, gt: torch.Tensor,
         Binarised predictions (bool), shape ``[N, H, W]`` (``[N, 1, H, W]`` accepted).
     gt : torch.Tensor
         Ground-truth masks (bool), same shape as ``pred``.
-    generator : torch.Generator, optional
-        CPU generator for reproducibility.
+    generator : torch.Generator or sequence of them, optional
+        CPU generator for reproducibility (a list: one per object).
 
     Returns
     -------
@@ -159,7 +172,8 @@ def batch_correction_clicks(pred: torch.Tensor, gt: torch.Tensor,
     g = _as_bool_3d(gt, "gt")
     if p.shape != g.shape:
         raise ValueError(f"pred {tuple(p.shape)} and gt {tuple(g.shape)} differ in shape")
-    clicks = [sample_correction_click(p[i], g[i], generator) for i in range(g.shape[0])]
+    gens = _per_object(generator, g.shape[0])
+    clicks = [sample_correction_click(p[i], g[i], gens[i]) for i in range(g.shape[0])]
     points = torch.tensor([c[:2] for c in clicks], dtype=torch.float32).reshape(-1, 1, 2).to(g.device)
     labels = torch.tensor([c[2] for c in clicks], dtype=torch.int32).reshape(-1, 1).to(g.device)
     return points, labels

@@ -120,6 +120,11 @@ class FinetuneConfig:
     cache_embeddings : bool
         Compute each image's embedding once and reuse it (needs a frozen encoder and no augmentation;
         about 16 MB per image of host or GPU memory).
+    mask_chunk : int
+        With a frozen encoder, an image's masks are simulated and back-propagated ``mask_chunk`` at a
+        time (gradients accumulate; the loss and its gradient are those of all masks at once), so that
+        memory does not grow with ``max_masks`` (each mask costs about 0.6 GB at 1024 px with its 4
+        passes). 0: all masks at once. A trainable encoder (``all``) always takes all masks at once.
     augment : bool
         Augment the training images (when the dataset is built here from folders).
     """
@@ -145,6 +150,7 @@ class FinetuneConfig:
     amp: str = "auto"
     cache_embeddings: bool = False
     augment: bool = True
+    mask_chunk: int = 4
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -153,7 +159,7 @@ class FinetuneConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("checkpoint_every", "val_every", "num_correction_clicks"):
+        for name in ("checkpoint_every", "val_every", "num_correction_clicks", "mask_chunk"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
@@ -267,6 +273,17 @@ class SampleOrder:
 
 
 # ============================================================================ the forward pass
+def object_click_seed(click_seed: int, object_index: int) -> int:
+    """The click-generator seed of object ``object_index`` of a sample (independent of chunking)."""
+    return (int(click_seed) * 1_000_003 + 7919 * (int(object_index) + 1)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def mask_chunks(num_masks: int, chunk: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges covering ``num_masks`` masks, ``chunk`` at a time (0: all at once)."""
+    step = num_masks if chunk <= 0 else int(chunk)
+    return [(lo, min(lo + step, num_masks)) for lo in range(0, max(num_masks, 1), max(step, 1))]
+
+
 class InteractiveLoss(nn.Module):
     """The simulated interaction on one image and its loss (a module, so that DDP can wrap it).
 
@@ -283,9 +300,12 @@ class InteractiveLoss(nn.Module):
 
     def forward(self, image: torch.Tensor | None, embed: torch.Tensor | None, feat_s0: torch.Tensor | None,
                 feat_s1: torch.Tensor | None, masks: torch.Tensor, granularities: torch.Tensor, click_seed: int,
-                num_objects: float) -> dict[str, Any]:
+                num_objects: float, first_object: int = 0) -> dict[str, Any]:
         features = encode_image(self.sam, image) if image is not None else ImageFeatures(embed, (feat_s0, feat_s1))
-        generator = torch.Generator().manual_seed(int(click_seed))
+        # One click generator per object (seeded by its index in the image), so that an object's clicks
+        # are the same whichever chunk of masks it is processed in.
+        generator = [torch.Generator().manual_seed(object_click_seed(click_seed, first_object + i))
+                     for i in range(masks.shape[0])]
         size = tuple(masks.shape[-2:])
         gra = granularities.reshape(-1, 1).to(torch.float32)
         coords, labels = batch_initial_clicks(masks, generator)
@@ -726,19 +746,24 @@ def _train_step(run: _Run, forward: nn.Module, optimizer: torch.optim.Optimizer,
         objects += local_objects
         norm = ctx.mean(local_objects)
         for j, sample in enumerate(samples):
-            last = micro == cfg.grad_accum - 1 and j == len(samples) - 1
             image, features = run.image_inputs(sample)
             embed, (s0, s1) = (features.image_embed, features.high_res) if features is not None else (None, (None, None))
             click_seed = sample_seed(cfg.seed, sample.epoch, sample.index, STREAM_CLICKS)
             dropout_seed = sample_seed(cfg.seed, sample.epoch, sample.index, STREAM_DROPOUT)
-            with ctx.accumulating(forward, accumulate=not last), _seeded_rng(dropout_seed, device):
-                with _autocast(device, cfg.amp):
-                    out = forward(image, embed, s0, s1, sample.masks.to(device), sample.granularities.to(device),
-                                  click_seed, norm)
-                (out["loss"] / cfg.grad_accum).backward()
-            terms["loss"] += float(out["loss"].detach()) / cfg.grad_accum
-            for key in ("loss_mask", "loss_dice", "loss_iou", "loss_class"):
-                terms[key] += float(out[key]) / cfg.grad_accum
+            # A frozen encoder: the masks go through in chunks, each back-propagated at once (same loss,
+            # memory of one chunk). A trainable encoder's graph is shared by all masks: one pass.
+            chunks = mask_chunks(sample.num_objects, cfg.mask_chunk if image is None else 0)
+            for c, (lo, hi) in enumerate(chunks):
+                last = micro == cfg.grad_accum - 1 and j == len(samples) - 1 and c == len(chunks) - 1
+                with ctx.accumulating(forward, accumulate=not last), _seeded_rng(dropout_seed + c, device):
+                    with _autocast(device, cfg.amp):
+                        out = forward(image, embed, s0, s1, sample.masks[lo:hi].to(device),
+                                      sample.granularities[lo:hi].to(device), click_seed, norm, lo)
+                    (out["loss"] / cfg.grad_accum).backward()
+                terms["loss"] += float(out["loss"].detach()) / cfg.grad_accum
+                for key in ("loss_mask", "loss_dice", "loss_iou", "loss_class"):
+                    terms[key] += float(out[key]) / cfg.grad_accum
+                del out
     # Each rank's loss is its objects' sum over the mean object count, so the mean over ranks is the
     # single-process loss of the global batch.
     terms = {k: ctx.mean(v) for k, v in terms.items()}
