@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     from unsamv2_engine.automatic.cli import add_parser as add_automatic  # auto, hierarchy; standard library only
 
     add_automatic(sub, _add_model_options, _add_common_options)
+    from unsamv2_engine.tiling.cli import add_embed_parser  # embed; standard library only
+
+    add_embed_parser(sub, _add_model_options, _add_common_options)
     _add_models(sub, [_add_common_options])
     _add_info(sub, [_add_common_options])
     _add_convert(sub, [_add_common_options])

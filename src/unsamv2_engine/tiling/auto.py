@@ -98,12 +98,13 @@ def segment_tiled(model, image, granularities: Sequence[float | None], *, settin
                   contrast_limits: tuple[float, float] | None = None, hierarchy: bool = False,
                   containment: float = 0.5, progress: TileProgress | None = None,
                   cancel: Callable[[], bool] | None = None, segmenter: AutomaticSegmenter | None = None,
-                  features=None) -> TiledResult:
+                  features=None, store=None) -> TiledResult:
     """Segment ``image`` (any 2D array-like: numpy, memmap, zarr, dask) tile by tile at each granularity.
 
     hierarchy: nest the levels (finer inside coarser, by g); progress(done, total, tile) after each tile;
     cancel() checked between tiles and decoder batches: the finished tiles are kept (``complete`` False);
-    features: optional lookup ``tile -> ImageFeatures | None`` of cached embeddings (:mod:`.cache`).
+    features: optional lookup ``tile -> ImageFeatures | None`` of cached embeddings (:mod:`.cache`);
+    store(tile, features): called with each tile's fresh embedding (to fill a cache).
     """
     levels = [check_granularity(g) for g in granularities]
     if not levels:
@@ -124,6 +125,8 @@ def segment_tiled(model, image, granularities: Sequence[float | None], *, settin
                                           features=None if cached is None else (cached, rgb.shape[:2]))
         except Cancelled:
             break
+        if store is not None and cached is None:
+            store(tile, seg.session.features)
         for li, res in enumerate(results):
             pieces[li].extend(pieces_of_tile(res.masks, res.scores, tile, source.shape_hw))
         del results
