@@ -178,3 +178,20 @@ def test_small_images_keep_the_regular_path(files):
     assert not wants_tiles(args)
     args = cli.build_parser().parse_args(["auto", str(files["tif"]), "-g", "0.5", "-o", "x.ome.zarr"])
     assert wants_tiles(args)
+
+
+def test_tiled_segment_decodes_a_click_on_one_tile(files, tmp_path, capsys, monkeypatch):
+    counter = CountEmbeddings(monkeypatch)
+    out = tmp_path / "mask.tif"
+    code, stdout, err = _run(capsys, "segment", files["tif"], "--point", "1200,500", "-g", 0.3, "-o", out,
+                             "--tile-size", 1024, "--checkpoint", files["ckpt"], "--device", "cpu",
+                             "--json", tmp_path / "m.json")
+    assert code == 0, err
+    mask = tifffile.imread(out)
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert mask.shape == (1000, 1300)
+    x0, y0, x1, y1 = meta["view_box"]
+    assert x0 <= 1200 < x1 and y0 <= 500 < y1
+    # a full-resolution tile, or (the random model's mask touched the tile edge) a coarser view, said so
+    assert (meta["view_step"] == 1 and x1 - x0 == 1024) or ("larger than one tile" in meta["note"])
+    assert counter.n == meta["tiles_embedded"] >= 1 and "tile(s) embedded" in stdout

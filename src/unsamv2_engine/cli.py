@@ -256,6 +256,9 @@ def _add_segment(sub: Any, shared: list[OptionAdder]) -> None:
                         help="0.1 (smallest parts) .. 1.0 (whole objects)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.tif", help="label TIFF to write")
     parser.add_argument("--json", metavar="META.json", help="also write the result's metadata as JSON ('-': stdout)")
+    from unsamv2_engine.tiling.cli import add_tiling_options  # standard library only
+
+    add_tiling_options(parser)
     _finish(parser, shared, cmd_segment)
 
 
@@ -600,6 +603,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     _check_output_suffix(args.output, "output", TIFF_SUFFIXES)
     granularity = check_granularity(args.granularity)
+    from unsamv2_engine.tiling.cli import run_tiled_segment, wants_tiles  # large images: decoded on a tile
+
+    if wants_tiles(args):
+        return run_tiled_segment(args, granularity)
     run = _prepare(args)
     _say(args, f"decoding at granularity {granularity:g} ...")
     pred, decode_s = _timed(lambda: run.session.predict(run.points, run.labels, granularity, m2m=args.m2m),

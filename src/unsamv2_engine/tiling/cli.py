@@ -257,3 +257,35 @@ def write_tiled_tiff(path: str, result, dtype, meta, hierarchy: bool, tile: int 
             tif.write(tiles(i), shape=(h, w), dtype=dtype, tile=(tile, tile), compression="zlib",
                       description=json.dumps(to_jsonable({**meta, "level": i})) if i == 0 else None,
                       metadata=None)
+
+
+# ============================================================================ segment
+def run_tiled_segment(args: argparse.Namespace, granularity: float) -> int:
+    """``unsamv2 segment`` on a large image: the click is decoded on a full-resolution tile (then a tile centred on
+    the prompts, then coarser views if the object is larger), never on the whole image squashed."""
+    from unsamv2_engine import cli as main_cli
+    from unsamv2_engine.io import write_labels
+    from unsamv2_engine.tiling.interactive import TiledSession
+
+    main_cli._check_output_suffix(args.output, "output", main_cli.TIFF_SUFFIXES)
+    source, model, size, _ = _open(args)
+    points, labels = main_cli._prompt_arrays(args, source.shape_hw)
+    cache = _open_cache(args, args.embeddings, source, model, size) if args.embeddings else None
+    session = TiledSession(model, source, tile_size=size, overlap=args.overlap, mask_threshold=args.mask_threshold,
+                           features=cache.lookup_to(model.device) if cache else None)
+    main_cli._say(args, f"decoding at granularity {granularity:g} on {size} px tiles ...")
+    pred, decode_s = main_cli._timed(lambda: session.predict(points, labels, granularity, m2m=args.m2m), model.device)
+    main_cli._say(args, pred.note)
+    meta = {"granularity": granularity, "score": pred.score, "object_score": pred.object_score, "area": pred.area,
+            "model": model.info.label, "points": points.tolist(), "labels": labels.tolist(),
+            "mask_threshold": args.mask_threshold, "m2m": args.m2m, "view_box": list(pred.box), "view_step": pred.step,
+            "note": pred.note, "tiles_embedded": session.embedded, "decode_s": decode_s}
+    write_labels(args.output, pred.full_mask(source.shape_hw), metadata=meta)
+    if getattr(args, "json", None):
+        main_cli._emit_json(args.json, {**meta, "output": str(args.output)})
+    if pred.area == 0:
+        main_cli._warn(f"the mask is empty (object score {pred.object_score:.2f}): try another point, granularity "
+                       "or a lower --mask-threshold")
+    main_cli._summary(args, f"wrote {args.output} (area {pred.area} px, score {pred.score:.2f}, granularity "
+                            f"{granularity:g}; {session.embedded} tile(s) embedded, view reduced {pred.step}x)")
+    return main_cli.EXIT_OK
