@@ -139,13 +139,13 @@ def test_stack_prompts_on_the_current_slice(make_napari_viewer, qtbot, checkpoin
         w.model_combo.setCurrentText(CHECKPOINT_CHOICE)
         w.checkpoint_edit.setText(str(checkpoint))
         w.load_model()
-        qtbot.waitUntil(lambda: w._embedded_key is not None and w._embedded_key.endswith("@1"), timeout=WAIT)
+        qtbot.waitUntil(lambda: w._embedded_key is not None and "@1|" in w._embedded_key, timeout=WAIT)
         w.add_point(40, 40)
         preview = _wait_preview(qtbot, w, 0.5)
         assert preview.shape == stack.shape and preview[0].sum() == 0 and preview[2].sum() == 0
         assert preview[1].any()
         viewer.dims.set_current_step(0, 2)
-        qtbot.waitUntil(lambda: w._embedded_key is not None and w._embedded_key.endswith("@2"), timeout=WAIT)
+        qtbot.waitUntil(lambda: w._embedded_key is not None and "@2|" in w._embedded_key, timeout=WAIT)
     finally:
         w.close_engine()
 
@@ -237,5 +237,48 @@ def test_preview_prompt_holds_only_the_current_objects_points(make_napari_viewer
         w.propagate_panel.object_spin.setValue(1)
         xy, labels, _ = w.current_prompt()
         assert sorted(map(tuple, xy.tolist())) == [(40.0, 40.0), (50.0, 45.0)] and sorted(labels.tolist()) == [0, 1]
+    finally:
+        w.close_engine()
+
+
+def test_contrast_and_data_changes_reembed_what_the_model_sees(make_napari_viewer, qtbot, checkpoint):
+    """Regression (issue 15): the embedding key was the layer name, id() and plane, so after a contrast change
+    of a uint16 layer (or an edit of its data) the model kept seeing the old image."""
+    from unsamv2_engine.client import EngineClient, ThreadTransport
+    from unsamv2_engine.model.checkpoint import load_checkpoint
+    from unsamv2_engine.session import ImageSession
+
+    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
+
+    image = (make_cells_image()[..., 0].astype(np.uint16) * 16)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(image, name="u16", contrast_limits=(0, 4000))
+    w = UnSAMv2Widget(viewer, engine=EngineClient(ThreadTransport()))
+    reference = ImageSession(load_checkpoint(checkpoint))
+    try:
+        w.model_combo.setCurrentText(CHECKPOINT_CHOICE)
+        w.checkpoint_edit.setText(str(checkpoint))
+        w.load_model()
+        qtbot.waitUntil(lambda: w._embedded_key is not None, timeout=WAIT)
+        first = w._embedded_key
+        w.add_point(40, 40)
+        _wait_preview(qtbot, w, 0.5)
+
+        layer.contrast_limits = (1500, 2500)
+        qtbot.waitUntil(lambda: w._embedded_key not in (None, first), timeout=WAIT)
+        reference.set_image(image, contrast_limits=(1500, 2500))
+        expected = reference.predict([[40, 40]], [1], 0.5).mask
+        qtbot.waitUntil(lambda: np.array_equal(viewer.layers["UnSAMv2 preview"].data.astype(bool), expected),
+                        timeout=WAIT)
+
+        second = w._embedded_key
+        edited = image.copy()
+        edited[:, :64] = 0
+        layer.data = edited
+        qtbot.waitUntil(lambda: w._embedded_key not in (None, first, second), timeout=WAIT)
+        reference.set_image(edited, contrast_limits=tuple(layer.contrast_limits))
+        expected = reference.predict([[40, 40]], [1], 0.5).mask
+        qtbot.waitUntil(lambda: np.array_equal(viewer.layers["UnSAMv2 preview"].data.astype(bool), expected),
+                        timeout=WAIT)
     finally:
         w.close_engine()

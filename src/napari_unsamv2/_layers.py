@@ -37,9 +37,24 @@ def leading_indices(current_step: Sequence[int], image_ndim: int, rgb: bool) -> 
     return steps[len(steps) - n_lead - 2: len(steps) - 2] if n_lead else ()
 
 
-def image_key(layer_name: str, layer_id: int, leading: tuple[int, ...]) -> str:
-    """Engine cache key of a layer's plane."""
-    return f"{layer_name}#{layer_id}@{','.join(map(str, leading))}"
+def image_key(layer_name: str, layer_id: int, leading: tuple[int, ...], *, content: str = "",
+              contrast: tuple[float, float] | None = None) -> str:
+    """Engine cache key of a layer's plane: the layer and plane, plus what the model sees of it,
+    ``content`` (:func:`plane_signature`) and ``contrast`` (the intensity mapping, None for uint8)."""
+    key = f"{layer_name}#{layer_id}@{','.join(map(str, leading))}"
+    if content or contrast is not None:
+        limits = "" if contrast is None else ",".join(f"{c:.17g}" for c in contrast)
+        key += f"|{content}|{limits}"
+    return key
+
+
+def plane_signature(plane: np.ndarray) -> str:
+    """BLAKE2b (16 bytes, hex) of a plane's shape, dtype and pixels: edits of the data change it."""
+    import hashlib
+
+    h = hashlib.blake2b(repr((plane.shape, plane.dtype.str)).encode(), digest_size=16)
+    h.update(np.ascontiguousarray(plane).tobytes())
+    return h.hexdigest()
 
 
 def prompt_from_points(points: np.ndarray, polarity: Sequence[str], leading: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

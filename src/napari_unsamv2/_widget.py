@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                             QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QSlider, QVBoxLayout,
                             QWidget)
@@ -30,6 +30,7 @@ PREVIEW_LAYER = "UnSAMv2 preview"
 OBJECTS_LAYER = "UnSAMv2 objects"
 DIAL_STEPS = 90  # slider 10..100 -> g 0.10..1.00
 NUDGE = 0.05
+REEMBED_DELAY_MS = 250  # quiet time after a contrast / data change before re-embedding
 CHECKPOINT_CHOICE = "checkpoint file…"
 LOCAL_ENGINE = "this computer"
 SERVER_ENGINE = "server"
@@ -66,6 +67,11 @@ class UnSAMv2Widget(QWidget):
         self._sweep_count = 0
         self._object_granularity: dict[int, float] = {}  # object id -> g, for propagation
         self._current_object = 1
+        self._watched: set[int] = set()
+        self._reembed_timer = QTimer(self)
+        self._reembed_timer.setSingleShot(True)
+        self._reembed_timer.setInterval(REEMBED_DELAY_MS)
+        self._reembed_timer.timeout.connect(self._ensure_embedding)
         self._build_ui()
         self._connect_viewer()
         self._bind_keys()
@@ -247,7 +253,24 @@ class UnSAMv2Widget(QWidget):
 
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
+    def _watch_layers(self) -> None:
+        """Re-embed when the chosen layer's data or contrast limits change (debounced: a contrast slider
+        fires many events; the embedding is computed once it rests)."""
+        for layer in self._image_layers():
+            if id(layer) in self._watched:
+                continue
+            self._watched.add(id(layer))
+            layer.events.contrast_limits.connect(self._on_layer_changed)
+            layer.events.data.connect(self._on_layer_changed)
+
+    def _on_layer_changed(self, event=None) -> None:
+        source = getattr(event, "source", None)
+        if source is not None and source is not self.image_layer():
+            return
+        self._reembed_timer.start()
+
     def _refresh_images(self) -> None:
+        self._watch_layers()
         current = self.image_combo.currentText()
         names = [layer.name for layer in self._image_layers()]
         self.image_combo.blockSignals(True)
@@ -350,13 +373,14 @@ class UnSAMv2Widget(QWidget):
         if not self._model_ready or layer is None:
             return
         leading = self._plane(layer)[0]
-        key = L.image_key(layer.name, id(layer), leading)
+        plane = L.plane_of(layer.data, leading, layer.rgb)
+        contrast = None if plane.dtype == np.uint8 else tuple(float(c) for c in layer.contrast_limits)
+        # what the model sees: the pixels and the intensity mapping (not only the layer and the plane)
+        key = L.image_key(layer.name, id(layer), leading, content=L.plane_signature(plane), contrast=contrast)
         if key in (self._embedded_key, self._embedding_key):
             if key == self._embedded_key:
                 self.request_preview()
             return
-        plane = L.plane_of(layer.data, leading, layer.rgb)
-        contrast = None if plane.dtype == np.uint8 else tuple(float(c) for c in layer.contrast_limits)
         self._embedding_key = key
         self._busy(f"computing the image embedding of {layer.name}…")
         self._submit(p.SetImage(key, np.ascontiguousarray(plane), contrast_limits=contrast, rgb=layer.rgb), "embed")

@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     from unsamv2_engine.automatic.cli import add_parser as add_automatic  # auto, hierarchy; standard library only
 
     add_automatic(sub, _add_model_options, _add_common_options)
+    from unsamv2_engine.tiling.cli import add_embed_parser  # embed; standard library only
+
+    add_embed_parser(sub, _add_model_options, _add_common_options)
     _add_models(sub, [_add_common_options])
     _add_info(sub, [_add_common_options])
     _add_convert(sub, [_add_common_options])
@@ -271,6 +274,9 @@ def _add_segment(sub: Any, shared: list[OptionAdder]) -> None:
                         help="0.1 (smallest parts) .. 1.0 (whole objects)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.tif", help="label TIFF to write")
     parser.add_argument("--json", metavar="META.json", help="also write the result's metadata as JSON ('-': stdout)")
+    from unsamv2_engine.tiling.cli import add_tiling_options  # standard library only
+
+    add_tiling_options(parser)
     _finish(parser, shared, cmd_segment)
 
 
@@ -669,6 +675,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from unsamv2_engine import remote_cli
 
         return remote_cli.segment(args, granularity)
+    from unsamv2_engine.tiling.cli import run_tiled_segment, wants_tiles  # large images: decoded on a tile
+
+    if wants_tiles(args):
+        return run_tiled_segment(args, granularity)
     run = _prepare(args)
     _say(args, f"decoding at granularity {granularity:g} ...")
     pred, decode_s = _timed(lambda: run.session.predict(run.points, run.labels, granularity, m2m=args.m2m),

@@ -88,6 +88,7 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     ``-q`` and ``--traceback``), added after each command's own options.
     """
     from unsamv2_engine import cli as main_cli  # standard library only at import
+    from unsamv2_engine.tiling.cli import add_tiling_options  # standard library only
 
     auto = main_cli.subparser(
         subparsers, "auto", "segment every object of an image at one granularity",
@@ -103,6 +104,7 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
                       help="also write every mask (overlaps kept) as COCO JSON with compressed RLE ('-': stdout)")
     _add_image_options(auto, main_cli)
     _add_settings_options(auto)
+    add_tiling_options(auto)
     for add in (model_options, common_options):
         add(auto)
     auto.set_defaults(func=run_auto)
@@ -130,6 +132,7 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
                       help="share of an object that its parent must cover (default: 0.5)")
     _add_image_options(tree, main_cli)
     _add_settings_options(tree)
+    add_tiling_options(tree)
     for add in (model_options, common_options):
         add(tree)
     tree.set_defaults(func=run_hierarchy)
@@ -182,9 +185,13 @@ def run_auto(args: argparse.Namespace) -> int:
     from unsamv2_engine import cli as main_cli
     from unsamv2_engine.prompts import check_granularity
 
-    main_cli._check_output_suffix(args.output, "output", main_cli.TIFF_SUFFIXES)
     granularity = check_granularity(args.granularity)
     main_cli.check_command_outputs(args, {"-o": args.output, "--json": args.json})
+    from unsamv2_engine.tiling.cli import run_tiled, wants_tiles  # large images: tile by tile
+
+    if wants_tiles(args):
+        return run_tiled(args, [granularity], hierarchy=False)
+    main_cli._check_output_suffix(args.output, "output", main_cli.TIFF_SUFFIXES)
     job = _Job.prepare(args, [granularity])
     if job.uniform:
         levels = [_empty_result(granularity, job.hw, job.settings)]
@@ -235,6 +242,10 @@ def run_hierarchy(args: argparse.Namespace) -> int:
     main_cli.check_command_outputs(args, {"-o": args.output, "--table": args.table, "--json": args.json})
     if len(set(granularities)) < len(granularities):
         main_cli._warn("some granularities are repeated: their pages will hold the same objects")
+    from unsamv2_engine.tiling.cli import run_tiled, wants_tiles  # large images: tile by tile
+
+    if wants_tiles(args):
+        return run_tiled(args, granularities, hierarchy=True)
     job = _Job.prepare(args, granularities)
     if job.uniform:
         levels = [_empty_result(g, job.hw, job.settings) for g in granularities]
