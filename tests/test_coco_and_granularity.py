@@ -1,4 +1,4 @@
-"""COCO RLE round trips and the sqrt-area granularity rule (UNSAMV2_FACTS §5.5), on hand-made cases."""
+"""COCO RLE round trips and the sqrt-area granularity rule (docs/model-reference.md §5.4), on hand-made cases."""
 
 from __future__ import annotations
 

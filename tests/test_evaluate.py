@@ -1,6 +1,6 @@
 """unsamv2_engine.evaluate: click simulator, NoC metrics, granularity modes, AR, datasets, report, CLI.
 
-Mostly hand-made cases with mock predictors whose NoC is known analytically (EVALUATION.md 4.7-6);
+Mostly hand-made cases with mock predictors whose NoC is known analytically (docs/evaluation.md);
 one smoke run per real tiny random-weight model (UnSAMv2 and plain SAM 2.1), and one CLI run.
 """
 

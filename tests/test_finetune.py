@@ -1,6 +1,6 @@
 """Fine-tuning: pseudo-label dataset, augmentation, training loop, resume, adapter round trip, CLI.
 
-Data: small synthetic fluorescence images with pseudo-label JSONs in the UNSAMV2_FACTS §5.4 layout,
+Data: small synthetic fluorescence images with pseudo-label JSONs in the docs/model-reference.md §5.3 layout,
 made from the generator's true masks and their sqrt-area granularities. The model is the seeded
 random-weight hiera-tiny; embeddings are cached so that every run encodes each image once.
 """

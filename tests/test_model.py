@@ -32,7 +32,7 @@ def test_plain_sam2_layout_matches_upstream(parity_dir):
 
 
 def test_parameter_counts(small_model):
-    """345,760 added parameters on 46,060,610 of SAM 2.1-S (UNSAMV2_FACTS §1.7)."""
+    """345,760 added parameters on 46,060,610 of SAM 2.1-S (docs/model-reference.md §1.5)."""
     added = small_model.granularity_parameters()
     assert sum(p.numel() for p in added.values()) == 345_760
     assert len(added) == 70

@@ -1,4 +1,4 @@
-"""The divide-and-conquer pseudo-label pipeline and ``unsamv2 pseudo-label`` (UNSAMV2_FACTS §5)."""
+"""The divide-and-conquer pseudo-label pipeline and ``unsamv2 pseudo-label`` (docs/model-reference.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Conquer-stage merging and NMS (UNSAMV2_FACTS §5.3)."""
+"""Conquer-stage merging and NMS (docs/model-reference.md §5.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Granularity targets of masks in one part/whole hierarchy (UNSAMV2_FACTS §5.5).
+"""Granularity targets of masks in one part/whole hierarchy (docs/model-reference.md §5.4).
 
 Within one instance tree (the instance and all its parts), sorted by pixel area:
 the smallest mask gets 0.1, the largest 1.0, every other

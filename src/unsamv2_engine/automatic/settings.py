@@ -13,7 +13,7 @@ class AutoSettings:
     """Point grid, decoding and filtering (names and meanings as in sam2's automatic mask generator).
 
     ``pred_iou_thresh`` / ``stability_score_thresh`` of None follow the authors' per-granularity
-    rule (UNSAMV2_FACTS §3.2): g < 0.5 -> (0.65, 0.7), else (0.5, 0.7). A threshold of 0 keeps
+    rule (docs/model-reference.md §3.2): g < 0.5 -> (0.65, 0.7), else (0.5, 0.7). A threshold of 0 keeps
     everything.
     """
 

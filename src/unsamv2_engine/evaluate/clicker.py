@@ -1,7 +1,7 @@
 """The RITM click simulator (``isegm/inference/clicker.py``, ``Clicker._get_next_click``).
 
 Every interactive-segmentation benchmark of RITM, SimpleClick, GraCo and UnSAMv2 places clicks
-with this rule (``docs/evaluation.md``; EVALUATION.md section 4.2):
+with this rule (``docs/evaluation.md``; docs/evaluation.md §2.1):
 
 1. ``FN = gt & ~pred & ~ignore`` and ``FP = ~gt & pred & ~ignore``;
 2. both are padded by one pixel of zeros (the image border counts as boundary), Euclidean

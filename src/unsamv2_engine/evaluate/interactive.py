@@ -1,6 +1,6 @@
 """The interaction loop (RITM / GraCo / UnSAMv2 protocol) and the granularity modes.
 
-Loop (EVALUATION.md section 4.3): for click 1..``max_clicks`` (20), the RITM clicker
+Loop (docs/evaluation.md §2.2): for click 1..``max_clicks`` (20), the RITM clicker
 (:mod:`.clicker`) places a click from the current error; the predictor decodes from all clicks so
 far with the previous low-res logits as ``mask_input``; the IoU is recorded; the loop stops once
 IoU >= ``target_iou`` (unless ``stop_early=False``, or a target above 1, for full curves).
@@ -16,7 +16,7 @@ Modes (:class:`Mode`, parsed by :func:`parse_mode`):
 ``fixed:G``
     One granularity for every object.
 ``level``
-    Non-oracle (EVALUATION.md 4.7-1): g* from the object's place in the GT hierarchy, the sqrt-area
+    Non-oracle (docs/evaluation.md §2.3): g* from the object's place in the GT hierarchy, the sqrt-area
     rule (:func:`unsamv2_engine.granularity_scores.sqrt_area_granularity`) over the chain of GT
     masks (all levels) that contain the object's first click: smallest 0.1, largest 1.0.
 ``sam-single``
@@ -269,7 +269,7 @@ def run_oracle(predictor: Predictor, gt: np.ndarray, *, grid: Sequence[float] = 
 
 # ============================================================================ level mode
 def chain_granularity(target: np.ndarray, others: Sequence[np.ndarray], point_rc: tuple[int, int]) -> tuple[float, int]:
-    """g* of ``target`` on the chain of GT masks containing ``point_rc`` (EVALUATION.md 4.7-1).
+    """g* of ``target`` on the chain of GT masks containing ``point_rc`` (docs/evaluation.md §2.3).
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """Whole-image metrics: class-agnostic average recall (AR) as COCOeval computes it, and sweep nestedness.
 
-AR (EVALUATION.md section 4.6; UnSAMv2 ``evaluation/whole_image/check.py``):
+AR (docs/evaluation.md §3; UnSAMv2 ``evaluation/whole_image/check.py``):
 ``COCOeval(gt, dt, "segm")`` with ``params.useCats = 0`` (every GT and detection in one class) and
 ``params.maxDets = [1, 100, 1000]``. Per image, detections are sorted by score and cut to maxDet;
 at each IoU threshold t in 0.50:0.05:0.95 each detection matches the unmatched GT of highest mask
@@ -9,7 +9,7 @@ thresholds at maxDets N, area "all": ``stats[7]`` is AR@100 and ``stats[8]`` AR@
 maxDets (``summarize`` builds ``stats[6:9]`` from ``maxDets[0:3]``); AR_s/m/l (``stats[9:12]``)
 use areas < 32², 32²-96², > 96² px at the last maxDets. False positives do not lower AR.
 
-Nestedness (EVALUATION.md 4.7-3): for the masks of one prompt at increasing g, the fraction of
+Nestedness (docs/evaluation.md §2.4): for the masks of one prompt at increasing g, the fraction of
 pairs g1 < g2 with ``area(M1) <= area(M2)`` and the fraction with ``|M1 \\ M2| / |M1| < tol``.
 """
 

@@ -17,7 +17,7 @@ from unsamv2_engine.model.granularity import attach_granularity_module, has_gran
 from unsamv2_engine.model.lora import DEFAULT_ALPHA, DEFAULT_RANK, inject_lora, lora_layers, merge_lora, unmerge_lora
 from unsamv2_engine.model.specs import SIZES, normalise_size
 
-# The three flags that unsamv2_small.yaml turns off against sam2.1_hiera_s.yaml (UNSAMV2_FACTS §1.1).
+# The three flags that unsamv2_small.yaml turns off against sam2.1_hiera_s.yaml (docs/model-reference.md §1.1).
 UNSAMV2_OVERRIDES = (
     "++model.multimask_output_in_sam=false",
     "++model.multimask_output_for_tracking=false",

@@ -1,4 +1,4 @@
-"""Divide-and-conquer pseudo-labels, clean-room from UNSAMV2_FACTS §5 (see ``docs/pseudo-labels.md``).
+"""Divide-and-conquer pseudo-labels, clean-room from docs/model-reference.md §5 (see ``docs/pseudo-labels.md``).
 
 * :mod:`.backbones` -- patch-feature backbones behind one interface (classical, SAM 2, DINO) and
   :func:`make_backbone`.

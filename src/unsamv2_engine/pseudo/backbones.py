@@ -1,4 +1,4 @@
-"""Feature backbones of the pseudo-label pipeline, behind one interface (UNSAMV2_FACTS §5.2/§5.3).
+"""Feature backbones of the pseudo-label pipeline, behind one interface (docs/model-reference.md §5.1/§5.2).
 
 A backbone turns a uint8 RGB image ``[H, W, 3]`` into a grid of patch features ``[h, w, C]`` float32
 that covers the whole image uniformly. The divide stage cuts a graph of patch affinities, the

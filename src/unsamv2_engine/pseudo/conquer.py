@@ -1,4 +1,4 @@
-"""Conquer stage: parts of one instance by merging its patch features (UNSAMV2_FACTS §5.3).
+"""Conquer stage: parts of one instance by merging its patch features (docs/model-reference.md §5.2).
 
 Per instance: tight crop -> resize (long side ``local_size``, sides rounded up to a multiple of the
 backbone's patch size) -> backbone features -> :func:`~unsamv2_engine.pseudo.merging.iterative_merge`

@@ -1,7 +1,7 @@
 """A clean-room DINOv2 / DINOv3 vision transformer that loads the official released weight files.
 
 Used as the optional self-supervised feature backbone of the pseudo-label pipeline
-(UNSAMV2_FACTS §5.3 step 3: the authors take DINOv3 ViT-B/16 ``x_norm_patchtokens``). Plain
+(docs/model-reference.md §5.2 step 2: the authors take DINOv3 ViT-B/16 ``x_norm_patchtokens``). Plain
 torch; no torch.hub, timm or xFormers. The architecture is read off the state dict (embed dim,
 depth, patch size, register/storage tokens, FFN kind, biases, LayerScale), so any size loads.
 

@@ -1,4 +1,4 @@
-"""Divide stage: instance proposals and the instance/part rules (UNSAMV2_FACTS §5.2).
+"""Divide stage: instance proposals and the instance/part rules (docs/model-reference.md §5.1).
 
 The authors take their proposals from the CutLER detector, itself trained on MaskCut masks. Our
 engine has no detector weights, so it runs MaskCut's normalized cut directly on backbone patch

@@ -1,4 +1,4 @@
-"""Instances and their parts from many proposals (UNSAMV2_FACTS §5.2 rules), fast for hundreds of masks.
+"""Instances and their parts from many proposals (docs/model-reference.md §5.1 rules), fast for hundreds of masks.
 
 The §5.2 rules -- ``is_contained(a, b) = |a & b| / |a| > contain_thresh``; an instance is contained
 in no other proposal; its parts are the proposals contained in it -- evaluated on bounding-box

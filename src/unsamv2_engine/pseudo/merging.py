@@ -1,4 +1,4 @@
-"""Conquer-stage iterative merging of patch features (UNSAMV2_FACTS §5.3-4/5).
+"""Conquer-stage iterative merging of patch features (docs/model-reference.md §5.2 steps 3-4).
 
 Greedy agglomerative clustering on a 4-connected patch grid:
 

@@ -1,4 +1,4 @@
-"""Mask NMS of the conquer stage (UNSAMV2_FACTS §5.3-6/7).
+"""Mask NMS of the conquer stage (docs/model-reference.md §5.2 steps 5-6).
 
 The authors' NMS is *windowed*: after sorting by area (descending), a kept mask only suppresses
 the next ``step - 1`` masks in that order, not every later mask. Near-duplicates further apart in

@@ -1,4 +1,4 @@
-"""Divide-and-conquer pseudo-labels for one image or a folder (UNSAMV2_FACTS §5; ``docs/pseudo-labels.md``).
+"""Divide-and-conquer pseudo-labels for one image or a folder (docs/model-reference.md §5; ``docs/pseudo-labels.md``).
 
 ``pseudo_label_image``: image -> divide (MaskCut on backbone patch features, plus the model's
 whole-image masks at g = 1 when a model is given; §5.2 instance/part rules) -> conquer per instance

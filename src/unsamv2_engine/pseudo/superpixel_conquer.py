@@ -1,4 +1,4 @@
-"""Conquer at pixel level: parts of an instance by iterative merging of superpixels (UNSAMV2_FACTS §5.3).
+"""Conquer at pixel level: parts of an instance by iterative merging of superpixels (docs/model-reference.md §5.2).
 
 The authors merge adjacent 16-px patches of a 768-px crop by DINOv3 feature similarity at the
 thresholds 0.9 .. 0.5. Here the units are **superpixels** (SLIC, ~30 px, following image edges),

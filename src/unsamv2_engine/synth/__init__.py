@@ -1,4 +1,4 @@
-"""Seeded, reproducible synthetic microscopy with an exact part/whole hierarchy (EVALUATION.md §5).
+"""Seeded, reproducible synthetic microscopy with an exact part/whole hierarchy (docs/synthetic.md).
 
 Levels, coarse to fine: tissue -> cluster -> cell -> nucleus -> nucleolus, one instance label image
 per level with ids unique across levels, child ⊂ parent guaranteed. Modalities: fluorescence

@@ -1,7 +1,7 @@
 """Generator settings: one frozen dataclass of physical parameters and difficulty knobs.
 
 All lengths are in micrometres (µm); the pixel size converts them to pixels. Three named
-presets (``easy``, ``medium``, ``hard``) change only the difficulty knobs (EVALUATION.md §5.5):
+presets (``easy``, ``medium``, ``hard``) change only the difficulty knobs (docs/synthetic.md, "Difficulty presets"):
 peak SNR, PSF blur, illumination inhomogeneity, cell density and intercellular gap, size
 dispersion, inter-level contrast and chromatin texture amplitude.
 """

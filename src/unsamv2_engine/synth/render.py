@@ -1,6 +1,6 @@
 """Image formation: stain maps from the label images, then optics, illumination and detector.
 
-Per modality (EVALUATION.md §5.3):
+Per modality (docs/synthetic.md, "Modalities"):
 
 * ``fluorescence`` — emitter density = nuclear stain (bright nuclei with band-pass chromatin texture,
   nucleoli darker by ``nucleolus_contrast``) + cytoplasm stain (dim, falling off towards the cell edge)

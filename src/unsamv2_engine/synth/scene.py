@@ -14,7 +14,7 @@ child ⊂ parent always holds and no two objects of a level overlap (each level 
 The parent of a cell is its cluster, or its tissue for an isolated cell.
 
 Object ids are global: level 0 gets ``1..n0``, level 1 ``n0+1..``, and so on (contiguous, unique
-across levels). Granularity follows UnSAMv2 (UNSAMV2_FACTS §5.5) within each *instance tree* = one
+across levels). Granularity follows UnSAMv2 (docs/model-reference.md §5.4) within each *instance tree* = one
 tissue object and all its descendants.
 """
 

@@ -1,4 +1,4 @@
-"""Fine-tuning of UnSAMv2 on pseudo-labels (UNSAMV2_FACTS §4; see ``docs/fine-tuning.md``).
+"""Fine-tuning of UnSAMv2 on pseudo-labels (docs/model-reference.md §4; see ``docs/fine-tuning.md``).
 
 Modules, one concept each:
 

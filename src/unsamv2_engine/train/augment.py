@@ -6,7 +6,7 @@ Everything happens on the image at its own resolution, before the square resize 
 and every random draw comes from the ``numpy.random.Generator`` passed in, so a sample is a pure
 function of its seed (the dataset seeds it from ``(seed, epoch, index)``).
 
-Why these and not the SA-1B recipe of UNSAMV2_FACTS §4.2 (affine 25 deg + shear 20, colour jitter,
+Why these and not the SA-1B recipe of docs/model-reference.md §4.2 (affine 25 deg + shear 20, colour jitter,
 random greyscale): microscopy has no canonical orientation, so flips and 90 degree rotations are free
 and exact; a strong shear distorts cell shapes the model should learn; colour jitter is replaced by
 brightness, contrast and gamma, the variations between microscopy acquisitions.

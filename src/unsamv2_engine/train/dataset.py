@@ -1,4 +1,4 @@
-"""Training samples from a folder of images and a folder of pseudo-label JSONs (UNSAMV2_FACTS §4.2, §5.4).
+"""Training samples from a folder of images and a folder of pseudo-label JSONs (docs/model-reference.md §4.2, §5.3).
 
 Pairs: ``<images_dir>/<stem>.{tif,tiff,png,jpg,jpeg}`` with ``<labels_dir>/<stem>.json``. Each JSON is
 the pseudo-label layout (a COCO-like dict whose ``annotations`` carry a compressed-RLE

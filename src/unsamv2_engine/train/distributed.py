@@ -10,7 +10,7 @@ How a step stays identical to the single-process run with the same global batch:
 * the global micro-batch (``batch_size`` images) is cut into contiguous equal shares, one per rank
   (:func:`shard`); every sample's augmentation, clicks and dropout are seeded from
   ``(seed, epoch, index)``, never from the process;
-* the loss normaliser is the number of objects averaged across ranks (UNSAMV2_FACTS §4.5), and DDP
+* the loss normaliser is the number of objects averaged across ranks (docs/model-reference.md §4.4), and DDP
   averages gradients across ranks, so the update equals that of one process over all objects;
 * only rank 0 writes files and reports progress (:attr:`DistContext.is_main`).
 """

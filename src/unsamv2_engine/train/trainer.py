@@ -1,4 +1,4 @@
-"""Fine-tuning of UnSAMv2 on pseudo-labels: the training loop (UNSAMV2_FACTS §4).
+"""Fine-tuning of UnSAMv2 on pseudo-labels: the training loop (docs/model-reference.md §4).
 
 One optimizer step:
 
@@ -83,7 +83,7 @@ def added_parameter_count(lora_rank: int = 8) -> int:
 # ============================================================================ configuration
 @dataclass
 class FinetuneConfig:
-    """Everything that defines a fine-tuning run (defaults: the authors' recipe, UNSAMV2_FACTS §4.1).
+    """Everything that defines a fine-tuning run (defaults: the authors' recipe, docs/model-reference.md §4.1).
 
     Attributes
     ----------

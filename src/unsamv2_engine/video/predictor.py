@@ -10,7 +10,7 @@ What is upstream's and what is ours:
   1. ``_forward_sam_heads`` builds the prompt tokens and runs the decoder with
      :func:`unsamv2_engine.model.decoding.decode`, exactly as the image path does: sparse tokens
      ``[points..., pad, gra]`` on prompted frames and ``[not-a-point, pad, gra]`` on propagated ones
-     (UNSAMV2_FACTS §3.3); the returned mask is the gra mask and the **object pointer comes from the
+     (docs/model-reference.md §3.3); the returned mask is the gra mask and the **object pointer comes from the
      gra output token** (§1.3). Everything after the decoder (occlusion gating, upsampling, object
      pointer) is upstream's code path, restated in :meth:`_finish_heads`.
   2. ``_run_single_frame_inference`` finds which object it runs for (upstream runs one object at a

@@ -14,7 +14,7 @@ Semantics (see ``docs/propagation.md``):
   every other slice. Re-prompting another slice of an object adds a conditioning slice; prompting a
   slice again replaces that slice's points. Each :meth:`VideoSession.propagate` starts tracking afresh
   from the current prompts (upstream state reset; frame embeddings kept in the LRU cache).
-* One g per object, carried on every frame as the granularity token (UNSAMV2_FACTS §3.3).
+* One g per object, carried on every frame as the granularity token (docs/model-reference.md §3.3).
 * Directions, per object: ``forward`` covers its first prompted slice to the last slice of the stack;
   ``backward`` its last prompted slice down to slice 0; ``both`` = ``forward``, then backward from the
   first prompted slice down to 0 (each slice computed once). Objects are tracked independently (batch 1
