@@ -79,20 +79,30 @@ def _metadata(args, image, points, labels, transport) -> dict[str, Any]:
             "server": args.server, "server_version": transport.welcome.server_version}
 
 
+def _decode(args: argparse.Namespace, make_request):
+    """Send the image once, then the request ``make_request(points, labels)``; close the connection.
+
+    Returns ``(image, points, labels, transport, embed_s, reply, decode_s)``.
+    """
+    image, points, labels, client, transport, embed_s = _prepare(args)
+    try:
+        start = time.perf_counter()
+        reply = call(client, make_request(points, labels), args, "decoding")
+        decode_s = time.perf_counter() - start
+    finally:
+        client.close()
+    return image, points, labels, transport, embed_s, reply, decode_s
+
+
 def segment(args: argparse.Namespace, granularity: float) -> int:
     """``unsamv2 segment ... --server URL``."""
     from unsamv2_engine import cli as main_cli
     from unsamv2_engine import protocol as p
     from unsamv2_engine.io import write_labels
 
-    image, points, labels, client, transport, embed_s = _prepare(args)
-    try:
-        start = time.perf_counter()
-        reply = call(client, p.Predict("cli", points, labels, granularity, mask_threshold=args.mask_threshold,
-                                       m2m=args.m2m), args, "decoding")
-        decode_s = time.perf_counter() - start
-    finally:
-        client.close()
+    image, points, labels, transport, embed_s, reply, decode_s = _decode(
+        args, lambda pts, lab: p.Predict("cli", pts, lab, granularity, mask_threshold=args.mask_threshold,
+                                         m2m=args.m2m))
     area = int(reply.mask.sum())
     meta = {**_metadata(args, image, points, labels, transport), "granularity": granularity, "score": reply.score,
             "area": area}
@@ -114,14 +124,9 @@ def sweep(args: argparse.Namespace, granularities: list[float]) -> int:
     from unsamv2_engine import protocol as p
     from unsamv2_engine.io import write_labels, write_table_csv
 
-    image, points, labels, client, transport, embed_s = _prepare(args)
-    try:
-        start = time.perf_counter()
-        reply = call(client, p.SweepRequest("cli", points, labels, granularities, mask_threshold=args.mask_threshold,
-                                            m2m=args.m2m), args, "decoding")
-        decode_s = time.perf_counter() - start
-    finally:
-        client.close()
+    image, points, labels, transport, embed_s, reply, decode_s = _decode(
+        args, lambda pts, lab: p.SweepRequest("cli", pts, lab, granularities, mask_threshold=args.mask_threshold,
+                                              m2m=args.m2m))
     rows = [{"page": i, "granularity": g, "area": int(reply.areas[i]), "score": float(reply.scores[i])}
             for i, g in enumerate(granularities)]
     base = _metadata(args, image, points, labels, transport)
