@@ -62,7 +62,10 @@ def add_parser(subparsers: Any, model_options: Any = None, common_options: Any =
     parser.add_argument("--synth-shape", type=positive_int, default=256, metavar="PX",
                         help="side of the generated training images (default: 256)")
     parser.add_argument("--size", default="tiny", choices=("tiny", "small"), help="SAM 2.1 size (default: tiny)")
-    parser.add_argument("--objects", type=positive_int, default=8, metavar="K", help="targets per image (default: 8)")
+    parser.add_argument("--objects", type=positive_int, default=16, metavar="K", help="targets per image (default: 16)")
+    parser.add_argument("--attention-init-gain", type=float, default=1.5, metavar="G",
+                        help="tie the decoder's cross-attention query/key projections at this gain so that clicks "
+                             "are visible from the first step (default: 1.5; 0: PyTorch's default init)")
     parser.add_argument("--correction-clicks", type=non_negative_int, default=1, metavar="N",
                         help="correction passes after the first click (default: 1)")
     parser.add_argument("--grad-accum", type=positive_int, default=1, metavar="N",
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     config = PretrainConfig(steps=args.steps, max_minutes=args.max_minutes, size=args.size,
                             image_size=args.image_size, synth_shape=args.synth_shape, objects=args.objects,
                             correction_clicks=args.correction_clicks, grad_accum=args.grad_accum, lr=args.lr,
+                            attention_init_gain=args.attention_init_gain,
                             min_lr=args.lr / 20, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes)
     device = main_cli._resolve_device(args.device)
 

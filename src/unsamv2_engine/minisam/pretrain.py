@@ -35,7 +35,7 @@ KIND = "synthetic-miniature-sam2.1"
 WARNING = ("A miniature SAM 2.1-architecture model trained from random weights on synthetic microscopy only "
            "(unsamv2 pretrain-mini); NOT a real SAM 2.1 checkpoint and not for real images.")
 _RUN_FIELDS = ("size", "image_size", "synth_shape", "objects", "correction_clicks", "lr", "min_lr",
-               "weight_decay", "warmup", "seed", "modality", "grad_accum")
+               "weight_decay", "warmup", "seed", "modality", "grad_accum", "attention_init_gain")
 
 Progress = Callable[[dict], None]
 
@@ -48,7 +48,9 @@ class PretrainConfig:
     fits into it); size: SAM 2.1 size; image_size: model input side (px); synth_shape: side of the
     generated images (px); objects: targets per image; correction_clicks: passes after the first click;
     grad_accum: images per optimizer step; lr / min_lr: peak and final learning rate; warmup: linear
-    warm-up steps; checkpoint_minutes: how often ``last.pt`` is written; seed; modality.
+    warm-up steps; checkpoint_minutes: how often ``last.pt`` is written; seed; modality;
+    attention_init_gain: gain of :func:`~unsamv2_engine.minisam.init.positional_attention_init` applied
+    to the fresh model (0: PyTorch's default initialisation, which does not learn to use clicks).
     """
 
     steps: int = 20000
@@ -56,8 +58,8 @@ class PretrainConfig:
     size: str = "tiny"
     image_size: int = 256
     synth_shape: int = 256
-    objects: int = 8
-    correction_clicks: int = 2
+    objects: int = 16
+    correction_clicks: int = 1
     grad_accum: int = 1
     lr: float = 4e-4
     min_lr: float = 2e-5
@@ -66,6 +68,7 @@ class PretrainConfig:
     checkpoint_minutes: float = 3.0
     seed: int = 0
     modality: str = "fluorescence"
+    attention_init_gain: float = 1.5
 
     def validate(self) -> None:
         for name in ("steps", "objects", "grad_accum", "synth_shape"):
@@ -75,6 +78,8 @@ class PretrainConfig:
             raise ValueError("max_minutes and checkpoint_minutes must be positive")
         if self.image_size < 64 or self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 and at least 64, got {self.image_size}")
+        if self.attention_init_gain < 0:
+            raise ValueError(f"attention_init_gain must be >= 0, got {self.attention_init_gain}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr, got {self.min_lr}, {self.lr}")
 
@@ -118,6 +123,7 @@ def pretrain(config: PretrainConfig, output: str | os.PathLike, *, workdir: str 
     Returns a summary: ``output``, ``steps``, ``seconds`` (training time over all sessions), ``final``
     (running means of the loss terms and of the best first-click IoU over the last steps).
     """
+    from unsamv2_engine.minisam.init import positional_attention_init
     from unsamv2_engine.minisam.recipe import TERMS, interaction_loss
     from unsamv2_engine.minisam.samples import make_sample
 
@@ -129,6 +135,8 @@ def pretrain(config: PretrainConfig, output: str | os.PathLike, *, workdir: str 
     last = workdir / "last.pt"
     model = build_model(config.size, granularity=False, device="cpu", seed=config.seed, image_size=config.image_size)
     sam = model.sam
+    if config.attention_init_gain > 0:
+        positional_attention_init(sam, gain=config.attention_init_gain, seed=config.seed)
     optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, elapsed, position = 0, 0.0, 0
     if last.exists():
