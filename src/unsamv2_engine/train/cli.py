@@ -90,9 +90,12 @@ def add_parser(subparsers: Any, model_options: Callable | None = None,
                        help="masks per image per step, at most (default: 30)")
     train.add_argument("--correction-clicks", type=non_negative_int, default=3, metavar="N",
                        help="simulated correction clicks after the first click (default: 3, as the authors)")
-    train.add_argument("--cache-embeddings", action="store_true",
+    train.add_argument("--cache-embeddings", dest="cache_embeddings", action="store_true", default=None,
                        help="compute each image's embedding once (much faster on a CPU; turns augmentation off; "
-                            "about 16 MB of memory per image)")
+                            "about 16 MB of memory per image; the default with a frozen encoder, i.e. "
+                            "--trainable granularity or decoder)")
+    train.add_argument("--no-cache-embeddings", dest="cache_embeddings", action="store_false",
+                       help="encode every image at every step (with augmentation): slower, for long GPU runs")
     train.add_argument("--mask-chunk", type=non_negative_int, default=4, metavar="N",
                        help="with a frozen encoder, simulate and back-propagate an image's masks N at a time "
                             "(same loss and gradient; memory of N masks, about 0.6 GB each at 1024 px; "
@@ -109,9 +112,10 @@ def add_parser(subparsers: Any, model_options: Callable | None = None,
                      help="validate every N steps (default: 500; also before the first and after the last)")
     pl = parser.add_argument_group("pseudo-labelling (without --pseudo-labels)")
     pl.add_argument("--backbone", default=None, choices=("sam2", "classical", "dino"),
-                    help="patch features for pseudo-labelling (default: sam2, the base model's image encoder, plus "
-                         "the base model's own whole-image masks at g = 1); classical: weight-free, without the "
-                         "model (much faster on a CPU); dino: a DINOv2/v3 weights file (--dino-weights)")
+                    help="patch features for pseudo-labelling (default: classical on a CPU, sam2 on a GPU); sam2: "
+                         "the base model's image encoder plus its own whole-image masks at g = 1; classical: "
+                         "weight-free, without the model (much faster on a CPU); dino: a DINOv2/v3 weights file "
+                         "(--dino-weights)")
     pl.add_argument("--dino-weights", default=None, metavar="PATH", help="weights file of that backbone")
     out = parser.add_argument_group("output")
     out.add_argument("--json-progress", action="store_true",
@@ -223,6 +227,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise main_cli.CliError(f"--min-lr {args.min_lr:g} must be between 0 and --lr {args.lr:g}")
     if args.weight_decay < 0:
         raise main_cli.CliError(f"--weight-decay must be 0 or more, got {args.weight_decay:g}")
+    if args.cache_embeddings is None:  # default: cache whenever the encoder is frozen
+        args.cache_embeddings = args.trainable != "all"
     if args.cache_embeddings and args.trainable == "all":
         raise main_cli.CliError("--cache-embeddings needs a frozen image encoder: use it with --trainable "
                                 "granularity or decoder")
@@ -289,6 +295,11 @@ def _train(args: argparse.Namespace, base_path: Path, device: Any, ctx: Any, rep
     from unsamv2_engine.weights import sha256_file
 
     workdir = _workdir(args)
+    if args.backbone is None and args.pseudo_labels is None:
+        args.backbone = "classical" if torch_device_type(device) == "cpu" else "sam2"
+        reporter({"event": "stage", "stage": "pseudo-labels",
+                  "message": f"pseudo-label backbone: {args.backbone} (the default on {torch_device_type(device)}; "
+                             f"choose with --backbone)"})
     reporter({"event": "stage", "stage": "load", "message": f"loading {args.base} on {device} ..."})
     with main_cli._reading_checkpoints(base_path):
         model = load_checkpoint(base_path, device=device, merge_lora=False, source=str(args.base))
@@ -321,6 +332,11 @@ def _train(args: argparse.Namespace, base_path: Path, device: Any, ctx: Any, rep
         final = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
         print(f"wrote {result.output} ({result.steps} steps{final}); log and loss curve in {workdir}", flush=True)
     return main_cli.EXIT_OK
+
+
+def torch_device_type(device: Any) -> str:
+    """``"cpu"``, ``"cuda"`` or ``"mps"`` of a torch device or a device name."""
+    return str(getattr(device, "type", device)).split(":")[0]
 
 
 def _make_pseudo_labels(args: argparse.Namespace, model: Any, workdir: Path, reporter: _Reporter,

@@ -1,0 +1,92 @@
+"""Truth labels in the pseudo-label layout and the matched/swapped learnability probe (issue 13, item 2).
+
+The full check (a pretrained miniature base, a few hundred steps) is ``benchmarks/bench_learnability.py``;
+the guard that training reaches every tensor of the granularity module on these labels is
+``test_training_reaches_every_tensor_of_the_granularity_module`` in ``test_finetune.py``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from unsamv2_engine.synth import generate_sample
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return generate_sample(3, modality="fluorescence", shape=(128, 128))
+
+
+def test_truth_labels_nest_and_carry_the_generators_cell_granularity(sample):
+    from unsamv2_engine.io.coco import decode_rle
+    from unsamv2_engine.synth.truth_labels import truth_annotations
+
+    anns = truth_annotations(sample, image_id=7)
+    by_id = {o.id: o for o in sample.objects}
+    cells = [a for a in anns if a["level"] == "cell"]
+    assert cells and len(cells) == len({a["instance_id"] for a in anns})
+    assert {a["level"] for a in anns} == {"cell", "nucleus", "nucleolus"}
+    for a in anns:
+        mask = decode_rle(a["segmentation"])
+        assert mask.sum() == a["area"] and a["image_id"] == 7
+        assert a["granularity"] == pytest.approx(by_id[a["object_id"]].granularity_cell, abs=1e-6)
+        instance = next(c for c in cells if c["instance_id"] == a["instance_id"])
+        assert (mask & decode_rle(instance["segmentation"])).sum() >= 0.99 * mask.sum()  # parts lie in their cell
+        assert a["is_divide"] == (a is instance) and a["is_part"] == (a is not instance)
+    assert all(c["granularity"] == 1.0 for c in cells)
+
+
+def test_truth_labels_are_read_by_the_training_dataset(sample, tmp_path):
+    import tifffile
+
+    from unsamv2_engine.pseudo.pipeline import pseudo_label_document
+    from unsamv2_engine.synth.truth_labels import truth_annotations
+    from unsamv2_engine.train.dataset import PseudoLabelDataset
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    tifffile.imwrite(tmp_path / "img" / "a.tif", sample.image)
+    anns = truth_annotations(sample)
+    doc = pseudo_label_document(anns, file_name="a.tif", width=128, height=128, image_id=0)
+    (tmp_path / "lab" / "a.json").write_text(json.dumps(doc))
+    dataset = PseudoLabelDataset(tmp_path / "img", tmp_path / "lab", max_masks=64, image_size=128)
+    assert len(dataset) == 1 and dataset.num_masks == len(anns)
+    masks, granularities = dataset.read_masks(0)
+    np.testing.assert_allclose(sorted(granularities), sorted(a["granularity"] for a in anns), atol=1e-6)
+
+
+def test_probes_click_inside_the_nucleus_with_nested_granularities(sample):
+    from unsamv2_engine.evaluate.learnability import nucleus_cell_pairs
+
+    probes = nucleus_cell_pairs(sample)
+    by_nucleus = [o for o in sample.objects if o.level_name == "nucleus" and (sample.labels["nucleus"] == o.id).sum() >= 20]
+    assert len(probes) == len(by_nucleus) > 0
+    for p in probes:
+        x, y = p.click
+        assert p.nucleus[int(y), int(x)] and p.cell[int(y), int(x)]
+        assert (p.nucleus & ~p.cell).sum() <= 0.01 * p.nucleus.sum()
+        assert 0.1 <= p.g_nucleus < p.g_cell == 1.0
+
+
+def test_scores_swap_the_same_two_masks(sample):
+    """The swapped scores are the matched masks scored against the other object, for a real model and base."""
+    from unsamv2_engine.evaluate.learnability import _iou, nucleus_cell_pairs, score_pairs
+    from unsamv2_engine.model import build_model
+    from unsamv2_engine.session import ImageSession
+
+    tuned = ImageSession(build_model("tiny", seed=0, image_size=128))
+    base = ImageSession(build_model("tiny", granularity=False, seed=0, image_size=128))
+    probes = nucleus_cell_pairs(sample)[:3]
+    result = score_pairs(tuned, sample.image, probes, base_session=base)
+    assert result.n == 3 and set(result.per_probe) == {"matched_nucleus", "matched_cell", "swapped_nucleus",
+                                                        "swapped_cell", "base_nucleus", "base_cell"}
+    p = probes[0]
+    sweep = tuned.sweep(np.array([p.click], np.float32), np.array([1]), [p.g_nucleus, p.g_cell])
+    assert result.per_probe["matched_nucleus"][0] == _iou(sweep.masks[0], p.nucleus)
+    assert result.per_probe["swapped_cell"][0] == _iou(sweep.masks[0], p.cell)
+    assert result.per_probe["swapped_nucleus"][0] == _iou(sweep.masks[1], p.nucleus)
+    summary = result.summary()
+    assert summary["n"] == 3 and 0.0 <= summary["matched"] <= 1.0 and "base" in summary
