@@ -78,9 +78,41 @@ def pseudo_label_recall(train: Path, labels: Path) -> dict[str, tuple[int, int]]
     return {level: (h, t) for level, (h, t) in counts.items()}
 
 
+def iou_curve(report: Path, mode: str, max_clicks: int) -> list[float]:
+    """Mean IoU after 1..max_clicks clicks over a report's objects of ``mode`` (a run that stopped early
+    keeps its last IoU)."""
+    curves = []
+    with open(report / "objects.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["mode"] != mode:
+                continue
+            ious = json.loads(row["ious"]) or [0.0]
+            curves.append((ious + [ious[-1]] * max_clicks)[:max_clicks])
+    return [sum(c[k] for c in curves) / len(curves) for k in range(max_clicks)] if curves else []
+
+
+def plot_curves(curves: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=name)
+    ax.set_xlabel("clicks")
+    ax.set_ylabel("mean IoU")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", help="base checkpoint (SAM 2.1 or UnSAMv2); default: random hiera-tiny")
+    parser.add_argument("--base", help="base checkpoint (a pretrain-mini file, SAM 2.1 or UnSAMv2); default: random hiera-tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--train", type=int, default=8, help="training images (default 8)")
     parser.add_argument("--eval", type=int, default=4, help="evaluation images (default 4)")
@@ -89,16 +121,18 @@ def main() -> int:
     parser.add_argument("--trainable", default=None, help="default: granularity with --base, else decoder")
     parser.add_argument("--backbone", default="classical", help="pseudo-label backbone (default classical)")
     parser.add_argument("--max-masks", type=int, default=8, help="masks per image per step (authors: 30)")
-    parser.add_argument("--lr", type=float, default=None, help="default: the recipe's 1e-4 with --base, else 1e-3")
+    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3")
     parser.add_argument("--fixed", default="0.5,1.0", help="fixed-g modes to compare against")
     parser.add_argument("--objects", type=int, default=6, help="evaluated objects per image")
     parser.add_argument("--max-clicks", type=int, default=5)
+    parser.add_argument("--no-truth", action="store_true", help="skip the upper bound (training on the truth)")
     parser.add_argument("-o", "--output", help="folder for the reports, plots and table (default: temporary)")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args()
     random_base = args.base is None
     trainable = args.trainable or ("decoder" if random_base else "granularity")
-    lr = args.lr if args.lr is not None else (1e-3 if random_base else 1e-4)
+    lr = args.lr if args.lr is not None else 1e-3
+    shape = tuple(int(v) for v in args.shape.split(","))
 
     work = Path(tempfile.mkdtemp(prefix="unsamv2-repro-"))
     out = Path(args.output) if args.output else work / "out"
@@ -109,6 +143,9 @@ def main() -> int:
         from unsamv2_engine.model.checkpoint import save_checkpoint
 
         base = str(save_checkpoint(build_model("tiny", seed=0), work / "random_tiny.pt", kind="unsamv2"))
+    from unsamv2_engine.model.checkpoint import checkpoint_kind, read_checkpoint
+
+    base_is_sam = checkpoint_kind(read_checkpoint(base)) == "sam2"
     times: dict[str, float] = {}
     synth = ["--modality", "fluorescence", "--ndim", "2", "--shape", args.shape, "--quiet"]
     times["synth"] = _run(["synth", "-o", str(work / "train"), "--n", str(args.train), "--seed", str(TRAIN_SEED), *synth])
@@ -126,34 +163,58 @@ def main() -> int:
     n_masks = sum(len(json.loads(p.read_text())["annotations"]) for p in labels.glob("*.json"))
     recall = pseudo_label_recall(work / "train", labels)
 
-    adapter = out / "adapter.pt"
-    times["finetune"] = _run([
-        "finetune", "--images", str(images), "--pseudo-labels", str(labels), "--base", base, "-o", str(adapter),
-        "--workdir", str(work / "finetune"), "--max-steps", str(args.steps), "--trainable", trainable,
-        "--lr", str(lr), "--max-masks", str(args.max_masks), "--batch-size", "1", "--val-fraction", "0",
-        "--device", args.device, "--seed", "0", "-q", *(["--cache-embeddings"] if trainable != "all" else [])])
-    loss_png = work / "finetune" / "loss.png"
-    if loss_png.exists():
-        (out / "loss.png").write_bytes(loss_png.read_bytes())
-    losses = [json.loads(line)["loss"] for line in (work / "finetune" / "log.jsonl").read_text().splitlines()
-              if line.strip() and "loss" in json.loads(line)]
+    def finetune(label_dir: Path, name: str) -> tuple[Path, list[float]]:
+        adapter = out / f"adapter_{name}.pt"
+        times[f"finetune ({name})"] = _run([
+            "finetune", "--images", str(images), "--pseudo-labels", str(label_dir), "--base", base, "-o", str(adapter),
+            "--workdir", str(work / f"finetune_{name}"), "--max-steps", str(args.steps), "--trainable", trainable,
+            "--lr", str(lr), "--max-masks", str(args.max_masks), "--batch-size", "1", "--val-fraction", "0",
+            "--device", args.device, "--seed", "0", "-q"])
+        loss_png = work / f"finetune_{name}" / "loss.png"
+        if loss_png.exists():
+            (out / f"loss_{name}.png").write_bytes(loss_png.read_bytes())
+        records = [json.loads(line) for line in (work / f"finetune_{name}" / "log.jsonl").read_text().splitlines()
+                   if line.strip()]
+        return adapter, [r["loss"] for r in records if "loss" in r]
+
+    adapter, losses = finetune(labels, "pseudo")
+    truth_adapter = None
+    if not args.no_truth:  # the upper bound: the same training on the generator's truth of the same images
+        from bench_learnability import write_truth_labels_for_synth
+
+        truth_labels = write_truth_labels_for_synth(work / "train", work / "truth-labels")
+        truth_adapter, truth_losses = finetune(truth_labels, "truth")
 
     fixed = [f"fixed:{float(g):g}" for g in args.fixed.split(",") if g.strip()]
-    modes = ",".join(["oracle", "level", *fixed])
-    evaluate = ["evaluate", str(work / "eval"), "--checkpoint", base, "--device", args.device, "--modes", modes,
+    g_modes = ["oracle", "level", *fixed]
+    evaluate = ["evaluate", str(work / "eval"), "--checkpoint", base, "--device", args.device,
                 "--max-clicks", str(args.max_clicks), "--max-objects-per-image", str(args.objects), "--seed", "0",
                 "--quiet"]
-    times["evaluate before"] = _run([*evaluate, "-o", str(out / "before")])
-    times["evaluate after"] = _run([*evaluate, "--adapter", str(adapter), "-o", str(out / "after")])
-    before, after = _summary(out / "before"), _summary(out / "after")
+    runs: list[tuple[str, Path, list[str]]] = []  # (model name, report folder, modes)
+    if base_is_sam:
+        times["evaluate base"] = _run([*evaluate, "--modes", "sam-single,sam-oracle3", "-o", str(out / "base")])
+        runs.append(("base", out / "base", ["sam-single", "sam-oracle3"]))
+    else:
+        times["evaluate base"] = _run([*evaluate, "--modes", ",".join(g_modes), "-o", str(out / "base")])
+        runs.append(("base", out / "base", g_modes))
+    times["evaluate pseudo"] = _run([*evaluate, "--modes", ",".join(g_modes), "--adapter", str(adapter),
+                                     "-o", str(out / "after_pseudo")])
+    runs.append(("trained on pseudo-labels", out / "after_pseudo", g_modes))
+    if truth_adapter is not None:
+        times["evaluate truth"] = _run([*evaluate, "--modes", ",".join(g_modes), "--adapter", str(truth_adapter),
+                                        "-o", str(out / "after_truth")])
+        runs.append(("trained on the truth (upper bound)", out / "after_truth", g_modes))
 
-    rows = []
-    for mode in ["oracle", "level", *fixed]:
-        for name, results in (("before", before), ("after", after)):
+    rows, curves = [], {}
+    for name, report, modes in runs:
+        results = _summary(report)
+        for mode in modes:
             values = results[(mode, "all")]
-            rows.append([mode, name, *(f"{values[k] * scale:.2f}" if scale == 1.0 else f"{values[k] * scale:.1f}"
+            rows.append([name, mode, *(f"{values[k] * scale:.2f}" if scale == 1.0 else f"{values[k] * scale:.1f}"
                                        for k, _, scale in METRICS)])
-    header = ["g choice", "model", *(label for _, label, _ in METRICS)]
+            curves[f"{name}: {mode}"] = iou_curve(report, mode, args.max_clicks)
+    plot_curves(curves, out / "iou_vs_clicks.png")
+    header = ["model", "g choice / output", *(label for _, label, _ in METRICS)]
     import torch
 
     machine = ", ".join(f"{k}: {v}" for k, v in machine_info(torch.device(args.device)).items())
@@ -161,11 +222,11 @@ def main() -> int:
              f"base: {'RANDOM-weight hiera-tiny (no weights can be downloaded here)' if random_base else base}; "
              f"trainable {trainable}; {args.steps} steps at lr {lr:g}, {args.max_masks} masks/step, batch 1",
              f"data: synth fluorescence {args.shape}: {args.train} training images (seed {TRAIN_SEED}) with "
-             f"{n_masks} pseudo-masks from the {args.backbone} backbone, no ground truth; {args.eval} evaluation "
+             f"{n_masks} pseudo-masks from the {args.backbone} backbone; {args.eval} evaluation "
              f"images (seed {EVAL_SEED}), {args.objects} objects each, {args.max_clicks} clicks max",
              "pseudo-label recall at IoU 0.5 against the generator's truth (scoring only): "
              + ", ".join(f"{level} {h}/{t} ({h / max(t, 1):.0%})" for level, (h, t) in recall.items()),
-             f"loss: first {losses[0]:.3f}, last 10 mean {sum(losses[-10:]) / len(losses[-10:]):.3f}",
+             f"loss (pseudo-labels): first {losses[0]:.3f}, last 10 mean {sum(losses[-10:]) / len(losses[-10:]):.3f}",
              "time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()), ""]
     if args.markdown:
         table = "\n".join(["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(METRICS)) + "|",
@@ -179,6 +240,7 @@ def main() -> int:
                  "from pseudo-labels on random features, not UnSAMv2's accuracy. Pass --base for real numbers.\n")
     print(text)
     (out / "table.md").write_text(text)
+    (out / "curves.json").write_text(json.dumps(curves, indent=1))
     print(f"reports: {out}")
     return 0
 
