@@ -1,4 +1,4 @@
-"""A miniature reproduction of UnSAMv2's claim on the synthetic benchmark (issue 6).
+r"""A miniature reproduction of UnSAMv2's claim on the synthetic benchmark (issue 6).
 
 Train on pseudo-labels only (no ground truth), then score against the generator's ground truth::
 
@@ -6,7 +6,7 @@ Train on pseudo-labels only (no ground truth), then score against the generator'
     synth eval split  ──evaluate (before / after, modes oracle, level, fixed:G)──▶ table + plots
 
     .venv/bin/python benchmarks/bench_finetune_repro.py --markdown -o docs/finetune_repro   # CPU, reduced
-    .venv/bin/python benchmarks/bench_finetune_repro.py --base sam2.1_hiera_small.pt --device cuda \\
+    .venv/bin/python benchmarks/bench_finetune_repro.py --base sam2.1_hiera_small.pt --device cuda \
         --train 200 --eval 20 --steps 3000 --trainable granularity --backbone sam2 --max-clicks 20
 
 Everything runs through the ``unsamv2`` commands a user would type. The claim under test: after
@@ -57,7 +57,8 @@ def _summary(report: Path) -> dict[tuple[str, str], dict[str, float]]:
 
 def pseudo_label_recall(train: Path, labels: Path) -> dict[str, tuple[int, int]]:
     """Per level: (true masks matched at IoU >= 0.5 by some pseudo-label, true masks). The truth is
-    read only here, to score the pseudo-labels; training never sees it."""
+    read only here, to score the pseudo-labels; training never sees it.
+    """
     import numpy as np
     import tifffile
 
@@ -111,7 +112,8 @@ def main() -> int:
         base = str(save_checkpoint(build_model("tiny", seed=0), work / "random_tiny.pt", kind="unsamv2"))
     times: dict[str, float] = {}
     synth = ["--modality", "fluorescence", "--ndim", "2", "--shape", args.shape, "--quiet"]
-    times["synth"] = _run(["synth", "-o", str(work / "train"), "--n", str(args.train), "--seed", str(TRAIN_SEED), *synth])
+    times["synth"] = _run(["synth", "-o", str(work / "train"), "--n", str(args.train), "--seed", str(TRAIN_SEED),
+                           *synth])
     times["synth"] += _run(["synth", "-o", str(work / "eval"), "--n", str(args.eval), "--seed", str(EVAL_SEED), *synth])
     images = work / "train_images"
     images.mkdir()
@@ -168,7 +170,8 @@ def main() -> int:
              f"loss: first {losses[0]:.3f}, last 10 mean {sum(losses[-10:]) / len(losses[-10:]):.3f}",
              "time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()), ""]
     if args.markdown:
-        table = "\n".join(["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(METRICS)) + "|",
+        table = "\n".join(["| " + " | ".join(header) + " |",
+                           "|" + "|".join(["---"] * 2 + ["---:"] * len(METRICS)) + "|",
                            *("| " + " | ".join(r) + " |" for r in rows)])
     else:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
