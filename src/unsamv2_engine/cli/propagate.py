@@ -13,7 +13,7 @@ label values). ``--granularity G`` sets every object's g; ``--granularity ID=G``
 one object's, and overrides a plain G for that object. See ``docs/propagation.md``.
 
 This module imports the standard library only (``unsamv2 propagate --help`` never loads torch); the
-engine is imported inside :func:`run_propagate`. User errors are ``CliError`` / ``ValueError`` /
+engine is imported inside :func:`run`. User errors are ``CliError`` / ``ValueError`` /
 ``OSError`` (one line on stderr, exit 2), checked before the model is loaded.
 """
 
