@@ -191,7 +191,13 @@ def run(args: argparse.Namespace) -> int:
                                                  "--adapter": getattr(args, "adapter", None)},
                      input_dirs={"DATASET": args.dataset})
     modes_text = args.modes if args.modes is not None else ("none" if args.predictions else None)
-    modes = None if modes_text is None else ([] if modes_text.strip().lower() == "none" else parse_modes(modes_text))
+    try:
+        if modes_text is None:
+            modes = None
+        else:
+            modes = [] if modes_text.strip().lower() == "none" else parse_modes(modes_text)
+    except ValueError as exc:  # a --modes the user can fix, not a bug
+        raise CliError(f"--modes: {exc}") from None
     dataset = _dataset(args)
     say(args, f"dataset {args.dataset}: {len(dataset)} images ({dataset.kind})")
 
