@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _report import Report, load_average, machine_info, peak_rss_mib, print_report, synchronize, verdict
 
 SPEEDUP_TARGET = 2.0  # ours at least 2x faster than upstream, embedding included

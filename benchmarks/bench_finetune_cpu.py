@@ -83,7 +83,8 @@ def main() -> int:
     wall = time.perf_counter() - start
     peak_mib = usage.ru_maxrss / 1024
     rows = [("wall time of the command", f"{wall:.0f} s"),
-            ("time to the first training step (load, pseudo-labels, embeddings)", f"{stages.get('train', float('nan')):.0f} s"),
+            ("time to the first training step (load, pseudo-labels, embeddings)",
+             f"{stages.get('train', float('nan')):.0f} s"),
             ("seconds per training step", ", ".join(f"{s:.1f}" for s in steps)),
             ("validation passes (s)", ", ".join(f"{v:.1f}" for v in vals) or "none"),
             ("peak RSS of the command", f"{peak_mib:.0f} MiB ({peak_mib / 1024:.2f} GiB)"),

@@ -1,4 +1,4 @@
-"""A miniature reproduction of UnSAMv2's claim on the synthetic benchmark (issue 6).
+r"""A miniature reproduction of UnSAMv2's claim on the synthetic benchmark (issue 6).
 
 Train on pseudo-labels only (no ground truth), then score against the generator's ground truth::
 
@@ -6,7 +6,7 @@ Train on pseudo-labels only (no ground truth), then score against the generator'
     synth eval split  ──evaluate (before / after, modes oracle, level, fixed:G)──▶ table + plots
 
     .venv/bin/python benchmarks/bench_finetune_repro.py --markdown -o docs/finetune_repro   # CPU, reduced
-    .venv/bin/python benchmarks/bench_finetune_repro.py --base sam2.1_hiera_small.pt --device cuda \\
+    .venv/bin/python benchmarks/bench_finetune_repro.py --base sam2.1_hiera_small.pt --device cuda \
         --train 200 --eval 20 --steps 3000 --trainable granularity --backbone sam2 --max-clicks 20
 
 Everything runs through the ``unsamv2`` commands a user would type. The claim under test: after
@@ -57,7 +57,8 @@ def _summary(report: Path) -> dict[tuple[str, str], dict[str, float]]:
 
 def pseudo_label_recall(train: Path, labels: Path) -> dict[str, tuple[int, int]]:
     """Per level: (true masks matched at IoU >= 0.5 by some pseudo-label, true masks). The truth is
-    read only here, to score the pseudo-labels; training never sees it."""
+    read only here, to score the pseudo-labels; training never sees it.
+    """
     import numpy as np
     import tifffile
 
@@ -80,7 +81,8 @@ def pseudo_label_recall(train: Path, labels: Path) -> dict[str, tuple[int, int]]
 
 def iou_curve(report: Path, mode: str, max_clicks: int) -> list[float]:
     """Mean IoU after 1..max_clicks clicks over a report's objects of ``mode`` (a run that stopped early
-    keeps its last IoU)."""
+    keeps its last IoU).
+    """
     curves = []
     with open(report / "objects.csv", newline="") as fh:
         for row in csv.DictReader(fh):
@@ -112,7 +114,8 @@ def plot_curves(curves: dict[str, list[float]], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", help="base checkpoint (a pretrain-mini file, SAM 2.1 or UnSAMv2); default: random hiera-tiny")
+    parser.add_argument("--base",
+                        help="base checkpoint (a pretrain-mini file, SAM 2.1 or UnSAMv2); default: random hiera-tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--train", type=int, default=8, help="training images (default 8)")
     parser.add_argument("--eval", type=int, default=4, help="evaluation images (default 4)")
@@ -132,7 +135,6 @@ def main() -> int:
     random_base = args.base is None
     trainable = args.trainable or ("decoder" if random_base else "granularity")
     lr = args.lr if args.lr is not None else 1e-3
-    shape = tuple(int(v) for v in args.shape.split(","))
 
     work = Path(tempfile.mkdtemp(prefix="unsamv2-repro-"))
     out = Path(args.output) if args.output else work / "out"
@@ -148,7 +150,8 @@ def main() -> int:
     base_is_sam = checkpoint_kind(read_checkpoint(base)) == "sam2"
     times: dict[str, float] = {}
     synth = ["--modality", "fluorescence", "--ndim", "2", "--shape", args.shape, "--quiet"]
-    times["synth"] = _run(["synth", "-o", str(work / "train"), "--n", str(args.train), "--seed", str(TRAIN_SEED), *synth])
+    times["synth"] = _run(["synth", "-o", str(work / "train"), "--n", str(args.train), "--seed", str(TRAIN_SEED),
+                           *synth])
     times["synth"] += _run(["synth", "-o", str(work / "eval"), "--n", str(args.eval), "--seed", str(EVAL_SEED), *synth])
     images = work / "train_images"
     images.mkdir()
@@ -229,7 +232,8 @@ def main() -> int:
              f"loss (pseudo-labels): first {losses[0]:.3f}, last 10 mean {sum(losses[-10:]) / len(losses[-10:]):.3f}",
              "time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()), ""]
     if args.markdown:
-        table = "\n".join(["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(METRICS)) + "|",
+        table = "\n".join(["| " + " | ".join(header) + " |",
+                           "|" + "|".join(["---"] * 2 + ["---:"] * len(METRICS)) + "|",
                            *("| " + " | ".join(r) + " |" for r in rows)])
     else:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

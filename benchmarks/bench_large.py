@@ -66,10 +66,9 @@ def make_image(path: Path, side: int, seed: int = 0) -> np.ndarray:
 def _model(args):
     import torch
 
-    from unsamv2_engine import cli
+    from unsamv2_engine.model.checkpoint import load_checkpoint
 
-    return cli._load_model(Path(args.checkpoint), source=args.checkpoint, device=torch.device(args.device),
-                           adapter=None, allow_base_mismatch=False)
+    return load_checkpoint(Path(args.checkpoint), source=args.checkpoint, device=torch.device(args.device))
 
 
 def child(args) -> dict:
@@ -120,7 +119,8 @@ def child(args) -> dict:
 def run_child(args, step: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "--child", step, "--checkpoint", args.checkpoint, "--device", args.device,
            "--g", str(args.g)] + [x for k, v in kw.items() for x in (f"--{k}", str(v))]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent / "src")})
+    out = subprocess.run(cmd, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(HERE.parent / "src")})
     if out.returncode != 0:
         raise RuntimeError(f"step {step} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -201,7 +201,7 @@ def main() -> int:
             from unsamv2_engine.io.omezarr import open_zarr_image
 
             z = open_zarr_image(work / f"auto_{side}.ome.zarr")
-            row["auto_found"] = nuclei_found(lambda a, b, c, d: z[a:b, c:d], nuclei, side)
+            row["auto_found"] = nuclei_found(lambda a, b, c, d, z=z: z[a:b, c:d], nuclei, side)
         if side <= 4096 and "squashed" in args.steps:
             out = work / f"squashed_{side}.tif"
             r = run_child(args, "squashed", image=image, out=out)
@@ -209,7 +209,7 @@ def main() -> int:
             import tifffile
 
             lab = tifffile.imread(str(out))
-            row["squashed_found"] = nuclei_found(lambda a, b, c, d: lab[a:b, c:d], nuclei, side)
+            row["squashed_found"] = nuclei_found(lambda a, b, c, d, lab=lab: lab[a:b, c:d], nuclei, side)
             print(f"[{side}] squashed: {r}", file=sys.stderr, flush=True)
         rows.append(row)
     base = rows[0]

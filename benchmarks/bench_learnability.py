@@ -1,4 +1,4 @@
-"""Learnability check: does training the granularity module on nested truth teach the dial? (issue 13, item 2)
+r"""Learnability check (issue 13, item 2): training the granularity module on nested truth teaches the dial.
 
 Train only the granularity module (``unsamv2 finetune --trainable granularity``, embeddings cached, the
 encoder frozen) of a base model on labels made from the synthetic generator's truth (every cell, its
@@ -79,7 +79,8 @@ def write_truth_dataset(folder: Path, seeds: list[int], shape: tuple[int, int]) 
 def write_truth_labels_for_synth(synth_dir: Path, out_dir: Path) -> Path:
     """``out_dir/<sample name>.json``: the truth of each sample of an ``unsamv2 synth`` folder in the
     pseudo-label layout, named like the ``<sample name>.tif`` images of that folder. Each sample is
-    regenerated from its recorded seed and settings (and checked to give the same image)."""
+    regenerated from its recorded seed and settings (and checked to give the same image).
+    """
     import numpy as np
     import tifffile
 
@@ -153,7 +154,8 @@ def main() -> int:
                     "--trainable", "granularity", "--lr", str(args.lr), "--max-masks", str(args.max_masks),
                     "--batch-size", "1", "--val-fraction", "0", "--cache-embeddings", "--device", args.device,
                     "--seed", "0", "-q"], log)
-    log_lines = [json.loads(line) for line in (work / "finetune" / "log.jsonl").read_text().splitlines() if line.strip()]
+    log_text = (work / "finetune" / "log.jsonl").read_text()
+    log_lines = [json.loads(line) for line in log_text.splitlines() if line.strip()]
     losses = [r["loss"] for r in log_lines if "loss" in r]
     result = evaluate(base, adapter, [EVAL_SEED + i for i in range(args.eval)], shape, args.device)
     import torch
@@ -161,7 +163,8 @@ def main() -> int:
     machine = ", ".join(f"{k}: {v}" for k, v in machine_info(torch.device(args.device)).items())
     header = [f"machine: {machine}",
               f"base: {base if args.base else 'RANDOM-weight hiera-tiny'}; trainable granularity (embeddings cached); "
-              f"{args.steps} steps at lr {args.lr:g}, {args.max_masks} masks per step, batch 1; training {seconds:.0f} s",
+              f"{args.steps} steps at lr {args.lr:g}, {args.max_masks} masks per step, batch 1; "
+              f"training {seconds:.0f} s",
               f"data: synthetic fluorescence {shape[0]}x{shape[1]}, {args.train} training images (seed {TRAIN_SEED}+) "
               f"with {n_masks} truth masks (cells, nuclei, nucleoli; sqrt-area g); {args.eval} held-out images "
               f"(seed {EVAL_SEED}+), {result.n} nuclei clicked once each",

@@ -1,7 +1,8 @@
 """Does the miniature SAM segment? First-click and NoC numbers on held-out synthetic images (issue 13).
 
     .venv/bin/python benchmarks/bench_minisam.py CKPT [--images 12] [--shape 128] [--markdown]
-    .venv/bin/python benchmarks/bench_minisam.py --from-work mini_work   # the last saved state of a running pretrain-mini
+    # the last saved state of a running pretrain-mini:
+    .venv/bin/python benchmarks/bench_minisam.py --from-work mini_work
 
 Held-out images: ``unsamv2 synth`` with seed :data:`HELDOUT_SEED`, far from the seeds of the
 pretraining stream (``seed * 1_000_003 + position``). Scored

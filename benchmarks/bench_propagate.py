@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _report import Report, load_average, machine_info, peak_rss_mib, print_report, synchronize
 
 from unsamv2_engine.devices import resolve_device

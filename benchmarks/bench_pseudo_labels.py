@@ -276,9 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlays", metavar="DIR", help="write overlay PNGs of ours (first image of each data set)")
     args = parser.parse_args(argv)
 
-    from _report import machine_info
-
     import torch
+    from _report import machine_info
 
     info = machine_info(torch.device("cpu"))
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))

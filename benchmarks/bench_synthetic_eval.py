@@ -1,7 +1,7 @@
-"""Evaluate a checkpoint on the fixed synthetic benchmark and print the table (issue 3).
+r"""Evaluate a checkpoint on the fixed synthetic benchmark and print the table (issue 3).
 
     .venv/bin/python benchmarks/bench_synthetic_eval.py                      # random weights: harness check
-    .venv/bin/python benchmarks/bench_synthetic_eval.py --checkpoint unsamv2_plus_ckpt.pt \\
+    .venv/bin/python benchmarks/bench_synthetic_eval.py --checkpoint unsamv2_plus_ckpt.pt \
         --baseline-checkpoint sam2.1_hiera_small.pt --full                   # real numbers
 
 The split is fixed: `unsamv2 synth --seed 2026 --modality fluorescence` (generator version pinned in

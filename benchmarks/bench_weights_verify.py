@@ -22,6 +22,13 @@ from pathlib import Path
 from unsamv2_engine import weights
 
 
+def _seconds(func) -> float:
+    """Wall-clock seconds of ``func()``."""
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=184)
@@ -41,10 +48,10 @@ def main() -> None:
         for _ in range(args.repeats):
             weights._VERIFIED.clear()
             weights.record_path(path).unlink(missing_ok=True)
-            t = time.perf_counter(); weights.verify_file(path, entry); first.append(time.perf_counter() - t)
+            first.append(_seconds(lambda: weights.verify_file(path, entry)))
             weights._VERIFIED.clear()  # a new process: only the record beside the file is left
-            t = time.perf_counter(); weights.verify_file(path, entry); record.append(time.perf_counter() - t)
-            t = time.perf_counter(); weights.verify_file(path, entry); memory.append(time.perf_counter() - t)
+            record.append(_seconds(lambda: weights.verify_file(path, entry)))
+            memory.append(_seconds(lambda: weights.verify_file(path, entry)))
     print(f"file: {args.mb} MiB, {args.repeats} repeats (median, best)")
     print("| check | median | best |\n|---|---:|---:|")
     for name, values in (("first use: size + full SHA-256, record written", first),

@@ -29,16 +29,15 @@ def main() -> None:
     parser.add_argument("--engine", choices=["process", "thread"], default="process")
     args = parser.parse_args()
 
+    import napari
     import torch
     from napari.qt import get_qapp
 
-    import napari
+    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
     from unsamv2_engine.client import EngineClient, ProcessTransport, ThreadTransport
     from unsamv2_engine.model import build_model
     from unsamv2_engine.model.checkpoint import save_checkpoint
     from unsamv2_engine.synth import generate_sample
-
-    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
 
     ckpt = save_checkpoint(build_model(args.size, seed=0), Path(tempfile.mkdtemp()) / "random.pt")
     image = generate_sample(0, modality="fluorescence", ndim="2", shape=(args.image_size, args.image_size)).image
@@ -56,7 +55,8 @@ def main() -> None:
 
     def wait(condition, timeout=300.0):
         """Block in Qt's own event loop (idle between events, as napari is), not in a busy loop that
-        would steal a core from the engine."""
+        would steal a core from the engine.
+        """
         end = time.time() + timeout
         while not condition():
             loop = QEventLoop()
@@ -81,7 +81,7 @@ def main() -> None:
             g = float(rng.integers(10, 101)) / 100
         start = time.perf_counter()
         widget.set_granularity(g)
-        wait(lambda: shown and abs(shown[-1][1] - g) < 1e-9)
+        wait(lambda g=g: shown and abs(shown[-1][1] - g) < 1e-9)
         app.processEvents()  # the canvas repaint of the new preview
         latencies.append((time.perf_counter() - start) * 1000)
     widget.close_engine()

@@ -1,19 +1,17 @@
 """Whole-image segmentation: box NMS against torchvision, the segmenter against upstream AMG, hierarchies, CLI.
 
-Models are hiera-tiny with random weights. Their logits lie in about [-0.2, 0.3], so the
-UnSAMv2 runs use ``mask_threshold=0.15`` with a small stability offset (masks of varied sizes)
-and zero quality thresholds (random weights would fail the authors' filters). Every distinct
-(model, image) pair is embedded for real once: models loaded through the CLI and image
-embeddings are shared across the module (:func:`_share_work`), as in ``tests/test_cli.py``.
-Two tests go further: the upstream comparison hands sam2's predictor our embedding, and the
-crop-layer test reuses the full image's embedding for its crops (see their docstrings).
-Runtime: about 30 s on 2 idle cores.
+Models are hiera-tiny with random weights. Their logits lie in about [-0.2, 0.3], so the UnSAMv2
+runs use ``mask_threshold=0.15`` with a small stability offset (masks of varied sizes) and zero
+quality thresholds (random weights would fail the authors' filters). The CLI tests run the real
+command: each call loads the checkpoint file and embeds the image itself. Two tests go further: the
+upstream comparison hands sam2's predictor our embedding, and the crop-layer test reuses the full
+image's embedding for its crops (see their docstrings).
+Runtime: about 1.5 min of CPU time on 2 cores.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import subprocess
 import sys
@@ -26,17 +24,17 @@ import torch
 from PIL import Image
 from sam2.utils.amg import batched_mask_to_box, generate_crop_boxes
 
-from unsamv2_engine import cli
-from unsamv2_engine.automatic import AutomaticSegmenter, AutoMasks, AutoSettings, Cancelled
+from tests.conftest import make_cells_image
+from unsamv2_engine.automatic import AutoMasks, AutomaticSegmenter, AutoSettings, Cancelled
 from unsamv2_engine.automatic.cleanup import remove_small_regions, remove_small_regions_all
 from unsamv2_engine.automatic.hierarchy import hierarchy_to_coco, levels_to_hierarchy, masks_to_coco
+from unsamv2_engine.cli import build_parser, main
+from unsamv2_engine.hierarchy import TABLE_COLUMNS, check_nesting
 from unsamv2_engine.io import read_labels
 from unsamv2_engine.io.coco import decode_rle
-from unsamv2_engine.hierarchy import TABLE_COLUMNS, check_nesting
 from unsamv2_engine.io.hierarchy import read_hierarchy
 from unsamv2_engine.nms import greedy_nms
 from unsamv2_engine.session import ImageSession
-from tests.conftest import make_cells_image
 
 REPO = Path(__file__).resolve().parents[1]
 GRANULARITIES = [0.3, 0.6, 1.0]
@@ -51,37 +49,6 @@ SMALL_ARGS = ["--points-per-side", 4, "--points-per-batch", 16, "--pred-iou-thre
 # ============================================================================ shared work
 def _segmenter(model, settings: AutoSettings) -> AutomaticSegmenter:
     return AutomaticSegmenter(model, settings, decode_batch=settings.points_per_batch)
-
-
-_MODELS: dict[tuple, object] = {}
-_EMBEDDINGS: dict[tuple, tuple] = {}
-_LOAD, _SET_IMAGE = cli._load_model, ImageSession.set_image
-
-
-def _shared_load(path, *, source, device, adapter, allow_base_mismatch):
-    key = (str(Path(path).resolve()), str(device), adapter, allow_base_mismatch)
-    if key not in _MODELS:
-        _MODELS[key] = _LOAD(path, source=source, device=device, adapter=adapter,
-                             allow_base_mismatch=allow_base_mismatch)
-    return _MODELS[key]
-
-
-def _shared_set_image(self, image, **kw):
-    image = np.ascontiguousarray(image)
-    key = (id(self.model), image.shape, str(image.dtype), hashlib.sha1(image.tobytes()).hexdigest(),
-           tuple(sorted(kw.items())))
-    if key not in _EMBEDDINGS:
-        _SET_IMAGE(self, image, **kw)
-        _EMBEDDINGS[key] = (self.features, self.image_hw)
-    else:
-        self.set_features(*_EMBEDDINGS[key])
-
-
-@pytest.fixture(autouse=True)
-def _share_work(monkeypatch):
-    """Reuse loaded models and image embeddings across this module (see the module docstring)."""
-    monkeypatch.setattr(cli, "_load_model", _shared_load)
-    monkeypatch.setattr(ImageSession, "set_image", _shared_set_image)
 
 
 @pytest.fixture(scope="module")
@@ -100,17 +67,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def model(files):
-    """The checkpoint loaded as the CLI loads it (the same object the CLI calls get)."""
-    return _shared_load(files["ckpt"], source=str(files["ckpt"]), device=torch.device("cpu"), adapter=None,
-                        allow_base_mismatch=False)
+    """The checkpoint file loaded as the CLI loads it."""
+    from unsamv2_engine.model.checkpoint import load_checkpoint
+
+    return load_checkpoint(files["ckpt"], source=str(files["ckpt"]))
 
 
 @pytest.fixture(scope="module")
 def levels(model) -> list[AutoMasks]:
-    """The cells image at 0.3, 0.6 and 1.0 (one embedding; the CLI tests reuse it)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ImageSession, "set_image", _shared_set_image)
-        return _segmenter(model, SMALL).generate_levels(make_cells_image(), GRANULARITIES)
+    """The cells image at 0.3, 0.6 and 1.0 (one embedding for the three levels)."""
+    return _segmenter(model, SMALL).generate_levels(make_cells_image(), GRANULARITIES)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +85,7 @@ def hierarchy(levels):
 
 
 def _run(capsys, *argv: object) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -140,7 +106,8 @@ def test_greedy_nms_matches_torchvision(threshold):
     boxes[40:50] = boxes[:10]  # duplicate boxes
     scores = (torch.rand(80, generator=gen) * 8).round() / 8  # many tied scores
     assert greedy_nms(boxes, scores, threshold).tolist() == torchvision.ops.nms(boxes, scores, threshold).tolist()
-    assert greedy_nms(boxes.long(), scores, threshold).tolist() == torchvision.ops.nms(boxes, scores, threshold).tolist()
+    expected = torchvision.ops.nms(boxes, scores, threshold).tolist()
+    assert greedy_nms(boxes.long(), scores, threshold).tolist() == expected
     assert greedy_nms(torch.zeros(0, 4), torch.zeros(0), threshold).numel() == 0
 
 
@@ -162,7 +129,7 @@ def test_segmenter_equals_upstream_amg_on_sam21():
     # Upstream decodes from the same embedding (its image predictor's set_image is replaced by the
     # features computed above); the encoders are compared in test_upstream_equivalence.py.
     session = ImageSession(sam21)
-    session.set_image(image)  # cached: the embedding of the run above
+    session.set_image(image)  # the same embedding as the run above (a deterministic encoder)
 
     def set_image(predictor, img):
         predictor.reset_predictor()
@@ -328,7 +295,8 @@ def test_crop_layers_masks_in_image_coordinates(model, monkeypatch):
         self.set_features(full, crop.shape[:2])
 
     monkeypatch.setattr(ImageSession, "set_image", same_features)
-    monkeypatch.setattr(segmenter_module, "is_box_near_crop_edge", lambda boxes, *a, **k: torch.zeros(len(boxes), dtype=bool))
+    monkeypatch.setattr(segmenter_module, "is_box_near_crop_edge",
+                        lambda boxes, *a, **k: torch.zeros(len(boxes), dtype=bool))
     settings = replace(SMALL, points_per_side=2, crop_n_layers=1, box_nms_thresh=1.0)
     result = _segmenter(model, settings).generate(image, 0.5)
     assert len(result) > 0 and result.masks.shape[1:] == image.shape[:2]
@@ -515,24 +483,24 @@ def test_cli_ctrl_c_exits_130_without_output(capsys, tmp_path, files, monkeypatc
 
 
 def test_cli_settings_presets_and_overrides():
-    from unsamv2_engine.automatic.cli import _settings
+    from unsamv2_engine.cli.auto import settings_from_args
 
-    parser = cli.build_parser()
+    parser = build_parser()
     args = parser.parse_args(["auto", "x.png", "-g", "0.5", "-o", "x.tif"])
-    assert _settings(args, torch.device("cpu")) == ("cpu", AutoSettings.cpu())
-    assert _settings(args, torch.device("cuda")) == ("authors", AutoSettings.authors())
+    assert settings_from_args(args, torch.device("cpu")) == ("cpu", AutoSettings.cpu())
+    assert settings_from_args(args, torch.device("cuda")) == ("authors", AutoSettings.authors())
     args = parser.parse_args(["hierarchy", "x.png", "--granularities", "0.3,1", "-o", "x.tif", "--preset", "authors",
                               "--no-m2m", "--points-per-side", "16", "--pred-iou-thresh", "0.8", "--stability-thresh",
                               "0.9", "--stability-offset", "1", "--mask-threshold", "-0.5", "--box-nms-thresh", "0.5",
                               "--crop-layers", "1", "--min-region-area", "25", "--points-per-batch", "4"])
-    preset, settings = _settings(args, torch.device("cpu"))
+    preset, settings = settings_from_args(args, torch.device("cpu"))
     assert preset == "authors" and settings == replace(
         AutoSettings.authors(), use_m2m=False, points_per_side=16, pred_iou_thresh=0.8, stability_score_thresh=0.9,
         stability_score_offset=1.0, mask_threshold=-0.5, box_nms_thresh=0.5, crop_n_layers=1,
         min_mask_region_area=25, points_per_batch=4)
     assert settings.thresholds_for(0.2) == (0.8, 0.9)
     args = parser.parse_args(["auto", "x.png", "-g", "0.5", "-o", "x.tif", "--m2m"])
-    assert _settings(args, torch.device("cpu"))[1].use_m2m is True
+    assert settings_from_args(args, torch.device("cpu"))[1].use_m2m is True
     assert AutoSettings.authors().thresholds_for(0.3) == (0.65, 0.7)
     assert AutoSettings.authors().thresholds_for(0.5) == (0.5, 0.7)
 

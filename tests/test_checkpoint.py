@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from unsamv2_engine.model import build_model
-from unsamv2_engine.model.checkpoint import (AdapterBaseMismatchError, CheckpointError,
-                                             checkpoint_kind, describe_checkpoint, load_checkpoint, read_checkpoint,
-                                             save_adapter, save_checkpoint)
+from unsamv2_engine.model.checkpoint import (
+    AdapterBaseMismatchError,
+    CheckpointError,
+    checkpoint_kind,
+    describe_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    save_adapter,
+    save_checkpoint,
+)
 from unsamv2_engine.session import ImageSession
 from unsamv2_engine.weights import sha256_file
 
@@ -120,7 +127,8 @@ def test_adapter_on_unsamv2_base_replaces_the_module(files, tmp_path, features):
 
 def test_adapter_base_hash_is_checked(files, tmp_path):
     _, paths = files
-    other_base = save_checkpoint(build_model("tiny", granularity=False, seed=5), tmp_path / "other_base.pt", kind="sam2")
+    other_base = save_checkpoint(build_model("tiny", granularity=False, seed=5), tmp_path / "other_base.pt",
+                                 kind="sam2")
     with pytest.raises(AdapterBaseMismatchError, match="--allow-base-mismatch"):
         load_checkpoint(other_base, adapter=paths["adapter"])
     model = load_checkpoint(other_base, adapter=paths["adapter"], allow_base_mismatch=True)

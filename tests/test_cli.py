@@ -1,9 +1,8 @@
 """The ``unsamv2`` command line: real checkpoint files, real images, real outputs.
 
-Checkpoints are tiny random-weight models saved as real files. CLI calls run in-process
-(``main([...])``); to keep the module fast they share loaded models and image embeddings through
-:func:`_share_work` (keyed by file identity and image content), so every distinct model file is
-still loaded, and every distinct (model, image) pair still embedded, for real once.
+Checkpoints are tiny random-weight models at a 256-px input size saved as real files (full
+resolution is not what these tests are about; it keeps every real load and embedding cheap). CLI
+calls run in-process (``main([...])``), each loading its model and embedding its image for real.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +19,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from unsamv2_engine import cli
-from unsamv2_engine.cli import main, parse_device, parse_granularities, parse_point
-from unsamv2_engine.io import read_labels
 from tests.conftest import make_cells_image
+from unsamv2_engine.cli import build_parser, main
+from unsamv2_engine.cli.options import parse_device, parse_granularities, parse_point
+from unsamv2_engine.io import read_labels
 
 REPO = Path(__file__).resolve().parents[1]
 POINT = "40,40"  # inside the left blob of the cells image (x = column, y = row)
@@ -33,13 +31,16 @@ NEG_POINT = "95,55,neg"  # the right blob
 
 # ============================================================================ fixtures
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, tiny_model, tiny_sam2_model) -> dict[str, Path]:
-    """Real checkpoint files: an UnSAMv2 one, a plain SAM 2.1 one and a truncated copy."""
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    """Real checkpoint files (256-px input): an UnSAMv2 one, a plain SAM 2.1 one and a truncated copy."""
+    from unsamv2_engine.model import build_model
     from unsamv2_engine.model.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("ckpts")
-    paths = {"unsamv2": save_checkpoint(tiny_model, folder / "unsamv2_tiny.pt", kind="unsamv2"),
-             "sam2": save_checkpoint(tiny_sam2_model, folder / "sam2_tiny.pt", kind="sam2")}
+    paths = {"unsamv2": save_checkpoint(build_model("tiny", seed=0, image_size=256), folder / "unsamv2_tiny.pt",
+                                        kind="unsamv2"),
+             "sam2": save_checkpoint(build_model("tiny", granularity=False, seed=0, image_size=256),
+                                     folder / "sam2_tiny.pt", kind="sam2")}
     data = paths["unsamv2"].read_bytes()
     paths["truncated"] = folder / "truncated.pt"
     paths["truncated"].write_bytes(data[: len(data) // 2])
@@ -58,61 +59,13 @@ def images(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-_MODELS: dict[tuple, object] = {}
-_EMBEDDINGS: dict[tuple, tuple] = {}
-_LOAD, _LOAD_FOR_CONVERT, _EMBED = cli._load_model, cli._load_for_convert, cli._embed
-
-
-def _file_key(path: object) -> tuple | None:
-    if path is None:
-        return None
-    st = os.stat(path)
-    return (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
-
-
-def _shared_load(path, *, source, device, adapter, allow_base_mismatch):
-    key = ("inference", _file_key(path), _file_key(adapter), str(device), allow_base_mismatch)
-    if key not in _MODELS:
-        _MODELS[key] = _LOAD(path, source=source, device=device, adapter=adapter,
-                             allow_base_mismatch=allow_base_mismatch)
-    return _MODELS[key]
-
-
-def _shared_load_for_convert(path, *, adapter, allow_base_mismatch, source):
-    key = ("convert", _file_key(path), _file_key(adapter), allow_base_mismatch, source)
-    if key not in _MODELS:
-        _MODELS[key] = _LOAD_FOR_CONVERT(path, adapter=adapter, allow_base_mismatch=allow_base_mismatch,
-                                         source=source)
-    return _MODELS[key]
-
-
-def _shared_embed(session, rgb8):
-    key = (id(session.model), rgb8.shape, hashlib.sha1(rgb8.tobytes()).hexdigest())
-    if key not in _EMBEDDINGS:
-        _EMBED(session, rgb8)
-        _EMBEDDINGS[key] = (session.features, session.image_hw)
-    else:
-        session.set_features(*_EMBEDDINGS[key])
-
-
-@pytest.fixture(autouse=True)
-def _share_work(monkeypatch):
-    """Reuse loaded models and image embeddings across CLI calls of this module (see module doc)."""
-    monkeypatch.setattr(cli, "_load_model", _shared_load)
-    monkeypatch.setattr(cli, "_load_for_convert", _shared_load_for_convert)
-    monkeypatch.setattr(cli, "_embed", _shared_embed)
-
-
 @pytest.fixture(scope="module")
 def reference_session(ckpts):
     """An ImageSession on the UnSAMv2 file and the cells image, embedded here (not through the CLI)."""
-    import torch
-
+    from unsamv2_engine.model.checkpoint import load_checkpoint
     from unsamv2_engine.session import ImageSession
 
-    model = _shared_load(ckpts["unsamv2"], source=str(ckpts["unsamv2"]), device=torch.device("cpu"), adapter=None,
-                         allow_base_mismatch=False)
-    session = ImageSession(model)
+    session = ImageSession(load_checkpoint(ckpts["unsamv2"], source=str(ckpts["unsamv2"])))
     session.set_image(make_cells_image())
     return session
 
@@ -158,7 +111,7 @@ def test_parse_granularities_rejects(text):
 
 
 def test_negative_values_after_options():
-    args = cli.build_parser().parse_args(["segment", "x.png", "--point", "-0.4,3", "--contrast-limits", "-100,2000",
+    args = build_parser().parse_args(["segment", "x.png", "--point", "-0.4,3", "--contrast-limits", "-100,2000",
                                           "-g", "0.5", "-o", "o.tif"])
     assert args.point == [(-0.4, 3.0, 1)] and args.contrast_limits == (-100.0, 2000.0)
     assert args.model is None and args.checkpoint is None and args.device == "auto"

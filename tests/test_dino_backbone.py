@@ -136,7 +136,8 @@ def test_fact_dinov3_vitb16_key_layout_matches_official():
 
 def _torch_bicubic_1d(values: np.ndarray, n_out: int, scale: float) -> np.ndarray:
     """Independent reference: cubic convolution (A = -0.75), align_corners=False, clamped taps,
-    sampling positions src = (dst + 0.5) / scale - 0.5."""
+    sampling positions src = (dst + 0.5) / scale - 0.5.
+    """
     a = -0.75
 
     def weight(t: float) -> float:

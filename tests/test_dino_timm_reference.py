@@ -100,7 +100,7 @@ def _randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def _official_dinov2(timm_sd: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """timm DINOv2 ``VisionTransformer`` state dict -> the official ``dinov2_*_pretrain.pth`` layout.
+    """Timm DINOv2 ``VisionTransformer`` state dict -> the official ``dinov2_*_pretrain.pth`` layout.
 
     Inverse of timm's ``_convert_dinov2``: with registers timm folds the cls position into
     ``cls_token`` and drops it from ``pos_embed`` (``no_embed_class``), so a random cls position is
@@ -126,7 +126,7 @@ def _official_dinov2(timm_sd: dict[str, torch.Tensor], seed: int) -> dict[str, t
 
 
 def _official_dinov3(timm_sd: dict[str, torch.Tensor], num_heads: int, seed: int) -> dict[str, torch.Tensor]:
-    """timm DINOv3 ``Eva`` state dict -> the official ``dinov3_*_pretrain_*.pth`` layout.
+    """Timm DINOv3 ``Eva`` state dict -> the official ``dinov3_*_pretrain_*.pth`` layout.
 
     Inverse of timm's ``eva.checkpoint_filter_fn``: ``gamma_1/2`` -> ``ls1/ls2.gamma``,
     ``reg_token`` -> ``storage_tokens``, SwiGLU ``fc1_g/fc1_x/fc2`` -> ``w1/w2/w3``; ``q_bias`` and
@@ -163,7 +163,7 @@ def _official_dinov3(timm_sd: dict[str, torch.Tensor], num_heads: int, seed: int
 
 
 def _assert_timm_filter_inverts(filter_fn, official: dict, reference: torch.nn.Module) -> None:
-    """timm's own checkpoint filter maps our official-layout dict back onto the timm weights."""
+    """Timm's own checkpoint filter maps our official-layout dict back onto the timm weights."""
     back = filter_fn({k: v.clone() for k, v in official.items()}, reference)
     expected = reference.state_dict()
     assert set(back) == set(expected)
@@ -180,7 +180,7 @@ def _load_ours(official: dict[str, torch.Tensor], path: Path) -> DinoViT:
 
 
 def _reference_tokens(reference: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """timm's final-norm patch tokens (``x_norm_patchtokens``)."""
+    """Timm's final-norm patch tokens (``x_norm_patchtokens``)."""
     return reference.forward_features(x)[:, reference.num_prefix_tokens:]
 
 

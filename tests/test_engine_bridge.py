@@ -8,11 +8,12 @@ import threading
 import numpy as np
 import pytest
 
+from tests.conftest import make_cells_image
 from unsamv2_engine import protocol as p
 from unsamv2_engine.client import EngineClient, EngineRequestError, ProcessTransport, ThreadTransport
+from unsamv2_engine.hierarchy import check_nesting, sweep_hierarchy
 from unsamv2_engine.service import EngineService
 from unsamv2_engine.session import ImageSession
-from tests.conftest import make_cells_image
 
 POINTS = np.array([[40.0, 40.0]])
 LABELS = np.array([1])
@@ -45,6 +46,11 @@ def test_service_answers_like_the_session(tiny_model):
     np.testing.assert_array_equal(decoded.mask, session.predict(POINTS, LABELS, 0.4).mask)
     sweep = service.handle(p.SweepRequest("img", POINTS, LABELS, [0.2, 0.9]))
     assert sweep.masks.shape == (2, 96, 128) and sweep.granularities == pytest.approx([0.2, 0.9])
+    assert sweep.labels is None and sweep.table is None  # nest=False: the masks only
+    nested = service.handle(p.SweepRequest("img", POINTS, LABELS, [0.9, 0.2], nest=True))
+    expected = sweep_hierarchy(nested.masks, [0.9, 0.2], nested.scores)  # the engine nests as the function does
+    np.testing.assert_array_equal(nested.labels, expected.labels)
+    assert nested.table == expected.table and check_nesting(expected) == []
 
 
 def test_service_turns_errors_into_replies(tiny_model):
@@ -127,7 +133,8 @@ def test_segment_all_and_hierarchy_through_the_service(tiny_model):
     progress = []
     seg = service.handle(p.SegmentAll("img", 0.5, FAST), progress.append)
     assert isinstance(seg, p.Segmented) and seg.labels.shape == (96, 128)
-    direct = AutomaticSegmenter(tiny_model, AutoSettings.cpu().with_(**{k: v for k, v in FAST.items() if k != "preset"}))
+    direct = AutomaticSegmenter(tiny_model,
+                                AutoSettings.cpu().with_(**{k: v for k, v in FAST.items() if k != "preset"}))
     np.testing.assert_array_equal(seg.labels, direct.generate(image, 0.5).label_image())
     assert progress and progress[-1].done == progress[-1].total == 16
     built = service.handle(p.BuildHierarchy("img", [0.3, 1.0], FAST))

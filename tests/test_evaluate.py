@@ -16,10 +16,17 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt
 
 from unsamv2_engine.evaluate import clicker as clk
-from unsamv2_engine.evaluate.datasets import (EvalItem, GTObject, dataset_to_coco, load_dataset,
-                                              objects_from_label_image)
-from unsamv2_engine.evaluate.interactive import (DEFAULT_GRID, Mode, chain_granularity, evaluate_object, parse_mode,
-                                                 parse_modes, run_clicks, run_oracle)
+from unsamv2_engine.evaluate.datasets import EvalItem, GTObject, dataset_to_coco, load_dataset, objects_from_label_image
+from unsamv2_engine.evaluate.interactive import (
+    DEFAULT_GRID,
+    Mode,
+    chain_granularity,
+    evaluate_object,
+    parse_mode,
+    parse_modes,
+    run_clicks,
+    run_oracle,
+)
 from unsamv2_engine.evaluate.metrics import iou, iou_curve, noc, noc_summary
 from unsamv2_engine.evaluate.predictors import PredictorOutput
 from unsamv2_engine.evaluate.report import write_report
@@ -557,7 +564,7 @@ def test_smoke_tiny_unsamv2_and_sam2(tiny_model, tiny_sam2_model, cells_image):
 
 
 def test_cli_end_to_end(tmp_path, tiny_model, capsys):
-    from unsamv2_engine.evaluate.cli import main
+    from unsamv2_engine.cli import main as unsamv2
     from unsamv2_engine.io.coco import encode_rle
     from unsamv2_engine.model.checkpoint import save_checkpoint
 
@@ -566,6 +573,9 @@ def test_cli_end_to_end(tmp_path, tiny_model, capsys):
     dets = [{"image_id": 1, "segmentation": encode_rle(disc((64, 64), (30, 30), 20)), "score": 0.9}]
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     out = tmp_path / "out"
+    def main(argv: list[str]) -> int:
+        return unsamv2(["evaluate", *argv])
+
     code = main([str(tmp_path / "bench"), "-o", str(out), "--checkpoint", str(ckpt), "--device", "cpu",
                  "--modes", "level,fixed:0.5", "--max-clicks", "2", "--mask-threshold", "-1", "--levels", "nucleus",
                  "--max-objects-per-image", "1", "--predictions", str(tmp_path / "dets.json"), "--no-sweep", "-q"])
@@ -608,15 +618,15 @@ def test_cli_module_is_light_and_parses_negative_threshold():
     import subprocess
     import sys
 
-    code = ("import sys, unsamv2_engine.evaluate.cli\n"
+    code = ("import sys, unsamv2_engine.cli.evaluate\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'scipy', 'torch', 'matplotlib'))\n"
             "assert not heavy, heavy\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    from unsamv2_engine.evaluate.cli import add_parser, run
+    from unsamv2_engine.cli.evaluate import register, run
 
     parser = argparse.ArgumentParser(prog="unsamv2")
-    add_parser(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["evaluate", "ds", "-o", "out", "--mask-threshold", "-1", "--granularities", "0.1:1.0:4",
                               "--modes", "oracle,fixed:0.5"])
     assert args.func is run and args.mask_threshold == -1.0 and args.granularities == [0.1, 0.4, 0.7, 1.0]

@@ -22,7 +22,8 @@ import torch
 SIZE = (128, 128)
 
 
-def write_pseudo_labels(root: Path, n_images: int = 2, masks_per_image: int = 2, *, extra: bool = False) -> tuple[Path, Path]:
+def write_pseudo_labels(root: Path, n_images: int = 2, masks_per_image: int = 2, *,
+                        extra: bool = False) -> tuple[Path, Path]:
     """``root/images/img<i>.tif`` (uint16) and ``root/labels/img<i>.json`` (§5.4 layout); returns both folders.
 
     Masks: the first cells and nuclei of the synthetic sample, with their sqrt-area granularity.
@@ -191,7 +192,8 @@ def test_trainable_sets(tiny_model):
 
 def test_mask_chunks_give_the_loss_and_gradient_of_all_masks_at_once(tmp_path):
     """Chunked masks with gradient accumulation (the memory bound of issue 13) change nothing: an object's
-    click does not depend on its chunk, and loss and gradients equal those of one pass over all masks."""
+    click does not depend on its chunk, and loss and gradients equal those of one pass over all masks.
+    """
     from unsamv2_engine.model import build_model
     from unsamv2_engine.model.decoding import encode_image
     from unsamv2_engine.train.dataset import PseudoLabelDataset
@@ -235,7 +237,8 @@ def test_mask_chunks_give_the_loss_and_gradient_of_all_masks_at_once(tmp_path):
 def test_training_reaches_every_tensor_of_the_granularity_module(tmp_path):
     """The reduced learnability guard (issue 13): a few steps of the authors' recipe (trainable
     ``granularity``) on ground-truth labels move each of the 70 added tensors (granularity encoder,
-    gra token and MLP, LoRA A and B) and nothing else; it fails if gradients stop reaching any of them."""
+    gra token and MLP, LoRA A and B) and nothing else; it fails if gradients stop reaching any of them.
+    """
     from unsamv2_engine.model import build_model
     from unsamv2_engine.model.build import is_added_parameter
     from unsamv2_engine.train.trainer import finetune
@@ -291,7 +294,8 @@ def test_overfit_halves_the_loss(tiny_model, pl_data, tmp_path):
 @pytest.mark.slow
 def test_resume_equals_uninterrupted_and_adapter_round_trip(base_file, pl_data, tmp_path):
     """Cancel after 2 of 4 steps, resume: same losses and parameters as one uninterrupted run; its adapter
-    loaded on the base file predicts bit-identically to the trained in-memory model."""
+    loaded on the base file predicts bit-identically to the trained in-memory model.
+    """
     from unsamv2_engine.model.checkpoint import load_checkpoint
     from unsamv2_engine.session import ImageSession
     from unsamv2_engine.train.trainer import finetune
@@ -428,7 +432,8 @@ def test_finetune_help_does_not_import_torch():
     import sys
 
     code = ("import sys\nfrom unsamv2_engine.cli import main\ntry:\n    main(['finetune', '--help'])\n"
-            "except SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))")
+            "except SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', "
+            "'numpy')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--pseudo-labels" in result.stdout and "--json-progress" in result.stdout

@@ -15,6 +15,7 @@ from unsamv2_engine.hierarchy import (
     check_nesting,
     enforce_nesting,
     hierarchy_from_levels,
+    sweep_hierarchy,
     table_rows_for_level,
 )
 from unsamv2_engine.io.hierarchy import FORMAT, is_hierarchy_file, read_hierarchy, to_csv, write_hierarchy
@@ -159,6 +160,28 @@ def test_enforce_nesting_drops_vanished_objects_and_their_children():
     assert [r["label"] for r in fixed.table] == [1, 4]
     assert not (fixed.labels == 2).any() and not (fixed.labels == 3).any()
     assert check_nesting(fixed) == []
+
+
+def test_sweep_hierarchy_nests_one_prompt_across_granularities():
+    """A sweep (one mask per g, not nested pixel for pixel) becomes one object per non-empty level,
+    each the child of the next coarser level's object (an empty level breaks the chain) and clipped inside it;
+    levels keep the given order.
+    """
+    nucleus, cell = disc(22, 23, 9), disc(30, 30, 22)
+    sticking_out = disc(22, 10, 6)  # partly outside the cell: clipped to it
+    masks = np.stack([nucleus, np.zeros(SHAPE, bool), cell, sticking_out | nucleus])
+    h = sweep_hierarchy(masks, [0.3, 0.5, 1.0, 0.7], scores=[0.9, 0.1, 0.8, 0.7])
+    assert h.labels.shape == (4, *SHAPE) and h.granularities == [0.3, 0.5, 1.0, 0.7]
+    assert check_nesting(h) == []
+    rows = {r["level"]: r for r in h.table}
+    assert sorted(rows) == [0, 2, 3]  # the empty level has no object
+    assert rows[2]["parent"] == 0 and rows[3]["parent"] == rows[2]["label"]
+    assert rows[0]["parent"] == 0  # its next coarser level (g 0.5) is empty: no parent, kept as it is
+    assert rows[0]["score"] == pytest.approx(0.9) and rows[2]["area"] == int(cell.sum())
+    np.testing.assert_array_equal(h.labels[3] > 0, (sticking_out | nucleus) & cell)
+    np.testing.assert_array_equal(h.labels[0] > 0, nucleus)
+    with pytest.raises(ValueError, match="one mask per granularity"):
+        sweep_hierarchy(masks[:2], [0.3, 0.5, 1.0])
 
 
 def test_check_nesting_flags_a_bad_hierarchy():

@@ -1,17 +1,17 @@
 """Large-image commands with the tiny model: `unsamv2 embed` (cache reuse, resume, invalidation),
-tiled `auto` / `hierarchy` into OME-Zarr and tiled TIFF, lazy zarr / TIFF inputs."""
+tiled `auto` / `hierarchy` into OME-Zarr and tiled TIFF, lazy zarr / TIFF inputs.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
 
-from unsamv2_engine import cli
+from unsamv2_engine.cli import build_parser, main
 from unsamv2_engine.io.omezarr import LeadingPlane, open_lazy_image, open_zarr_image, write_label_pyramid
 from unsamv2_engine.session import ImageSession
 from unsamv2_engine.tiling.cache import EmbeddingCache, cache_key, data_signature, embed_tiles
@@ -39,17 +39,14 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(files):
-    return cli._load_model(files["ckpt"], source=str(files["ckpt"]), device=torch.device("cpu"), adapter=None,
+    from unsamv2_engine.model.checkpoint import load_checkpoint
+
+    return load_checkpoint(files["ckpt"], source=str(files["ckpt"]), device=torch.device("cpu"), adapter=None,
                            allow_base_mismatch=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_model(monkeypatch, model):
-    monkeypatch.setattr(cli, "_load_model", lambda *a, **k: model)
-
-
 def _run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -172,11 +169,11 @@ def test_tiled_hierarchy_to_tiff_and_zarr(files, tmp_path, capsys):
 
 
 def test_small_images_keep_the_regular_path(files):
-    from unsamv2_engine.tiling.cli import wants_tiles
+    from unsamv2_engine.cli.embed import wants_tiles
 
-    args = cli.build_parser().parse_args(["auto", str(files["tif"]), "-g", "0.5", "-o", "x.tif"])
+    args = build_parser().parse_args(["auto", str(files["tif"]), "-g", "0.5", "-o", "x.tif"])
     assert not wants_tiles(args)
-    args = cli.build_parser().parse_args(["auto", str(files["tif"]), "-g", "0.5", "-o", "x.ome.zarr"])
+    args = build_parser().parse_args(["auto", str(files["tif"]), "-g", "0.5", "-o", "x.ome.zarr"])
     assert wants_tiles(args)
 
 

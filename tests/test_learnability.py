@@ -62,7 +62,8 @@ def test_probes_click_inside_the_nucleus_with_nested_granularities(sample):
     from unsamv2_engine.evaluate.learnability import nucleus_cell_pairs
 
     probes = nucleus_cell_pairs(sample)
-    by_nucleus = [o for o in sample.objects if o.level_name == "nucleus" and (sample.labels["nucleus"] == o.id).sum() >= 20]
+    nucleus_labels = sample.labels["nucleus"]
+    by_nucleus = [o for o in sample.objects if o.level_name == "nucleus" and (nucleus_labels == o.id).sum() >= 20]
     assert len(probes) == len(by_nucleus) > 0
     for p in probes:
         x, y = p.click

@@ -95,8 +95,10 @@ def test_image_size_is_validated():
 
 
 def _click_attention_peaks(sam, clicks) -> list[bool]:
-    """For each click (x, y) in model pixels: does the point token's first cross-attention (image content
-    zero, positional encodings only) peak on the image-embedding cell that holds the click?"""
+    """Whether each click's first cross-attention peaks on the image-embedding cell that holds it.
+
+    Clicks are (x, y) in model pixels; the image content is zero, so only positional encodings count.
+    """
     pe = sam.sam_prompt_encoder
     attention = sam.sam_mask_decoder.transformer.layers[0].cross_attn_token_to_image
     grid = pe.get_dense_pe()  # [1, C, h, w]
@@ -119,12 +121,14 @@ def _click_attention_peaks(sam, clicks) -> list[bool]:
 
 def test_positional_init_makes_the_click_visible_to_the_decoder():
     """With the tied query/key projections the click's token attends to its own neighbourhood from step 0;
-    with PyTorch's default initialisation it attends almost anywhere (why pretraining stalled at IoU 0.15)."""
+    with PyTorch's default initialisation it attends almost anywhere (why pretraining stalled at IoU 0.15).
+    """
     from unsamv2_engine.minisam.init import positional_attention_init
     from unsamv2_engine.model import build_model
 
     sam = build_model("tiny", granularity=False, seed=0, image_size=128).sam.eval()
-    clicks = [(float(x), float(y)) for x, y in torch.randint(4, 124, (24, 2), generator=torch.Generator().manual_seed(0))]
+    points = torch.randint(4, 124, (24, 2), generator=torch.Generator().manual_seed(0))
+    clicks = [(float(x), float(y)) for x, y in points]
     with torch.no_grad():
         default_hits = sum(_click_attention_peaks(sam, clicks))
         assert positional_attention_init(sam, gain=1.5) == 5

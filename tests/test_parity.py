@@ -14,7 +14,14 @@ import torch
 
 from unsamv2_engine.model import build_model
 from unsamv2_engine.model.checkpoint import load_state_dict_strict
-from unsamv2_engine.model.decoding import ImageFeatures, clamp_low_res, decode, embed_prompts, returned_iou, upsample_logits
+from unsamv2_engine.model.decoding import (
+    ImageFeatures,
+    clamp_low_res,
+    decode,
+    embed_prompts,
+    returned_iou,
+    upsample_logits,
+)
 
 ATOL = {"low_res_logits": 1e-4, "iou": 1e-5, "iou_all": 1e-5, "object_score_logits": 1e-5,
         "sparse_embeddings": 1e-5, "gra_mlp_out": 1e-5, "gra_token_out": 1e-5, "fourier_features": 2e-5}

@@ -21,8 +21,7 @@ from unsamv2_engine.granularity_scores import sqrt_area_granularity
 from unsamv2_engine.io.coco import decode_rle
 from unsamv2_engine.pseudo.backbones import ClassicalBackbone, Sam2Backbone, make_backbone
 from unsamv2_engine.pseudo.divide import maskcut, normalized_cut, split_instances
-from unsamv2_engine.pseudo.pipeline import (PseudoLabelSettings, image_id_for, pseudo_label_folder,
-                                            pseudo_label_image)
+from unsamv2_engine.pseudo.pipeline import PseudoLabelSettings, image_id_for, pseudo_label_folder, pseudo_label_image
 
 SYNTH_SEEDS = (0, 1, 2)
 SYNTH_SHAPE = (256, 256)

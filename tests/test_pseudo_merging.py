@@ -138,7 +138,8 @@ def test_speed_piecewise_48x48x64() -> None:
 
 def test_a_48x48x64_grid_merges_into_nested_levels() -> None:
     """A full-size crop grid (timings live in benchmarks/): one level per theta, each mask at least
-    4 patches, and every mask of a level lies inside one mask of the next (lower-theta) level."""
+    4 patches, and every mask of a level lies inside one mask of the next (lower-theta) level.
+    """
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(48, 48, 64)).astype(np.float32)
     feats += rng.normal(size=(1, 1, 64)).astype(np.float32) * 1.5  # shared component

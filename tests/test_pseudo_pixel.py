@@ -16,8 +16,13 @@ from unsamv2_engine.io.coco import decode_rle
 from unsamv2_engine.pseudo.backbones import make_backbone
 from unsamv2_engine.pseudo.classical import classical_proposals, object_channel, signal_check
 from unsamv2_engine.pseudo.hierarchy import build_instances
-from unsamv2_engine.pseudo.pipeline import (NothingToLabelWarning, PseudoLabelSettings, SettingsMismatchError,
-                                            pseudo_label_folder, pseudo_label_image)
+from unsamv2_engine.pseudo.pipeline import (
+    NothingToLabelWarning,
+    PseudoLabelSettings,
+    SettingsMismatchError,
+    pseudo_label_folder,
+    pseudo_label_image,
+)
 from unsamv2_engine.pseudo.refine import snap_to_superpixels, superpixels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

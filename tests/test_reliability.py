@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from unsamv2_engine import cli
-from unsamv2_engine.errors import (CheckpointError, ImageError, OutputError, PromptError, UnSAMv2Error,
-                                   is_user_error)
 from tests.conftest import make_cells_image
+from unsamv2_engine.cli import main
+from unsamv2_engine.cli.output import CliError
+from unsamv2_engine.errors import CheckpointError, ImageError, OutputError, PromptError, UnSAMv2Error, is_user_error
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(capsys, *argv: object) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -174,7 +174,8 @@ def test_directory_as_output_is_refused_before_work(capsys, files, tmp_path):
 
 def test_failed_second_output_leaves_no_first_output(capsys, files, tmp_path, monkeypatch):
     """Item 15: when writing ``--json`` fails (here: the disk is full), the label TIFF is not left behind,
-    and an older file under that name is kept as it was."""
+    and an older file under that name is kept as it was.
+    """
     import errno
 
     out = tmp_path / "m.tif"
@@ -183,7 +184,7 @@ def test_failed_second_output_leaves_no_first_output(capsys, files, tmp_path, mo
     def full_disk(path, document):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    monkeypatch.setattr(cli, "_emit_json", full_disk)
+    monkeypatch.setattr("unsamv2_engine.io.write_json", full_disk)
     code, _, err = _run(capsys, "segment", files["image"], "--point", "40,40", "-g", "0.5", "-o", out,
                         "--json", tmp_path / "m.json", "--checkpoint", files["ckpt"], "-q")
     assert code == 2 and "No space left on device" in err and "m.json" in err and ".partial" not in err
@@ -270,7 +271,7 @@ def test_existing_error_types_are_in_the_hierarchy():
     assert PromptError2 is PromptError and CheckpointError2 is CheckpointError
     assert issubclass(PromptError, ValueError) and issubclass(ImageReadError, ValueError)  # old catches still work
     for kind in (PromptError, ImageReadError, CheckpointError, WeightsError, ChecksumMismatchError, Cancelled,
-                 OutputError, cli.CliError):
+                 OutputError, CliError):
         assert issubclass(kind, UnSAMv2Error)
     assert not is_user_error(ValueError("a bug")) and not is_user_error(KeyError("k"))
 
@@ -279,14 +280,14 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_does_not(capsys, files, tmp_
     def bug(*args, **kwargs):
         raise ValueError("operands could not be broadcast together")  # a programming error, not the user's
 
-    monkeypatch.setattr(cli, "_read_image", bug)
+    monkeypatch.setattr("unsamv2_engine.io.read_image", bug)
     with pytest.raises(ValueError, match="broadcast"):
-        cli.main(["segment", str(files["image"]), "--point", "1,1", "-g", "0.5", "-o", str(tmp_path / "o.tif")])
+        main(["segment", str(files["image"]), "--point", "1,1", "-g", "0.5", "-o", str(tmp_path / "o.tif")])
     monkeypatch.undo()
     code, _, err = _run(capsys, "segment", files["image"], "--point", "1,1", "-g", "5", "-o", tmp_path / "o.tif")
     assert code == 2 and err.startswith("unsamv2: error: granularity must be in") and "Traceback" not in err
     with pytest.raises(PromptError):  # --traceback shows the trace of a user error too
-        cli.main(["segment", str(files["image"]), "--point", "1,1", "-g", "5", "-o", str(tmp_path / "o.tif"),
+        main(["segment", str(files["image"]), "--point", "1,1", "-g", "5", "-o", str(tmp_path / "o.tif"),
                   "--traceback"])
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import make_cells_image
 from unsamv2_engine import protocol as p
 from unsamv2_engine import wire
 from unsamv2_engine.client import EngineClient, EngineRequestError, RemoteEngineError, RemoteTransport
 from unsamv2_engine.remote_server import EngineServer, ServerLimits, free_port
 from unsamv2_engine.service import EngineService
 from unsamv2_engine.video.data import ObjectPrompt
-from tests.conftest import make_cells_image
 
 REPO = Path(__file__).resolve().parents[1]
 POINTS = np.array([[40.0, 40.0]])
@@ -108,7 +108,7 @@ def test_protocol_and_client_import_without_torch():
         import numpy as np
         from unsamv2_engine import protocol as p, wire
         from unsamv2_engine.client import EngineClient, RemoteTransport
-        import unsamv2_engine.remote_cli, unsamv2_engine.serve_cli, unsamv2_engine.cli
+        import unsamv2_engine.cli.remote, unsamv2_engine.cli.serve, unsamv2_engine.cli
         import napari_unsamv2._widget, napari_unsamv2._reader, napari_unsamv2._writer  # the plugin side
         msg = wire.decode(wire.encode(p.Predict("k", np.zeros((1, 2)), np.ones(1, np.int64), 0.5)))
         assert msg.granularity == 0.5
@@ -151,11 +151,13 @@ def test_remote_masks_equal_the_local_engine(server, tiny_model):
             assert remote.score == here.score
         assert client.call(p.Predict("img", POINTS, LABELS, 0.5, want_logits=False), timeout=60).low_res_logits is None
         sweep = client.call(p.SweepRequest("img", POINTS, LABELS, [0.3, 1.0]), timeout=60)
-        np.testing.assert_array_equal(sweep.masks, local.handle(p.SweepRequest("img", POINTS, LABELS, [0.3, 1.0])).masks)
+        np.testing.assert_array_equal(sweep.masks,
+                                      local.handle(p.SweepRequest("img", POINTS, LABELS, [0.3, 1.0])).masks)
         bad = client.submit  # a user error on the server comes back as a Failure, the session keeps serving
         with pytest.raises(EngineRequestError, match="granularity"):
             client.call(p.Predict("img", POINTS, LABELS, 3.0), timeout=60)
-        assert bad is not None and client.call(p.Predict("img", POINTS, LABELS, 0.5), timeout=60).mask.shape == (96, 128)
+        assert bad is not None
+        assert client.call(p.Predict("img", POINTS, LABELS, 0.5), timeout=60).mask.shape == (96, 128)
     finally:
         client.close()
 
@@ -343,7 +345,8 @@ sys.exit(main(sys.argv[1:]))
 
 def test_serve_command_and_segment_with_server_on_a_torch_free_client(tmp_path, tiny_model):
     """`unsamv2 serve` in its own process; `unsamv2 segment/sweep --server` with torch unimportable gives the
-    local engine's masks; a wrong token is a one-line error with exit code 2."""
+    local engine's masks; a wrong token is a one-line error with exit code 2.
+    """
     import tifffile
     from PIL import Image
 

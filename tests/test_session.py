@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import make_cells_image
 from unsamv2_engine.prompts import PromptError
 from unsamv2_engine.session import ImageSession, sam_candidate_for_granularity
-from tests.conftest import make_cells_image
 
 POINT = [[40.0, 40.0]]
 

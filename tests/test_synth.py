@@ -301,11 +301,11 @@ def test_iter_dataset(dataset):
 
 
 def _parser():
-    from unsamv2_engine.synth.cli import add_parser
+    from unsamv2_engine.cli.synth import register
 
     parser = argparse.ArgumentParser(prog="unsamv2")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
+    register(sub)
     return parser
 
 
@@ -326,6 +326,6 @@ def test_cli_run_writes_dataset(tmp_path, capsys):
 
 
 def test_engine_synth_does_not_import_torch():
-    code = ("import sys; from unsamv2_engine.synth import generate_sample; import unsamv2_engine.synth.cli; "
+    code = ("import sys; from unsamv2_engine.synth import generate_sample; import unsamv2_engine.cli.synth; "
             "generate_sample(0, shape=(64, 64)); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent)

@@ -72,7 +72,8 @@ def test_centred_window_stays_inside():
 # ---------------------------------------------------------------------------------------------- interactive
 class OracleSession(TiledSession):
     """Decodes a view as the model would if it were perfect: the connected component of ``image > 0`` under
-    the first positive prompt, seen at the view's resolution. Tests the choice of views, not the model."""
+    the first positive prompt, seen at the view's resolution. Tests the choice of views, not the model.
+    """
 
     def _decode_on(self, box, step, tile, pts, lab, granularity, options):
         from unsamv2_engine.session import Prediction
@@ -142,7 +143,8 @@ def test_real_model_click_returns_a_full_resolution_mask_in_image_coordinates(ti
 # ---------------------------------------------------------------------------------------------- stitching
 class ThresholdSegmenter:
     """Stub of AutomaticSegmenter for the stitching tests: objects = connected components of
-    ``tile > 150`` for g < 0.5 (nuclei) and of ``tile > 50`` for g >= 0.5 (cells)."""
+    ``tile > 150`` for g < 0.5 (nuclei) and of ``tile > 50`` for g >= 0.5 (cells).
+    """
 
     def generate_levels(self, rgb, levels, *, cancel=None, features=None):
         out = []
@@ -156,11 +158,12 @@ class ThresholdSegmenter:
 
 def _cells_image(hw=(1300, 1500)):
     """Cells (grey 100) with nuclei (grey 220) placed on and around the borders of a 512/128 grid,
-    plus a long bar (longer than a tile) and a cell larger than the overlap."""
+    plus a long bar (longer than a tile) and a cell larger than the overlap.
+    """
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:hw[0], 0:hw[1]]
     img = np.zeros(hw, np.uint8)
-    cells, nuclei = [], []
+    cells = []
     for cy, cx in [(200, 384), (200, 448), (430, 420), (448, 900), (800, 770), (1000, 1230), (1100, 200)]:
         r = int(rng.integers(25, 45))
         img[np.hypot(yy - cy, xx - cx) < r] = 100

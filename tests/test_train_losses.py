@@ -11,9 +11,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unsamv2_engine.train import (LOSS_WEIGHTS, batch_correction_clicks, batch_initial_clicks, dice_loss,
-                                  iou_l1_loss, objectness_loss, sample_correction_click, sample_point_in_mask,
-                                  sigmoid_focal_loss, unsamv2_loss)
+from unsamv2_engine.train import (
+    LOSS_WEIGHTS,
+    batch_correction_clicks,
+    batch_initial_clicks,
+    dice_loss,
+    iou_l1_loss,
+    objectness_loss,
+    sample_correction_click,
+    sample_point_in_mask,
+    sigmoid_focal_loss,
+    unsamv2_loss,
+)
 
 
 def _t(values, h=1):

@@ -250,7 +250,7 @@ def test_unpublished_digest_is_recorded_then_checked(tmp_path: Path) -> None:
 
 def test_garbage_in_cache_is_not_a_model(capsys, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Issue 11 item 4: 25 bytes under a registry name are neither listed as cached nor used."""
-    from unsamv2_engine import cli
+    from unsamv2_engine.cli import main
 
     monkeypatch.setenv("UNSAMV2_CACHE", str(tmp_path))
     monkeypatch.setenv("UNSAMV2_WEIGHTS_MIRROR", f"http://127.0.0.1:{_closed_port()}")
@@ -258,10 +258,10 @@ def test_garbage_in_cache_is_not_a_model(capsys, monkeypatch: pytest.MonkeyPatch
     (tmp_path / "unsamv2_plus_ckpt.pt").write_bytes(b"PK" + b"x" * 23)
     rows = {r["name"]: r for r in weights.list_models()}
     assert rows["sam2.1-tiny"]["cached"] is False and rows["sam2.1-tiny"]["size_ok"] is False
-    assert cli.main(["models"]) == 0
+    assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "bad size" in out and "published" in out and "none yet" in out  # plain UnSAMv2: no digest yet
-    code = cli.main(["models", "--download", "unsamv2-plus", "-q"])  # re-fetches (and fails: no network)
+    code = main(["models", "--download", "unsamv2-plus", "-q"])  # re-fetches (and fails: no network)
     err = capsys.readouterr().err
     assert code == 2 and "cached file is bad" in err and "no network" in err
     with pytest.raises(ChecksumMismatchError, match="--force"):

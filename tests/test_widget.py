@@ -32,9 +32,8 @@ def reference(checkpoint):
 
 @pytest.fixture
 def widget(make_napari_viewer, qtbot, checkpoint):
-    from unsamv2_engine.client import EngineClient, ThreadTransport
-
     from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
+    from unsamv2_engine.client import EngineClient, ThreadTransport
 
     viewer = make_napari_viewer()
     viewer.add_image(make_cells_image(), name="cells", rgb=True)
@@ -125,9 +124,8 @@ def test_bad_input_is_a_notification_not_a_crash(widget, qtbot):
 
 
 def test_stack_prompts_on_the_current_slice(make_napari_viewer, qtbot, checkpoint, reference):
-    from unsamv2_engine.client import EngineClient, ThreadTransport
-
     from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
+    from unsamv2_engine.client import EngineClient, ThreadTransport
 
     viewer = make_napari_viewer()
     grey = make_cells_image()[..., 0]
@@ -195,9 +193,8 @@ def test_clear_removes_prompts_and_preview_even_with_a_decode_in_flight(widget, 
 
 def test_prompts_layer_follows_the_dimensions_of_the_chosen_image(make_napari_viewer):
     """A prompts layer made for a 2D image is replaced when a stack is chosen (and back)."""
-    from unsamv2_engine.client import EngineClient, ThreadTransport
-
     from napari_unsamv2._widget import PROMPTS_LAYER, UnSAMv2Widget
+    from unsamv2_engine.client import EngineClient, ThreadTransport
 
     viewer = make_napari_viewer()
     viewer.add_image(make_cells_image(), name="flat", rgb=True)
@@ -219,10 +216,10 @@ def test_prompts_layer_follows_the_dimensions_of_the_chosen_image(make_napari_vi
 
 def test_preview_prompt_holds_only_the_current_objects_points(make_napari_viewer):
     """Points of several objects (for propagation) share the prompts layer; the 2D preview uses the
-    current object's points only."""
-    from unsamv2_engine.client import EngineClient, ThreadTransport
-
+    current object's points only.
+    """
     from napari_unsamv2._widget import UnSAMv2Widget
+    from unsamv2_engine.client import EngineClient, ThreadTransport
 
     viewer = make_napari_viewer()
     viewer.add_image(make_cells_image(), name="cells", rgb=True)
@@ -243,12 +240,12 @@ def test_preview_prompt_holds_only_the_current_objects_points(make_napari_viewer
 
 def test_contrast_and_data_changes_reembed_what_the_model_sees(make_napari_viewer, qtbot, checkpoint):
     """Regression (issue 15): the embedding key was the layer name, id() and plane, so after a contrast change
-    of a uint16 layer (or an edit of its data) the model kept seeing the old image."""
+    of a uint16 layer (or an edit of its data) the model kept seeing the old image.
+    """
+    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
     from unsamv2_engine.client import EngineClient, ThreadTransport
     from unsamv2_engine.model.checkpoint import load_checkpoint
     from unsamv2_engine.session import ImageSession
-
-    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
 
     image = (make_cells_image()[..., 0].astype(np.uint16) * 16)
     viewer = make_napari_viewer()

@@ -22,9 +22,8 @@ def checkpoint(tmp_path_factory):
 
 
 def test_dead_engine_offers_a_restart(make_napari_viewer, qtbot, checkpoint, monkeypatch):
-    from unsamv2_engine.client import EngineClient, ProcessTransport
-
     from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
+    from unsamv2_engine.client import EngineClient, ProcessTransport
 
     viewer = make_napari_viewer()
     viewer.add_image(make_cells_image(), name="cells", rgb=True)

@@ -71,10 +71,9 @@ def test_cancel_stops_the_child_and_keeps_a_checkpoint(lab_folder, tmp_path):
 @pytest.mark.slow
 @pytest.mark.gui
 def test_widget_runs_finetuning_and_loads_the_adapter(make_napari_viewer, qtbot, lab_folder, tmp_path):
+    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
     from unsamv2_engine.client import EngineClient, ThreadTransport
     from unsamv2_engine.model.checkpoint import read_adapter
-
-    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
 
     viewer = make_napari_viewer()
     w = UnSAMv2Widget(viewer, engine=EngineClient(ThreadTransport()))
@@ -111,9 +110,8 @@ def test_widget_runs_finetuning_and_loads_the_adapter(make_napari_viewer, qtbot,
 
 @pytest.mark.gui
 def test_missing_folder_is_a_notification_not_a_run(make_napari_viewer, qtbot):
-    from unsamv2_engine.client import EngineClient, ThreadTransport
-
     from napari_unsamv2._widget import UnSAMv2Widget
+    from unsamv2_engine.client import EngineClient, ThreadTransport
 
     viewer = make_napari_viewer()
     w = UnSAMv2Widget(viewer, engine=EngineClient(ThreadTransport()))

@@ -12,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unsamv2_engine.video import ObjectPrompt, VideoSession
-
 from napari_unsamv2 import _layers as L
+from unsamv2_engine.video import ObjectPrompt, VideoSession
 
 pytestmark = pytest.mark.gui
 WAIT = 240_000  # ms
@@ -49,7 +48,7 @@ def small_model():
 
 
 def _prompt(sample, spec) -> ObjectPrompt:
-    """spec = (object id, slice, g, [(where, positive), ...]) as an engine prompt."""
+    """Spec = (object id, slice, g, [(where, positive), ...]) as an engine prompt."""
     object_id, z, g, clicks = spec
     rc = np.array([_points(sample, z, where) for where, _ in clicks], np.float32)
     return ObjectPrompt(object_id, z, rc[:, ::-1].copy(), np.array([int(pos) for _, pos in clicks], np.int32), g)
@@ -83,10 +82,9 @@ def _reference(model, layer, prompts, direction="both"):
 @pytest.fixture
 def small_widget(make_napari_viewer, small_model, sample):
     """The widget on the stack, with an engine that already holds ``small_model``."""
+    from napari_unsamv2._widget import UnSAMv2Widget
     from unsamv2_engine.client import EngineClient, ThreadTransport
     from unsamv2_engine.service import EngineService
-
-    from napari_unsamv2._widget import UnSAMv2Widget
 
     viewer = make_napari_viewer()
     viewer.add_image(sample.image, name="stack")
@@ -98,11 +96,10 @@ def small_widget(make_napari_viewer, small_model, sample):
 
 @pytest.mark.slow
 def test_tiny_checkpoint_propagates_the_stack_like_the_engine(make_napari_viewer, qtbot, tmp_path, sample):
+    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
     from unsamv2_engine.client import EngineClient, ThreadTransport
     from unsamv2_engine.model import build_model
     from unsamv2_engine.model.checkpoint import load_checkpoint, save_checkpoint
-
-    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
 
     checkpoint = save_checkpoint(build_model("tiny", seed=0), tmp_path / "tiny.pt", kind="unsamv2")
     viewer = make_napari_viewer()
@@ -195,10 +192,10 @@ def test_cancel_keeps_the_finished_slices(small_widget, qtbot, small_model, samp
 
 def test_2d_images_and_missing_prompts_are_notifications(make_napari_viewer):
     from napari.utils.notifications import notification_manager
-    from unsamv2_engine.client import EngineClient, ThreadTransport
 
     from napari_unsamv2._widget import UnSAMv2Widget
     from tests.conftest import make_cells_image
+    from unsamv2_engine.client import EngineClient, ThreadTransport
 
     viewer = make_napari_viewer()
     viewer.add_image(make_cells_image(), name="cells", rgb=True)
@@ -224,10 +221,9 @@ def test_2d_images_and_missing_prompts_are_notifications(make_napari_viewer):
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["t,z,y,x along t", "z,y,x,rgb"])
 def test_4d_and_rgb_stacks_propagate_their_substack(make_napari_viewer, qtbot, small_model, sample, layout):
+    from napari_unsamv2._widget import UnSAMv2Widget
     from unsamv2_engine.client import EngineClient, ThreadTransport
     from unsamv2_engine.service import EngineService
-
-    from napari_unsamv2._widget import UnSAMv2Widget
 
     viewer = make_napari_viewer()
     zyx = sample.image[:3]
@@ -266,9 +262,8 @@ def test_4d_and_rgb_stacks_propagate_their_substack(make_napari_viewer, qtbot, s
 @pytest.mark.gui
 def test_each_object_keeps_the_dial_value_it_was_given(make_napari_viewer):
     """The dial follows the current object: object 1 at 0.3, object 2 at 0.9, back to 1 shows 0.3."""
-    from unsamv2_engine.client import EngineClient, ThreadTransport
-
     from napari_unsamv2._widget import UnSAMv2Widget
+    from unsamv2_engine.client import EngineClient, ThreadTransport
 
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((3, 32, 40), np.uint16), name="stack")

@@ -1,13 +1,14 @@
 """The widget with the "server" engine: connect, status, the dial over the network, a lost server,
-a wrong token, reconnecting. Servers listen on 127.0.0.1 only and are stopped by the tests."""
+a wrong token, reconnecting. Servers listen on 127.0.0.1 only and are stopped by the tests.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from unsamv2_engine.remote_server import EngineServer
 from tests.conftest import make_cells_image
+from unsamv2_engine.remote_server import EngineServer
 
 pytestmark = pytest.mark.gui
 WAIT = 120_000  # ms

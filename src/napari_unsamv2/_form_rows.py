@@ -1,5 +1,6 @@
 """Form rows the widget's panels share: a path field with a browse button, and the controls of a
-background job (start, cancel, progress bar, status line)."""
+background job (start, cancel, progress bar, status line).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgres
 
 def path_row(form: QFormLayout, name: str, placeholder: str, choose: Callable[[], str]) -> QLineEdit:
     """A ``name`` row: a line edit and a "…" button that fills it with ``choose()`` (a file dialog;
-    an empty string means cancelled)."""
+    an empty string means cancelled).
+    """
     row = QHBoxLayout()
     edit = QLineEdit()
     edit.setPlaceholderText(placeholder)

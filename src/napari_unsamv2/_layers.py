@@ -40,7 +40,8 @@ def leading_indices(current_step: Sequence[int], image_ndim: int, rgb: bool) -> 
 def image_key(layer_name: str, layer_id: int, leading: tuple[int, ...], *, content: str = "",
               contrast: tuple[float, float] | None = None) -> str:
     """Engine cache key of a layer's plane: the layer and plane, plus what the model sees of it,
-    ``content`` (:func:`plane_signature`) and ``contrast`` (the intensity mapping, None for uint8)."""
+    ``content`` (:func:`plane_signature`) and ``contrast`` (the intensity mapping, None for uint8).
+    """
     key = f"{layer_name}#{layer_id}@{','.join(map(str, leading))}"
     if content or contrast is not None:
         limits = "" if contrast is None else ",".join(f"{c:.17g}" for c in contrast)
@@ -57,7 +58,8 @@ def plane_signature(plane: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def prompt_from_points(points: np.ndarray, polarity: Sequence[str], leading: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def prompt_from_points(points: np.ndarray, polarity: Sequence[str],
+                       leading: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Points on the current plane as engine prompts.
 
     points ``[N, D]`` in image data coordinates (``D = len(leading) + 2``); polarity ``[N]``.
@@ -194,7 +196,8 @@ def object_prompts(points: np.ndarray, polarity: Sequence[str], objects: Sequenc
 def data_signature(data: object, *, max_samples: int = 1 << 16) -> str:
     """A cheap signature of layer data: shape, dtype, identity and (numpy) a hash of a strided sample
     of at most about ``max_samples`` values. It changes when the data is replaced or edited in a
-    sampled pixel; it is not a full hash (a stack may be gigabytes)."""
+    sampled pixel; it is not a full hash (a stack may be gigabytes).
+    """
     import hashlib
 
     shape = tuple(int(s) for s in data.shape)  # type: ignore[attr-defined]
@@ -235,7 +238,8 @@ def propagation_features(labels: np.ndarray, object_ids: Sequence[int], scores: 
     """One row per object: ``index`` (its label), ``granularity``, ``score`` (mean predicted IoU over
     the slices computed, NaN if none), ``slices`` (slices where it is present), ``area`` (voxels),
     ``prompted`` (its prompted slices, ``"2,5"``). labels: the sub-stack labels; scores
-    ``[n_slices, n_objects]`` in ``object_ids`` order."""
+    ``[n_slices, n_objects]`` in ``object_ids`` order.
+    """
     rows: dict[str, list] = {"index": [], "granularity": [], "score": [], "slices": [], "area": [], "prompted": []}
     other_axes = tuple(i for i in range(labels.ndim) if i != axis)
     for k, object_id in enumerate(object_ids):
@@ -273,7 +277,8 @@ def propagation_metadata(reply: object, *, leading: tuple[int, ...], axis: int, 
 
 def feature_defaults_with(defaults: object, **values: object) -> dict[str, object]:
     """A points layer's one-row ``feature_defaults`` table as a dict, with some columns changed
-    (napari wants every column when the defaults are set)."""
+    (napari wants every column when the defaults are set).
+    """
     out = {str(c): defaults[c].iloc[0] for c in defaults.columns}  # type: ignore[attr-defined]
     out.update(values)
     return out

@@ -3,9 +3,10 @@
 Prompts are the points of the widget's prompts layer, each with an ``object`` feature (the object
 id spin box sets it for the next clicks) beside its ``polarity``. *Propagate* sends every prompt of
 the sub-stack through the current plane (:func:`napari_unsamv2._layers.object_prompts`, each object at
-its own granularity: the widget's ``object_granularities()``) as one :class:`unsamv2_engine.protocol.Propagate` request. The stack
-travels once per stack key; the engine tracks the objects slice by slice in the background,
-sending progress, and its ``Propagated`` reply fills the *UnSAMv2 propagated* labels layer.
+its own granularity: the widget's ``object_granularities()``) as one
+:class:`unsamv2_engine.protocol.Propagate` request. The stack travels once per stack key; the engine
+tracks the objects slice by slice in the background, sending progress, and its ``Propagated`` reply
+fills the *UnSAMv2 propagated* labels layer.
 Re-prompting a slice and pressing *Propagate* again recomputes the sub-stack from all prompts.
 
 The panel holds no engine logic: layer data -> request and reply -> layer go through ``_layers``.
@@ -117,7 +118,8 @@ class PropagatePanel(QGroupBox):
     # ------------------------------------------------------------------ actions
     def propagate(self) -> int | None:
         """Send the prompts of the sub-stack through the current plane; returns the request id (or None,
-        with a notification, when there is nothing to propagate)."""
+        with a notification, when there is nothing to propagate).
+        """
         from unsamv2_engine import protocol as p
 
         host = self._host

@@ -13,9 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
-                            QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QSlider, QVBoxLayout,
-                            QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_unsamv2 import _layers as L
 from napari_unsamv2._form_rows import path_row
@@ -52,7 +65,7 @@ class UnSAMv2Widget(QWidget):
     sweep_added = Signal(list)         # the Labels layers of a sweep
     whole_image_added = Signal(list)   # the Labels layers of "segment all" / "build hierarchy"
 
-    def __init__(self, napari_viewer: "napari.Viewer", *, engine: Any = None) -> None:
+    def __init__(self, napari_viewer: napari.Viewer, *, engine: Any = None) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self._engine = engine
@@ -255,7 +268,8 @@ class UnSAMv2Widget(QWidget):
 
     def _watch_layers(self) -> None:
         """Re-embed when the chosen layer's data or contrast limits change (debounced: a contrast slider
-        fires many events; the embedding is computed once it rests)."""
+        fires many events; the embedding is computed once it rests).
+        """
         for layer in self._image_layers():
             if id(layer) in self._watched:
                 continue
@@ -300,7 +314,8 @@ class UnSAMv2Widget(QWidget):
 
     def _start_engine(self):
         """An engine client: on the server of the URL field, or local (a process; ``UNSAMV2_ENGINE=thread``:
-        a worker thread). Raises RemoteEngineError / RuntimeError with a message for the user."""
+        a worker thread). Raises RemoteEngineError / RuntimeError with a message for the user.
+        """
         import importlib.util
 
         from unsamv2_engine.client import EngineClient, ProcessTransport, RemoteTransport, ThreadTransport
@@ -344,7 +359,7 @@ class UnSAMv2Widget(QWidget):
         if self._engine is not None and not getattr(getattr(self._engine, "_transport", None), "connected", True):
             self.close_engine()  # the connection was lost: this press reconnects
         try:
-            self.engine
+            _ = self.engine  # starts (or reconnects) the engine
         except Exception as exc:  # noqa: BLE001 - RemoteEngineError, missing torch: the message says what to do
             self._engine = None
             self._idle(f"error: {exc}")
@@ -401,7 +416,8 @@ class UnSAMv2Widget(QWidget):
 
     def prompt_points(self, layer) -> tuple[np.ndarray, list[str], list[int]] | None:
         """The prompts in ``layer``'s data coordinates ``[N, D]`` (D = its spatial ndim), their polarity
-        and object ids ``[N]`` (layers without an ``object`` feature: all the current object); None if none."""
+        and object ids ``[N]`` (layers without an ``object`` feature: all the current object); None if none.
+        """
         points = self._prompts_layer()
         if layer is None or points is None or len(points.data) == 0:
             return None
@@ -553,12 +569,14 @@ class UnSAMv2Widget(QWidget):
 
     def object_granularities(self) -> dict[int, float]:
         """Object id -> the g it is propagated at: the dial's value when it was last the current object
-        (the current object: the dial's value now)."""
+        (the current object: the dial's value now).
+        """
         return {**self._object_granularity, self.propagate_panel.object_id: self.granularity}
 
     def _on_object_changed(self, object_id: int) -> None:
         """The next clicks belong to ``object_id``; the preview shows that object's points, and the dial
-        shows its granularity (each object keeps its own)."""
+        shows its granularity (each object keeps its own).
+        """
         self._object_granularity[self._current_object] = self.granularity
         self._current_object = int(object_id)
         if object_id in self._object_granularity:
@@ -638,24 +656,23 @@ class UnSAMv2Widget(QWidget):
         xy, labels, _ = prompt
         self._busy(f"sweeping {len(granularities)} granularities…")
         self._submit(p.SweepRequest(self._embedded_key, xy, labels, granularities,
-                                    mask_threshold=self.threshold_spin.value(), m2m=self.m2m_check.isChecked()),
+                                    mask_threshold=self.threshold_spin.value(), m2m=self.m2m_check.isChecked(),
+                                    nest=True),
                      "sweep")
 
     def _add_sweep(self, reply) -> None:
-        from unsamv2_engine.hierarchy import build_hierarchy, enforce_nesting
-
+        """Show a sweep as one labels layer per level (nested by the engine: ``SweepRequest(nest=True)``)."""
         self._idle(f"sweep of {len(reply.granularities)} granularities in {reply.seconds:.2f} s")
         self._sweep_count += 1
-        hierarchy = enforce_nesting(build_hierarchy([[m] for m in reply.masks], list(reply.granularities),
-                                                    scores=[[float(s)] for s in reply.scores]))
-        layers = self._add_hierarchy_layers(hierarchy.labels, hierarchy.granularities, hierarchy.table,
+        layers = self._add_hierarchy_layers(reply.labels, reply.granularities, reply.table,
                                             f"sweep {self._sweep_count}", {"sweep": self._sweep_count})
         if layers:
             self.sweep_added.emit(layers)
 
     def _add_hierarchy_layers(self, labels: np.ndarray, granularities, table, prefix: str, extra: dict) -> list:
         """One Labels layer per level (placed on the current plane), with features and the hierarchy
-        in metadata, so the writer saves them as one hierarchy file."""
+        in metadata, so the writer saves them as one hierarchy file.
+        """
         image = self.image_layer()
         if image is None:
             return []

@@ -11,7 +11,8 @@ def launch(image: str | None = None, *, sample: str = "cells", checkpoint: str |
            model: str | None = None, adapter: str | None = None, device: str = "auto", download: bool = False,
            load: bool = True, show: bool = True) -> tuple[Any, Any]:
     """Create a viewer, add ``image`` (a path napari can open) or a bundled sample, dock the widget,
-    and start loading the model (``checkpoint`` path, else registry ``model``). Returns (viewer, widget)."""
+    and start loading the model (``checkpoint`` path, else registry ``model``). Returns (viewer, widget).
+    """
     import napari
 
     from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget

@@ -1,6 +1,7 @@
 """Lazy package exports (PEP 562): names load from their submodule on first use.
 
-Keeps ``import unsamv2_engine.<package>.cli`` (done by ``unsamv2 --help``) standard-library only.
+Used by :mod:`unsamv2_engine.video` only: the protocol imports ``video.data`` (numpy only) and must
+not load torch through the package's session and predictor exports.
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ class EngineRequestError(RuntimeError):
 
 
 class Transport(Protocol):
+    """How an :class:`EngineClient` reaches its engine: a thread, a process or a server."""
+
     cancel_event: object  # threading.Event or multiprocessing Event shared with the engine
 
     def start(self, on_reply: Callback) -> None: ...
@@ -99,7 +101,8 @@ class EngineClient:
 
     def cancel(self) -> None:
         """Stop the running whole-image job at its next batch (it then answers with a Failure
-        of kind ``Cancelled``). Works while the engine is busy: the flag is shared, not queued."""
+        of kind ``Cancelled``). Works while the engine is busy: the flag is shared, not queued.
+        """
         self._transport.cancel_event.set()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -217,7 +220,8 @@ class ProcessTransport:
 
     def send(self, request: p.Request) -> None:
         """Send ``request``; if the engine process has ended, it is answered at once with an
-        ``EngineDied`` :class:`~unsamv2_engine.protocol.Failure` instead of waiting forever."""
+        ``EngineDied`` :class:`~unsamv2_engine.protocol.Failure` instead of waiting forever.
+        """
         with self._send_lock:
             if self._dead_message is None:
                 try:
@@ -262,12 +266,14 @@ class ProcessTransport:
 
 class RemoteEngineError(ConnectionError):
     """The engine server cannot be used: not reachable, token refused, versions differ (the message says
-    what to do)."""
+    what to do).
+    """
 
 
 class _RemoteCancel:
     """``cancel_event`` of a remote engine: ``set()`` sends a Cancel message (it is handled at once, even
-    while the client's job runs)."""
+    while the client's job runs).
+    """
 
     def __init__(self, transport: RemoteTransport) -> None:
         self._transport = transport

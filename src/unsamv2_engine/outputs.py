@@ -6,7 +6,8 @@ Two tools, used by every writing command (``segment``, ``sweep``, ``auto``, ``hi
 * :func:`check_outputs` runs **before any work starts**. It refuses an output that names one of the
   command's inputs (the same path, a symlink to it or a hard link of it), two outputs that are the
   same file, an output that is an existing directory, and an output whose folder is not writable
-  (or cannot be created: missing folders are created by the writers). Each refusal is an :class:`~unsamv2_engine.errors.OutputError` that says what to do.
+  (or cannot be created: missing folders are created by the writers). Each refusal is an
+  :class:`~unsamv2_engine.errors.OutputError` that says what to do.
 * :func:`staged_outputs` writes every output of a run to a temporary file beside its final name,
   and moves them into place (``os.replace``, atomic on one file system) only when the whole run
   succeeded. A failing run leaves none of its outputs behind and no earlier file replaced.
@@ -35,7 +36,8 @@ def _given(path: object) -> bool:
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two paths name the same file or folder: equal real paths (symlinks followed) or, for
-    existing files, the same inode on the same device (hard links)."""
+    existing files, the same inode on the same device (hard links).
+    """
     if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
@@ -52,7 +54,8 @@ def _inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> boo
 
 def _check_folder(folder: Path, what: str, path: str) -> None:
     """The folder an output goes into must be a writable folder, or be creatable: its nearest existing
-    ancestor must be a writable folder (writers create missing folders)."""
+    ancestor must be a writable folder (writers create missing folders).
+    """
     while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
@@ -68,16 +71,22 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike[str] | None],
                   folder_formats: tuple[str, ...] = (".zarr",)) -> None:
     """Refuse unsafe output files before any work starts.
 
-    Args:
-        outputs: option name -> output *file* path, e.g. ``{"-o": "z.tif", "--json": "z.json"}``.
-        inputs: option name -> input file path (images, checkpoint, adapter, base...). A missing
-            input is skipped (it is reported by the command's own check).
-        input_dirs: option name -> input folder; an output may not be that folder nor lie inside it
-            (a folder of images or pseudo-labels that a later run would read as input).
-        folder_formats: suffixes of outputs that are folders by format (a zarr group): such an
-            output may be an existing folder (it is rewritten).
+    Parameters
+    ----------
+    outputs
+        option name -> output *file* path, e.g. ``{"-o": "z.tif", "--json": "z.json"}``.
+    inputs
+        option name -> input file path (images, checkpoint, adapter, base...). A missing
+        input is skipped (it is reported by the command's own check).
+    input_dirs
+        option name -> input folder; an output may not be that folder nor lie inside it
+        (a folder of images or pseudo-labels that a later run would read as input).
+    folder_formats
+        suffixes of outputs that are folders by format (a zarr group): such an
+        output may be an existing folder (it is rewritten).
 
-    Raises:
+    Raises
+    ------
         OutputError: an output names an input or another output, is a folder, or its folder is not
             writable (or not creatable); the message names the option and says what to do.
     """
@@ -106,7 +115,8 @@ def check_output_dir(name: str, path: str | os.PathLike[str],
                      inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
                      input_dirs: Mapping[str, str | os.PathLike[str] | None] | None = None) -> None:
     """Refuse an unsafe output *folder* before any work starts: it may exist (as a folder) or be
-    created in an existing writable folder, and it may not be an input file or input folder."""
+    created in an existing writable folder, and it may not be an input file or input folder.
+    """
     target = Path(path)
     for other, src in {**(inputs or {}), **(input_dirs or {})}.items():
         if _given(src) and same_file(target, src):  # type: ignore[arg-type]

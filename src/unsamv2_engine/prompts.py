@@ -14,7 +14,6 @@ GRANULARITY_MAX = 1.0
 
 from unsamv2_engine.errors import PromptError  # noqa: E402 - re-exported: prompts.PromptError
 
-
 #: Most granularities one sweep decodes (each costs a [256, 256] logit map and an [H, W] mask):
 #: 0.1:1.0:91 is a step of 0.01, finer than the model resolves.
 MAX_SWEEP_GRANULARITIES = 100
@@ -106,7 +105,8 @@ def check_points(points: object, labels: object, image_hw: tuple[int, int]) -> t
     outside = (pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5)
     if np.any(outside):
         bad = ", ".join(f"({x:g}, {y:g})" for x, y in pts[outside][:5])
-        raise PromptError(f"points outside the {w}x{h} (width x height) image: {bad}; coordinates are (x, y) = (column, row)")
+        raise PromptError(f"points outside the {w}x{h} (width x height) image: {bad}; coordinates are (x, y) = "
+                          "(column, row)")
     return pts.astype(np.float32), lab.astype(np.int32)
 
 

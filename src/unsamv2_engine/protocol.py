@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +20,7 @@ _ids = itertools.count(1)
 
 
 def next_request_id() -> int:
+    """A new request id (unique in this process)."""
     return next(_ids)
 
 
@@ -53,7 +54,8 @@ class Predict:
     """Decode one object on an embedded image. points_xy ``[N, 2]`` (x, y) pixels, labels ``[N]`` 1/0.
 
     want_logits: False leaves ``Decoded.low_res_logits`` None (a front end that only shows the mask saves
-    256 KiB per decode over a network)."""
+    256 KiB per decode over a network).
+    """
 
     image_key: str
     points_xy: np.ndarray
@@ -68,7 +70,11 @@ class Predict:
 
 @dataclass
 class SweepRequest:
-    """Decode one prompt at several granularities (one batched decoder pass)."""
+    """Decode one prompt at several granularities (one batched decoder pass).
+
+    nest: also nest the masks into a hierarchy in the engine
+    (:func:`~unsamv2_engine.hierarchy.sweep_hierarchy`), returned in the reply's ``labels`` and ``table``.
+    """
 
     image_key: str
     points_xy: np.ndarray
@@ -76,6 +82,7 @@ class SweepRequest:
     granularities: list[float]
     mask_threshold: float = 0.0
     m2m: bool = False
+    nest: bool = False
     request_id: int = field(default_factory=next_request_id)
 
 
@@ -129,15 +136,19 @@ class Propagate:
 
 @dataclass
 class Shutdown:
+    """Stop the engine (answered with :class:`Stopped`)."""
+
     request_id: int = field(default_factory=next_request_id)
 
 
-Request = Union[LoadModel, SetImage, Predict, SweepRequest, SegmentAll, BuildHierarchy, Propagate, Shutdown]
+Request = LoadModel | SetImage | Predict | SweepRequest | SegmentAll | BuildHierarchy | Propagate | Shutdown
 
 
 # ------------------------------------------------------------------------------------ replies
 @dataclass
 class ModelLoaded:
+    """The model is loaded: what it is and where it runs."""
+
     request_id: int
     label: str
     family: str
@@ -148,6 +159,8 @@ class ModelLoaded:
 
 @dataclass
 class ImageEmbedded:
+    """An image is embedded and kept under ``image_key``."""
+
     request_id: int
     image_key: str
     image_hw: tuple[int, int]
@@ -170,7 +183,12 @@ class Decoded:
 
 @dataclass
 class SweepDecoded:
-    """masks bool ``[G, H, W]``; scores, areas ``[G]``; granularities in the order asked."""
+    """masks bool ``[G, H, W]``; scores, areas ``[G]``; granularities in the order asked.
+
+    With ``nest``: labels uint32 ``[G, H, W]`` the nested hierarchy (one object per non-empty level,
+    ids unique across levels, each inside its parent) and its table rows
+    label/level/granularity/parent/area/score; None otherwise.
+    """
 
     request_id: int
     image_key: str
@@ -179,6 +197,8 @@ class SweepDecoded:
     scores: np.ndarray
     areas: np.ndarray
     seconds: float
+    labels: np.ndarray | None = None
+    table: list[dict] | None = None
 
 
 @dataclass
@@ -211,7 +231,8 @@ class Propagated:
     """labels: the stack's shape without channels (0 = background, object ids); scores, object_scores
     float32 ``[n_slices, n_objects]`` (predicted IoU, objectness logit; NaN where not computed), columns
     in ``object_ids`` order; frames_done bool ``[n_slices]`` (False only for slices a cancel left out);
-    axis: the propagation axis of ``labels``."""
+    axis: the propagation axis of ``labels``.
+    """
 
     request_id: int
     stack_key: str
@@ -227,6 +248,8 @@ class Propagated:
 
 @dataclass
 class Progress:
+    """Progress of a running request: ``done`` of ``total`` (None: unknown) in ``stage``."""
+
     request_id: int
     stage: str
     done: int
@@ -237,7 +260,8 @@ class Progress:
 class Failure:
     """A request that failed. ``kind`` is the exception class name; ``user_error`` marks input
     problems (an :class:`~unsamv2_engine.errors.UnSAMv2Error`: bad prompt, missing weights) as opposed
-    to bugs, whose ``traceback`` holds the engine side's traceback text (empty for user errors)."""
+    to bugs, whose ``traceback`` holds the engine side's traceback text (empty for user errors).
+    """
 
     request_id: int
     kind: str
@@ -248,11 +272,13 @@ class Failure:
 
 @dataclass
 class Stopped:
+    """The engine has stopped (the reply to :class:`Shutdown`)."""
+
     request_id: int
 
 
-Reply = Union[ModelLoaded, ImageEmbedded, Decoded, SweepDecoded, Segmented, HierarchyBuilt, Propagated, Progress,
-              Failure, Stopped]
+Reply = (ModelLoaded | ImageEmbedded | Decoded | SweepDecoded | Segmented | HierarchyBuilt | Propagated | Progress
+         | Failure | Stopped)
 
 
 def describe(message: Any) -> str:

@@ -25,9 +25,8 @@ import time
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
 
-from unsamv2_engine import __version__
+from unsamv2_engine import __version__, wire
 from unsamv2_engine import protocol as p
-from unsamv2_engine import wire
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,8 @@ class ServerLimits:
     """What one client may send. max_image_pixels: pixels of one 2D image (or stack slice); max_request_bytes:
     decoded arrays of one request (a stack counts whole); max_frame_bytes: one compressed frame, refused by the
     WebSocket layer before it is read; idle_timeout_s: a client that sends nothing for this long (and has no
-    job running) is disconnected and its session freed."""
+    job running) is disconnected and its session freed.
+    """
 
     max_image_pixels: int = 8192 * 8192
     max_request_bytes: int = 2 << 30

@@ -141,8 +141,15 @@ class EngineService:
         start = time.perf_counter()
         sweep = session.sweep(request.points_xy, request.labels, request.granularities, m2m=request.m2m,
                               mask_threshold=request.mask_threshold)
+        labels = table = None
+        if request.nest:
+            from unsamv2_engine.hierarchy import sweep_hierarchy
+
+            nested = sweep_hierarchy(sweep.masks, sweep.granularities, sweep.scores)
+            labels, table = nested.labels, nested.table
         return p.SweepDecoded(request.request_id, request.image_key, [float(g) for g in sweep.granularities],
-                              sweep.masks, sweep.scores, np.asarray(sweep.areas), time.perf_counter() - start)
+                              sweep.masks, sweep.scores, np.asarray(sweep.areas), time.perf_counter() - start,
+                              labels=labels, table=table)
 
     def _whole_image(self, request, emit: Emit):
         from unsamv2_engine.automatic import AutomaticSegmenter, AutoSettings
@@ -211,7 +218,8 @@ class EngineService:
 def failure_reply(request_id: int, exc: BaseException) -> p.Failure:
     """The :class:`~unsamv2_engine.protocol.Failure` for ``exc``: a user error (an
     :class:`~unsamv2_engine.errors.UnSAMv2Error`, or an OS error about a named file) carries its message;
-    anything else is a bug and also carries its traceback text, so the front end can show it."""
+    anything else is a bug and also carries its traceback text, so the front end can show it.
+    """
     import traceback
 
     user = is_user_error(exc)

@@ -19,15 +19,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unsamv2_engine.errors import EngineError, ImageError
 from unsamv2_engine.devices import inference_context
+from unsamv2_engine.errors import EngineError, ImageError
 from unsamv2_engine.intensity import to_uint8_rgb
 from unsamv2_engine.model.build import UnSAMv2Model
-from unsamv2_engine.model.decoding import (DecoderOutput, ImageFeatures, clamp_low_res, decode, encode_image,
-                                           returned_iou, upsample_logits)
+from unsamv2_engine.model.decoding import (
+    DecoderOutput,
+    ImageFeatures,
+    clamp_low_res,
+    decode,
+    encode_image,
+    returned_iou,
+    upsample_logits,
+)
 from unsamv2_engine.preprocess import preprocess_image
-from unsamv2_engine.prompts import (PromptError, check_granularities, check_granularity, check_mask_threshold,
-                                    check_points)
+from unsamv2_engine.prompts import (
+    PromptError,
+    check_granularities,
+    check_granularity,
+    check_mask_threshold,
+    check_points,
+)
 
 # Prompts per decoder call. The image side of the decoder's first layer is shared by the whole
 # call (model/two_way.py); past that, on CPU, activations of more than two prompts fall out of
@@ -61,7 +73,8 @@ class Prediction:
 @dataclass
 class Sweep:
     """Masks of one prompt at several granularities: masks bool ``[G, H, W]``, logits ``[G, 256, 256]``,
-    scores / object_scores / granularities ``[G]``, in the order requested."""
+    scores / object_scores / granularities ``[G]``, in the order requested.
+    """
 
     granularities: np.ndarray
     masks: np.ndarray

@@ -98,7 +98,7 @@ def ensure_torchvision_importable() -> None:
     _allow_boxes_ops()
 
 
-def upstream_image_predictor(model: "UnSAMv2Model", **kw: Any) -> "SAM2ImagePredictor":
+def upstream_image_predictor(model: UnSAMv2Model, **kw: Any) -> SAM2ImagePredictor:
     """Upstream ``SAM2ImagePredictor`` on ``model.sam`` (keyword arguments passed through).
 
     For comparisons and benchmarks: on a plain SAM 2.1 model it is the authors' reference

@@ -46,7 +46,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:  # urllib / http.client are imported lazily: they cost ~40 ms
     import http.client
@@ -73,7 +73,7 @@ __all__ = [
     "verify_file",
 ]
 
-ProgressCallback = Callable[[int, Optional[int]], None]
+ProgressCallback = Callable[[int, int | None], None]
 
 CACHE_ENV = "UNSAMV2_CACHE"
 MIRROR_ENV = "UNSAMV2_WEIGHTS_MIRROR"
@@ -117,7 +117,8 @@ class OfflineError(WeightsError):
 class ModelEntry:
     """One known checkpoint.
 
-    Attributes:
+    Attributes
+    ----------
         name: registry key, e.g. ``"sam2.1-tiny"``.
         family: ``"sam2.1"`` (plain SAM 2.1) or ``"unsamv2"`` (SAM 2.1 + granularity).
         size: Hiera backbone size: ``"tiny"``, ``"small"``, ``"base_plus"`` or ``"large"``.
@@ -229,7 +230,8 @@ DEFAULT_MODEL = "unsamv2-plus"
 def get_entry(name: str) -> ModelEntry:
     """Return the registry entry called ``name``.
 
-    Raises:
+    Raises
+    ------
         UnknownModelError: ``name`` is not a known model; the message lists known names.
     """
     try:
@@ -375,11 +377,13 @@ def verify_file(path: str | os.PathLike[str], entry: ModelEntry) -> str:
     published digest, or, when none is published, against the digest recorded at the first
     download (recorded now if there is none yet).
 
-    Returns:
+    Returns
+    -------
         ``"published"`` (matches the published digest) or ``"recorded"`` (matches, or now is,
         the recorded digest of an entry with none published).
 
-    Raises:
+    Raises
+    ------
         ChecksumMismatchError: wrong size or digest; the message says what to do.
     """
     path = Path(path)
@@ -583,17 +587,25 @@ def download(
     downloaded again (a message on stderr says so). The digest of the new file is recorded
     beside it (:func:`record_path`).
 
-    Args:
-        name: registry name (see :data:`REGISTRY`).
-        dest_dir: target directory, created if needed.
-        progress: show a tqdm progress bar on stderr.
-        progress_callback: called as ``callback(done_bytes, total_bytes_or_None)`` after
-            every chunk (the GUI uses it). An exception raised by the callback cancels
-            the download (the partial file is removed) and propagates.
-        force: download again even if the file exists.
-        timeout: socket timeout in seconds.
+    Parameters
+    ----------
+    name
+        registry name (see :data:`REGISTRY`).
+    dest_dir
+        target directory, created if needed.
+    progress
+        show a tqdm progress bar on stderr.
+    progress_callback
+        called as ``callback(done_bytes, total_bytes_or_None)`` after
+        every chunk (the GUI uses it). An exception raised by the callback cancels
+        the download (the partial file is removed) and propagates.
+    force
+        download again even if the file exists.
+    timeout
+        socket timeout in seconds.
 
-    Raises:
+    Raises
+    ------
         UnknownModelError: ``name`` is not a known model.
         OfflineError: the server could not be reached.
         IncompleteDownloadError: the transfer ended early.
@@ -654,7 +666,8 @@ def resolve_checkpoint(
     * A registry name gives the cached file (verified); if it is not cached it is
       downloaded when ``download_missing`` is true.
 
-    Raises:
+    Raises
+    ------
         FileNotFoundError: a path that does not exist (and is not a model name).
         WeightsNotFoundError: a model that is not cached, with ``download_missing`` false.
         UnknownModelError: a bare word that is neither a file nor a known model.

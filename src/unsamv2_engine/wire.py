@@ -28,7 +28,7 @@ from unsamv2_engine import protocol as p
 from unsamv2_engine.video.data import ObjectPrompt
 
 #: Bumped whenever a message or field changes; client and server must agree.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: SweepRequest.nest, SweepDecoded.labels/table
 _ALLOWED_DTYPES = {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "uint64", "float16",
                    "float32", "float64"}
 _HEADER = struct.Struct(">I")
@@ -131,7 +131,8 @@ def _encode_array(array: np.ndarray, buffers: list[bytes]) -> dict:
 def decode(frame: bytes, *, max_array_bytes: int | None = None, max_image_pixels: int | None = None) -> Any:
     """The message of ``frame``. ``max_array_bytes`` bounds the decoded arrays of the frame (all together),
     ``max_image_pixels`` the pixels of a SetImage image and of each Propagate slice; both are checked
-    before anything is decompressed. Raises :class:`WireError` with a message for the sender."""
+    before anything is decompressed. Raises :class:`WireError` with a message for the sender.
+    """
     if not isinstance(frame, (bytes, bytearray, memoryview)) or len(frame) < _HEADER.size:
         raise WireError("not an unsamv2 frame (expected binary data with a header)")
     frame = memoryview(frame)
@@ -234,7 +235,8 @@ def _decode_value(value: Any, state: _Decoding) -> Any:
 
 def _check_pixels(header: Any, limit: int) -> None:
     """Refuse a SetImage image (or a Propagate stack slice) with more than ``limit`` pixels, from the declared
-    shape (nothing decompressed yet)."""
+    shape (nothing decompressed yet).
+    """
     if not isinstance(header, dict) or header.get("__type__") not in ("SetImage", "Propagate"):
         return
     fields = header.get("fields") or {}

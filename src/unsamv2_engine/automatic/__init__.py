@@ -1,10 +1,6 @@
 """Whole-image segmentation at a granularity, and label hierarchies across granularities."""
 
-from unsamv2_engine._lazy import lazy_exports
-
-# Loaded on first use, so that ``unsamv2 --help`` (which imports ``automatic.cli``) stays light.
-_EXPORTS = {"AutoMasks": "segmenter", "AutomaticSegmenter": "segmenter", "Cancelled": "segmenter",
-            "AutoSettings": "settings"}
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+from unsamv2_engine.automatic.segmenter import AutoMasks, AutomaticSegmenter, Cancelled
+from unsamv2_engine.automatic.settings import AutoSettings
 
 __all__ = ["AutoMasks", "AutoSettings", "AutomaticSegmenter", "Cancelled"]

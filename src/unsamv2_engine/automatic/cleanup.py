@@ -19,7 +19,8 @@ from unsamv2_engine.nms import greedy_nms
 
 def remove_small_regions(mask: np.ndarray, min_area: int, mode: str) -> tuple[np.ndarray, bool]:
     """``mode="holes"`` fills background components under ``min_area``; ``"islands"`` removes
-    foreground components under it (keeping the largest if all are small). Returns (mask, changed)."""
+    foreground components under it (keeping the largest if all are small). Returns (mask, changed).
+    """
     if mode not in ("holes", "islands"):
         raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
     working = ~mask if mode == "holes" else mask

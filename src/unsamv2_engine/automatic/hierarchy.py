@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from unsamv2_engine.automatic.segmenter import AutoMasks
-from unsamv2_engine.io.coco import coco_document, mask_to_annotation
 from unsamv2_engine.hierarchy import Hierarchy, build_hierarchy, enforce_nesting
+from unsamv2_engine.io.coco import coco_document, mask_to_annotation
 
 DEFAULT_CONTAINMENT = 0.5
 
@@ -35,7 +35,8 @@ def levels_to_hierarchy(levels: Sequence[AutoMasks], *, containment: float = DEF
 def hierarchy_to_coco(hierarchy: Hierarchy, *, image_id: int = 1, file_name: str = "",
                       info: dict[str, Any] | None = None) -> dict[str, Any]:
     """COCO document: one annotation per object of every level, with ``granularity``, ``level``,
-    ``label`` and ``parent`` (0 = none), and the predicted IoU as ``score``."""
+    ``label`` and ``parent`` (0 = none), and the predicted IoU as ``score``.
+    """
     h, w = hierarchy.labels.shape[-2:]
     annotations = []
     for row in hierarchy.table:

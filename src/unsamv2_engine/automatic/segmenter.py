@@ -65,7 +65,8 @@ class AutoMasks:
 
     def label_image(self) -> np.ndarray:
         """Instance labels ``[H, W]`` (1..N in this object's order); larger masks are painted first,
-        so a smaller mask lying on a larger one stays visible."""
+        so a smaller mask lying on a larger one stays visible.
+        """
         labels = np.zeros(self.masks.shape[1:], np.uint32 if len(self) > 65535 else np.uint16)
         for i in np.argsort(-self.areas, kind="stable"):
             labels[self.masks[i]] = i + 1

@@ -33,23 +33,23 @@ class AutoSettings:
     multimask_output: bool = True
 
     @classmethod
-    def authors(cls) -> "AutoSettings":
+    def authors(cls) -> AutoSettings:
         """The UnSAMv2 whole-image evaluation settings (64x64 points, threshold -1, M2M, per-g filters)."""
         return cls()
 
     @classmethod
-    def cpu(cls) -> "AutoSettings":
+    def cpu(cls) -> AutoSettings:
         """A faster preset for CPU: 16x16 points, no M2M second pass, same filters (32x less decoder work)."""
         return cls(points_per_side=16, points_per_batch=32, use_m2m=False)
 
     @classmethod
-    def preset(cls, name: str) -> "AutoSettings":
+    def preset(cls, name: str) -> AutoSettings:
         presets = {"authors": cls.authors, "cpu": cls.cpu}
         if name not in presets:
             raise InputError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
         return presets[name]()
 
-    def with_(self, **changes) -> "AutoSettings":
+    def with_(self, **changes) -> AutoSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def thresholds_for(self, granularity: float | None) -> tuple[float, float]:

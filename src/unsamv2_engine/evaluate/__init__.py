@@ -9,29 +9,26 @@ Modules, one concept each:
 * :mod:`.whole_image`: class-agnostic AR with COCOeval, sweep nestedness;
 * :mod:`.datasets`: image + label pairs, COCO, synthetic samples;
 * :mod:`.runner`: dataset-level evaluation;
-* :mod:`.report`: JSON / CSV / markdown / PNG output;
-* :mod:`.cli`: the ``unsamv2 evaluate`` command.
+* :mod:`.report`: JSON / CSV / markdown / PNG output.
 
-Importing this package imports nothing heavy: its names load on first use. The submodules import
-numpy / scipy; only the model adapter imports torch, when built.
+The ``unsamv2 evaluate`` command is :mod:`unsamv2_engine.cli.evaluate`.
+
+The submodules import numpy / scipy; only the model adapter imports torch, when built.
 """
 
 from __future__ import annotations
 
-from unsamv2_engine._lazy import lazy_exports
+from unsamv2_engine.evaluate.clicker import Click, Clicker, next_click
+from unsamv2_engine.evaluate.datasets import EvalDataset, EvalItem, GTObject, load_dataset
+from unsamv2_engine.evaluate.interactive import DEFAULT_GRID, Mode, ObjectResult, parse_mode, parse_modes
+from unsamv2_engine.evaluate.metrics import iou, noc, noc_summary
+from unsamv2_engine.evaluate.predictors import Predictor, PredictorOutput, SessionPredictor
+from unsamv2_engine.evaluate.runner import InteractiveResults, evaluate_interactive, evaluate_whole_image
+from unsamv2_engine.evaluate.whole_image import average_recall, sweep_nestedness
 
-# Names re-exported lazily (PEP 562), so that ``import unsamv2_engine.evaluate.cli`` (which the
-# ``unsamv2`` command line does for ``--help``) stays standard-library only.
-_EXPORTS = {
-    "Click": "clicker", "Clicker": "clicker", "next_click": "clicker",
-    "EvalDataset": "datasets", "EvalItem": "datasets", "GTObject": "datasets", "load_dataset": "datasets",
-    "DEFAULT_GRID": "interactive", "Mode": "interactive", "ObjectResult": "interactive",
-    "parse_mode": "interactive", "parse_modes": "interactive",
-    "iou": "metrics", "noc": "metrics", "noc_summary": "metrics",
-    "Predictor": "predictors", "PredictorOutput": "predictors", "SessionPredictor": "predictors",
-    "InteractiveResults": "runner", "evaluate_interactive": "runner", "evaluate_whole_image": "runner",
-    "average_recall": "whole_image", "sweep_nestedness": "whole_image",
-}
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+__all__ = [
+    "Click", "Clicker", "DEFAULT_GRID", "EvalDataset", "EvalItem", "GTObject", "InteractiveResults", "Mode",
+    "ObjectResult", "Predictor", "PredictorOutput", "SessionPredictor", "average_recall",
+    "evaluate_interactive", "evaluate_whole_image", "iou", "load_dataset", "next_click", "noc", "noc_summary",
+    "parse_mode", "parse_modes", "sweep_nestedness",
+]

@@ -107,7 +107,8 @@ def noc_summary(sequences: Sequence[Sequence[float]], *, thresholds: Sequence[fl
     return out
 
 
-def best_iou_per_truth(proposals: np.ndarray | Sequence[np.ndarray], truths: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+def best_iou_per_truth(proposals: np.ndarray | Sequence[np.ndarray],
+                       truths: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """``[T]`` float: for each true mask, the highest IoU with any proposal (0 without proposals).
 
     proposals ``[N, H, W]`` and truths ``[T, H, W]``, boolean (or 0/1) masks of one image.

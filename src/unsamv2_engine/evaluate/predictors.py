@@ -62,7 +62,7 @@ def has_candidates(predictor: object) -> bool:
 
 def sweep_masks(predictor: Predictor, points_xy: np.ndarray, labels: np.ndarray,
                 granularities: Sequence[float]) -> np.ndarray:
-    """bool ``[G, H, W]``: the mask at each granularity for one prompt (no mask input).
+    """Bool ``[G, H, W]``: the mask at each granularity for one prompt (no mask input).
 
     Uses ``predictor.sweep`` when it exists (one batched pass), else one ``predict`` per g.
     """
@@ -132,7 +132,7 @@ class SessionPredictor:
         return self._sam_outputs(points_xy, labels, mask_input, single=False)
 
     def sweep(self, points_xy: np.ndarray, labels: np.ndarray, granularities: Sequence[float]) -> np.ndarray:
-        """bool ``[G, H, W]`` masks of one prompt at several granularities (one batched pass)."""
+        """Bool ``[G, H, W]`` masks of one prompt at several granularities (one batched pass)."""
         return self.session.sweep(points_xy, labels, list(granularities)).masks
 
     def _sam_outputs(self, points_xy: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None, *,

@@ -1,4 +1,4 @@
-"""Whole-image metrics: class-agnostic average recall (AR) as COCOeval computes it, and sweep nestedness.
+r"""Whole-image metrics: class-agnostic average recall (AR) as COCOeval computes it, and sweep nestedness.
 
 AR (docs/evaluation.md §3; UnSAMv2 ``evaluation/whole_image/check.py``):
 ``COCOeval(gt, dt, "segm")`` with ``params.useCats = 0`` (every GT and detection in one class) and
@@ -10,7 +10,7 @@ maxDets (``summarize`` builds ``stats[6:9]`` from ``maxDets[0:3]``); AR_s/m/l (`
 use areas < 32², 32²-96², > 96² px at the last maxDets. False positives do not lower AR.
 
 Nestedness (docs/evaluation.md §2.4): for the masks of one prompt at increasing g, the fraction of
-pairs g1 < g2 with ``area(M1) <= area(M2)`` and the fraction with ``|M1 \\ M2| / |M1| < tol``.
+pairs g1 < g2 with ``area(M1) <= area(M2)`` and the fraction with ``|M1 \ M2| / |M1| < tol``.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def average_recall(gt: Mapping[str, Any] | Sequence[np.ndarray], predictions: An
 
 def sweep_nestedness(masks: np.ndarray | Sequence[np.ndarray], granularities: Sequence[float] | None = None, *,
                      tol: float = 0.05) -> dict[str, Any]:
-    """Monotonicity and nestedness of one prompt's masks over granularity.
+    r"""Monotonicity and nestedness of one prompt's masks over granularity.
 
     Parameters
     ----------
@@ -175,7 +175,7 @@ def sweep_nestedness(masks: np.ndarray | Sequence[np.ndarray], granularities: Se
     -------
     dict
         ``n_pairs``; ``area_monotone`` (fraction of pairs g1 < g2 with area(M1) <= area(M2));
-        ``nested`` (fraction with ``|M1 \\ M2| / |M1| < tol``; an empty M1 is nested);
+        ``nested`` (fraction with ``|M1 \ M2| / |M1| < tol``; an empty M1 is nested);
         ``both`` (fraction meeting both); ``areas`` (in g order).
     """
     m = np.asarray(masks, bool)

@@ -1,4 +1,4 @@
-"""Label hierarchies across granularities: the data model, building, nesting (files: ``io.hierarchy``)."""
+"""Label hierarchies across granularities: the data model, building, nesting, sweeps (files: ``io.hierarchy``)."""
 
 from unsamv2_engine.hierarchy.build import build_hierarchy, hierarchy_from_levels
 from unsamv2_engine.hierarchy.model import (
@@ -9,6 +9,7 @@ from unsamv2_engine.hierarchy.model import (
     table_rows_for_level,
 )
 from unsamv2_engine.hierarchy.nesting import check_nesting, enforce_nesting
+from unsamv2_engine.hierarchy.sweep import sweep_hierarchy
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -19,5 +20,6 @@ __all__ = [
     "enforce_nesting",
     "granularity_from_name",
     "hierarchy_from_levels",
+    "sweep_hierarchy",
     "table_rows_for_level",
 ]

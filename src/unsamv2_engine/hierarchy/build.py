@@ -110,6 +110,7 @@ def build_hierarchy(
 
 
 def label_image(item: np.ndarray, level: int) -> np.ndarray:
+    """One level given as a label image (integers >= 0, or bool), checked; bool becomes uint8."""
     image = np.asarray(item)
     if image.dtype == np.bool_:
         return image.astype(np.uint8)

@@ -139,7 +139,8 @@ def label_ids(image: np.ndarray) -> np.ndarray:
 
 def coarse_order(granularities: Sequence[float | None]) -> list[int]:
     """Level indices from finest to coarsest: by granularity (ties: list order) when every level
-    has one, else list order."""
+    has one, else list order.
+    """
     n = len(granularities)
     if n and all(g is not None for g in granularities):
         return sorted(range(n), key=lambda i: (granularities[i], i))
@@ -147,6 +148,7 @@ def coarse_order(granularities: Sequence[float | None]) -> list[int]:
 
 
 def as_label_stack(labels: Any) -> np.ndarray:
+    """``labels`` as a checked ``[L, *spatial]`` integer stack (bool becomes uint8), ids >= 0 fitting uint32."""
     data = np.asarray(labels)
     if data.ndim < 3:
         raise InputError(
@@ -182,6 +184,7 @@ def _normalize_row(row: Mapping[str, Any]) -> dict:
 
 
 def int_or_none(value: Any) -> int | None:
+    """A table cell as an int; None for an empty, NaN or non-numeric cell."""
     if value is None or value == "":
         return None
     try:
@@ -192,6 +195,7 @@ def int_or_none(value: Any) -> int | None:
 
 
 def float_or_nan(value: Any) -> float:
+    """A table cell as a float; NaN for an empty or non-numeric cell."""
     if value is None or value == "":
         return math.nan
     try:

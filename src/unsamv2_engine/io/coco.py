@@ -20,7 +20,7 @@ CATEGORIES = [{"id": 1, "name": "fg", "supercategory": "object"}]
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    """bool ``[H, W]`` -> ``{"size": [H, W], "counts": ascii str}`` (COCO compressed RLE)."""
+    """Bool ``[H, W]`` -> ``{"size": [H, W], "counts": ascii str}`` (COCO compressed RLE)."""
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"a mask must be 2-D [H, W], got shape {m.shape}")
@@ -57,6 +57,7 @@ def coco_document(images: Iterable[Mapping[str, Any]], annotations: Iterable[Map
 
 
 def write_coco(path: str | os.PathLike, document: Mapping[str, Any]) -> Path:
+    """Write a COCO document as compact JSON, creating parent folders; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, separators=(",", ":")))

@@ -90,7 +90,8 @@ PathLike = str | os.PathLike
 
 def to_csv(h: Hierarchy, path: PathLike) -> Path:
     """Write the table of ``h`` as CSV (``label, level, granularity, parent, area, score``, then
-    any extra columns); NaN / None are empty cells. Returns the path."""
+    any extra columns); NaN / None are empty cells. Returns the path.
+    """
     path = Path(path)
     extra: dict[str, None] = {}
     for row in h.table:
@@ -162,7 +163,8 @@ def read_hierarchy(path: PathLike, *, containment: float = 0.5) -> Hierarchy:
 
 def is_hierarchy_file(path: PathLike) -> bool:
     """Whether ``path`` is a hierarchy written by :func:`write_hierarchy` (cheap: reads the
-    first TIFF page's description or the zarr group's JSON attributes, never the pixels)."""
+    first TIFF page's description or the zarr group's JSON attributes, never the pixels).
+    """
     try:
         path = Path(path)
         suffix = path.suffix.lower()

@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import tifffile
 from PIL import Image
 
-from unsamv2_engine.errors import ImageError, OutputError
+from unsamv2_engine.errors import ImageError
 
 __all__ = [
     "ImageReadError",

@@ -98,6 +98,7 @@ def write_label_pyramid(path: str | Path, image_hw: tuple[int, int], paint_block
 
 
 def is_zarr_path(path: str | Path) -> bool:
+    """Whether ``path`` names a zarr array or group (by suffix, or by its metadata files)."""
     p = Path(path)
     return p.suffix == ".zarr" or p.name.endswith(".ome.zarr") or (p.is_dir() and (
         (p / ".zgroup").exists() or (p / ".zarray").exists() or (p / "zarr.json").exists()))

@@ -8,6 +8,6 @@ that also records its input size and says, in its metadata, that it is a synthet
 never a real SAM.
 
 Modules: :mod:`.samples` (synthetic images and prompt targets), :mod:`.recipe` (one simulated
-interaction and SAM's ambiguity-aware loss), :mod:`.pretrain` (the time-budgeted, resumable loop),
-:mod:`.cli` (the command).
+interaction and SAM's ambiguity-aware loss), :mod:`.pretrain` (the time-budgeted, resumable loop); the command is
+:mod:`unsamv2_engine.cli.pretrain_mini`.
 """

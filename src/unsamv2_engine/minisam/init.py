@@ -1,4 +1,4 @@
-"""A positional initialisation of the mask decoder's cross-attention, so that a SAM trained from scratch uses its clicks.
+"""Positional initialisation of the mask decoder's cross-attention: a SAM trained from scratch uses its clicks.
 
 In SAM's two-way transformer a point prompt reaches the image only through attention: the point
 token's query carries the positional encoding of the click, the image keys carry the dense positional

@@ -27,7 +27,7 @@ TERMS = ("loss_mask", "loss_dice", "loss_iou", "loss_class")
 
 
 def _per_mask(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Focal, dice and actual IoU for ``logits`` ``[K, M, S, S]`` against ``targets`` ``[K, 1, S, S]``: each ``[K, M]``."""
+    """Focal, dice and actual IoU (each ``[K, M]``) for ``logits`` ``[K, M, S, S]`` vs ``targets`` ``[K, 1, S, S]``."""
     k, m = logits.shape[:2]
     flat = logits.reshape(k * m, 1, *logits.shape[-2:])
     tgt = targets.expand(-1, m, -1, -1).reshape(k * m, 1, *logits.shape[-2:])
@@ -53,10 +53,12 @@ def interaction_loss(sam: nn.Module, pixels: torch.Tensor, masks: torch.Tensor, 
     terms: dict[str, torch.Tensor] = {}
     mask_input = None
     best_first = 0.0
+    prev_high: torch.Tensor | None = None  # the chosen high-res logits of the previous pass
     for step in range(1 + correction_clicks):
         if step:
             new_c, new_l = batch_correction_clicks(prev_high.detach() > 0, masks, generator)
-            coords, labels = torch.cat([coords, new_c.to(coords.device)], 1), torch.cat([labels, new_l.to(labels.device)], 1)
+            coords = torch.cat([coords, new_c.to(coords.device)], 1)
+            labels = torch.cat([labels, new_l.to(labels.device)], 1)
         out = decode(sam, features, coords, labels, None, mask_input, return_sam_logits=True)
         low_all = out.sam_logits.float()  # [K, 4, s, s]
         iou_pred = out.iou_all.float()  # [K, 4]
@@ -72,7 +74,8 @@ def interaction_loss(sam: nn.Module, pixels: torch.Tensor, masks: torch.Tensor, 
             "loss_mask": focal.gather(1, best).mean(),
             "loss_dice": dice.gather(1, best).mean(),
             "loss_iou": (pred - iou).abs().sum(1).mean(),
-            "loss_class": objectness_loss(out.object_score_logits.float(), torch.ones_like(iou[:, 0], dtype=torch.bool)).mean(),
+            "loss_class": objectness_loss(out.object_score_logits.float(),
+                                          torch.ones_like(iou[:, 0], dtype=torch.bool)).mean(),
         }
         for key, value in step_terms.items():
             terms[key] = value if key not in terms else terms[key] + value

@@ -44,8 +44,8 @@ class ModelInfo:
 
 def _build_upstream(size: str, device: torch.device, granularity: bool, image_size: int | None = None) -> nn.Module:
     import sam2  # noqa: F401  (initialises sam2's hydra config module)
-    from hydra.core.global_hydra import GlobalHydra
     from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
     from sam2.build_sam import build_sam2
 
     if not GlobalHydra.instance().is_initialized():  # someone cleared it (ENVIRONMENT.md trap 5)
@@ -90,7 +90,7 @@ class UnSAMv2Model:
         """Side of the low-resolution mask logits (and of ``mask_input``): ``image_size // 4``, 256 at 1024 px."""
         return int(self.sam.sam_prompt_encoder.mask_input_size[0])
 
-    def to(self, device: torch.device | str) -> "UnSAMv2Model":
+    def to(self, device: torch.device | str) -> UnSAMv2Model:
         self.sam.to(device)
         return self
 

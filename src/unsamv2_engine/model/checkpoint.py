@@ -49,7 +49,8 @@ class AdapterBaseMismatchError(CheckpointError):
 
 
 # ----------------------------------------------------------------------------------------- reading
-def read_checkpoint(path: str | os.PathLike, *, role: str = "checkpoint", option: str = "--checkpoint") -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, *, role: str = "checkpoint",
+                    option: str = "--checkpoint") -> dict[str, Any]:
     """``torch.load`` a checkpoint safely (``weights_only``) with errors that say what is wrong.
 
     The file is sniffed first (:mod:`unsamv2_engine.sniff`): a text file, a web page, a git-lfs
@@ -136,7 +137,8 @@ def _describe_keys(keys: set[str]) -> str:
     return ", ".join(shown) + more
 
 
-def load_state_dict_strict(model: UnSAMv2Model, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+def load_state_dict_strict(model: UnSAMv2Model, state: Mapping[str, torch.Tensor], *,
+                           source: str = "checkpoint") -> None:
     """Load ``state`` into ``model.sam``; every key must match, in name and shape.
 
     The one tolerated gap is the published files' behaviour when *all* LoRA tensors are absent
@@ -156,7 +158,8 @@ def load_state_dict_strict(model: UnSAMv2Model, state: Mapping[str, torch.Tensor
             parts.append(f"Missing {len(missing)} keys: {_describe_keys(missing)}.")
         if unexpected:
             parts.append(f"Unexpected {len(unexpected)} keys: {_describe_keys(unexpected)}.")
-        parts.append("Is the file complete, and of the kind and size you meant? (unsamv2 info CHECKPOINT describes a file.)")
+        parts.append("Is the file complete, and of the kind and size you meant? (unsamv2 info CHECKPOINT describes a "
+                     "file.)")
         raise CheckpointError(" ".join(parts))
     bad_shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
                   for k, v in expected.items() if k in state and state[k].shape != v.shape]

@@ -64,7 +64,8 @@ def encode_image(sam: nn.Module, pixels: torch.Tensor) -> ImageFeatures:
 
 
 def embed_prompts(prompt_encoder: nn.Module, coords: torch.Tensor, labels: torch.Tensor,
-                  granularity: torch.Tensor | None, mask_input: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  granularity: torch.Tensor | None,
+                  mask_input: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse and dense prompt embeddings.
 
     coords ``[B, N, 2]`` float (model frame), labels ``[B, N]`` int (1 positive, 0 negative),

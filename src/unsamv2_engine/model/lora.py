@@ -54,7 +54,7 @@ class LoRALinear(nn.Module):
     def unmerge(self) -> None:
         self._merged_weight = None
 
-    def train(self, mode: bool = True) -> "LoRALinear":
+    def train(self, mode: bool = True) -> LoRALinear:
         if mode:
             self.unmerge()
         return super().train(mode)
@@ -93,6 +93,7 @@ def inject_lora(transformer: nn.Module, rank: int = DEFAULT_RANK, alpha: float =
 
 
 def lora_layers(module: nn.Module) -> list[LoRALinear]:
+    """Every :class:`LoRALinear` inside ``module``."""
     return [m for m in module.modules() if isinstance(m, LoRALinear)]
 
 
@@ -105,5 +106,6 @@ def merge_lora(module: nn.Module) -> int:
 
 
 def unmerge_lora(module: nn.Module) -> None:
+    """Undo :func:`merge_lora` on every LoRA layer of ``module``."""
     for layer in lora_layers(module):
         layer.unmerge()

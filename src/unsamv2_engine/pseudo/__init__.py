@@ -9,26 +9,28 @@
   and patch-to-pixel mask upsampling (§5.3-5).
 * :mod:`.nms` -- the authors' windowed mask NMS and protected NMS (§5.3-6/7).
 * :mod:`.pipeline` -- :func:`pseudo_label_image`, :func:`pseudo_label_folder` and their settings.
-* :mod:`.overlay` -- the overlay PNG; :mod:`.cli` -- ``unsamv2 pseudo-label``.
+* :mod:`.overlay` -- the overlay PNG. The command is :mod:`unsamv2_engine.cli.pseudo_label`.
 
-The granularity score of §5.5 lives in :mod:`unsamv2_engine.granularity_scores`. Names load on
-first use, so ``unsamv2 --help`` (which imports :mod:`.cli`) stays standard-library only.
+The granularity score of §5.5 lives in :mod:`unsamv2_engine.granularity_scores`.
 """
 
 from __future__ import annotations
 
-from unsamv2_engine._lazy import lazy_exports
+from unsamv2_engine.pseudo.backbones import BACKBONES, Backbone, ClassicalBackbone, Sam2Backbone, make_backbone
+from unsamv2_engine.pseudo.conquer import conquer_instance
+from unsamv2_engine.pseudo.divide import DividedInstance, maskcut, normalized_cut, split_instances
+from unsamv2_engine.pseudo.merging import coverage, iterative_merge, upsample_mask
+from unsamv2_engine.pseudo.nms import mask_iou, protected_nms, windowed_mask_nms
+from unsamv2_engine.pseudo.pipeline import (
+                                            PseudoLabelSettings,
+                                            PseudoLabelSummary,
+                                            pseudo_label_folder,
+                                            pseudo_label_image,
+)
 
-_EXPORTS = {
-    "coverage": "merging", "iterative_merge": "merging", "upsample_mask": "merging",
-    "mask_iou": "nms", "protected_nms": "nms", "windowed_mask_nms": "nms",
-    "BACKBONES": "backbones", "Backbone": "backbones", "ClassicalBackbone": "backbones",
-    "Sam2Backbone": "backbones", "make_backbone": "backbones",
-    "DividedInstance": "divide", "maskcut": "divide", "normalized_cut": "divide", "split_instances": "divide",
-    "conquer_instance": "conquer",
-    "PseudoLabelSettings": "pipeline", "PseudoLabelSummary": "pipeline", "pseudo_label_folder": "pipeline",
-    "pseudo_label_image": "pipeline",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
-
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BACKBONES", "Backbone", "ClassicalBackbone", "DividedInstance", "PseudoLabelSettings",
+    "PseudoLabelSummary", "Sam2Backbone", "conquer_instance", "coverage", "iterative_merge", "make_backbone",
+    "mask_iou", "maskcut", "normalized_cut", "protected_nms", "pseudo_label_folder", "pseudo_label_image",
+    "split_instances", "upsample_mask", "windowed_mask_nms",
+]

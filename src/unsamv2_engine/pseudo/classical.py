@@ -150,7 +150,8 @@ def _clean(fg: np.ndarray, min_area: int) -> np.ndarray:
 
 def foreground_levels(f: np.ndarray, *, sigma: float = 1.0) -> list[tuple[str, np.ndarray]]:
     """Foregrounds of ``f`` at the Otsu threshold and at both thresholds of a 3-class multi-Otsu (Gaussian
-    ``sigma``), and at the upper multi-Otsu threshold after a Gaussian of ``2 sigma``."""
+    ``sigma``), and at the upper multi-Otsu threshold after a Gaussian of ``2 sigma``.
+    """
     from skimage.filters import gaussian, threshold_multiotsu, threshold_otsu
 
     smooth = gaussian(f, sigma, preserve_range=True)
@@ -184,8 +185,11 @@ def threshold_instances(f: np.ndarray, *, min_area: int, max_area: int, min_dist
 
 
 def nested_contrast(f: np.ndarray, part: np.ndarray, whole: np.ndarray) -> float:
-    """How clearly ``part`` stands out inside ``whole`` (bool ``[H, W]`` each): ``|mean(part) - mean(rest)| / std(rest)``
-    over the pixels of ``f``, ``rest = whole & ~part`` (inf when the rest is empty or flat)."""
+    """How clearly ``part`` stands out inside ``whole`` (bool ``[H, W]`` each).
+
+    ``|mean(part) - mean(rest)| / std(rest)`` over the pixels of ``f``, ``rest = whole & ~part`` (inf when
+    the rest is empty or flat).
+    """
     rest = f[whole & ~part]
     inside = f[part & whole]
     if rest.size < 4 or inside.size == 0:
@@ -275,8 +279,8 @@ def blob_instances(f: np.ndarray, *, radii: Sequence[float] = (2.5, 4.0, 6.0, 9.
     the synthetic data: 1 % of them matched a true object) are not searched by default.
     A blob at ``(y, x)`` with radius ``r`` becomes the connected component holding its centre of the
     pixels (of ``f`` smoothed at ``r / 4``), within a window of ``3 r``, brighter than half-way between
-    the mean of its core (radius ``r / 2``) and the median of an annulus ``1.5 r .. 2.2 r`` around it (the local background); a component reaching the
-    window's edge is not a blob.
+    the mean of its core (radius ``r / 2``) and the median of an annulus ``1.5 r .. 2.2 r`` around it
+    (the local background); a component reaching the window's edge is not a blob.
     """
     from scipy import ndimage as ndi
     from skimage.feature import blob_log
@@ -325,7 +329,8 @@ def blob_instances(f: np.ndarray, *, radii: Sequence[float] = (2.5, 4.0, 6.0, 9.
 
 def contrast_ok(f: np.ndarray, mask: np.ndarray, sigma: float, *, k: float = 4.0, ring: int = 2) -> bool:
     """True if ``mask`` differs from a ``ring``-px band around it by more than ``k`` standard errors of noise
-    ``sigma`` (the mean inside minus the mean of the band, in absolute value, either polarity)."""
+    ``sigma`` (the mean inside minus the mean of the band, in absolute value, either polarity).
+    """
     from scipy import ndimage as ndi
 
     rows = np.flatnonzero(mask.any(axis=1))

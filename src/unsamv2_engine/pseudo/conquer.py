@@ -85,14 +85,22 @@ def conquer_instance(rgb: np.ndarray, instance: np.ndarray, backbone, *, divide_
                      nms_step: int = 5, min_part_area: int = 0) -> list[ConquerPart]:
     """The parts of one instance (§5.3 steps 2-7, without refinement).
 
-    Args:
-        rgb: uint8 ``[H, W, 3]`` image.
-        instance: bool ``[H, W]`` instance mask (non-empty).
-        backbone: a :class:`~unsamv2_engine.pseudo.backbones.Backbone`.
-        divide_parts: bool ``[H, W]`` masks the divide stage found inside this instance.
-        min_part_area: merged clusters smaller than this many pixels of ``rgb`` are dropped (small
-            instances are upsampled to ``local_size``, so 4 patches can be a few pixels).
-    Returns:
+    Parameters
+    ----------
+    rgb
+        uint8 ``[H, W, 3]`` image.
+    instance
+        bool ``[H, W]`` instance mask (non-empty).
+    backbone
+        a :class:`~unsamv2_engine.pseudo.backbones.Backbone`.
+    divide_parts
+        bool ``[H, W]`` masks the divide stage found inside this instance.
+    min_part_area
+        merged clusters smaller than this many pixels of ``rgb`` are dropped (small
+        instances are upsampled to ``local_size``, so 4 patches can be a few pixels).
+
+    Returns
+    -------
         the kept parts (conquer masks and divide parts), area-descending, the instance excluded.
     """
     inst = np.asarray(instance, bool)

@@ -335,7 +335,8 @@ class DinoViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image ``[B, 3, H, W]`` (H, W multiples of the patch size) ->
-        ``x_norm_patchtokens`` ``[B, H/p * W/p, C]`` (final LayerNorm; cls and extra tokens dropped)."""
+        ``x_norm_patchtokens`` ``[B, H/p * W/p, C]`` (final LayerNorm; cls and extra tokens dropped).
+        """
         p = self.arch.patch_size
         if x.shape[-2] % p or x.shape[-1] % p:
             raise ValueError(f"input {tuple(x.shape[-2:])} is not a multiple of the patch size {p}")
@@ -522,7 +523,8 @@ def load_dino_state_dict(
 
 def resized_shape(height: int, width: int, long_side: int, multiple: int) -> tuple[int, int]:
     """Scale ``(height, width)`` so the long side is ``long_side``, then round each side *up* to a
-    multiple of ``multiple`` (as the authors' conquer stage does with 768 and 16)."""
+    multiple of ``multiple`` (as the authors' conquer stage does with 768 and 16).
+    """
     scale = long_side / max(height, width)
 
     def side(n: int) -> int:

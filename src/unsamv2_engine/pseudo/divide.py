@@ -34,13 +34,18 @@ def normalized_cut(features: np.ndarray, *, valid: np.ndarray | None = None, tau
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Bipartition a patch grid by a normalized cut (Shi & Malik, as MaskCut sets it up).
 
-    Args:
-        features: ``[h, w, C]`` float patch features.
-        valid: optional bool ``[h, w]``: patches that take part (others get eigenvector NaN and
-            belong to neither side). ``None``: all.
-        tau: affinity threshold: ``A_ij = 1`` if the cosine of patches i, j is > tau, else 1e-5.
+    Parameters
+    ----------
+    features
+        ``[h, w, C]`` float patch features.
+    valid
+        optional bool ``[h, w]``: patches that take part (others get eigenvector NaN and
+        belong to neither side). ``None``: all.
+    tau
+        affinity threshold: ``A_ij = 1`` if the cosine of patches i, j is > tau, else 1e-5.
 
-    Returns:
+    Returns
+    -------
         ``(eigvec, side)``: float64 ``[h, w]`` the second smallest generalized eigenvector of
         ``(D - A) x = lambda D x`` (NaN outside ``valid``), and bool ``[h, w]`` = ``eigvec > mean``
         (False outside ``valid``). The sign of an eigenvector is arbitrary: see :func:`maskcut` for
@@ -108,9 +113,13 @@ def maskcut(features: np.ndarray, *, n_instances: int = 8, tau: float = 0.15, mi
     than ``max_border_fraction`` of the border, or has fewer than ``min_patches`` patches, is not
     returned (it ends the search: what is left looks like background).
 
-    Args:
-        features: ``[h, w, C]`` patch features.
-    Returns:
+    Parameters
+    ----------
+    features
+        ``[h, w, C]`` patch features.
+
+    Returns
+    -------
         bool ``[h, w]`` masks in discovery order (disjoint).
     """
     from scipy import ndimage as ndi
@@ -188,10 +197,15 @@ def split_instances(masks: Sequence[np.ndarray], *, sources: Sequence[str] | Non
     copies would each be "contained in another" and both lose instance status. So proposals whose
     IoU with an earlier one is > ``duplicate_iou`` are dropped first.
 
-    Args:
-        masks: bool ``[H, W]`` proposals.
-        sources: a name per proposal (recorded in :attr:`DividedInstance.source`).
-    Returns:
+    Parameters
+    ----------
+    masks
+        bool ``[H, W]`` proposals.
+    sources
+        a name per proposal (recorded in :attr:`DividedInstance.source`).
+
+    Returns
+    -------
         instances, largest first.
     """
     from unsamv2_engine.pseudo.nms import mask_iou

@@ -43,15 +43,21 @@ def iterative_merge(
 ) -> list[list[np.ndarray]]:
     """Hierarchically merge adjacent patches by feature cosine similarity.
 
-    Args:
-        features: float array ``[h, w, C]`` of patch features (e.g. DINOv3 patch tokens).
-        thetas: similarity thresholds, applied in order; each level continues from the state
-            left by the previous one (so use a non-increasing sequence for a coarsening hierarchy).
-        min_size: a cluster is emitted only if it has at least this many patches.
-        valid: optional bool ``[h, w]``; patches where it is False take no part (they belong to
-            no cluster and do not connect their neighbours). ``None`` means all patches valid.
+    Parameters
+    ----------
+    features
+        float array ``[h, w, C]`` of patch features (e.g. DINOv3 patch tokens).
+    thetas
+        similarity thresholds, applied in order; each level continues from the state
+        left by the previous one (so use a non-increasing sequence for a coarsening hierarchy).
+    min_size
+        a cluster is emitted only if it has at least this many patches.
+    valid
+        optional bool ``[h, w]``; patches where it is False take no part (they belong to
+        no cluster and do not connect their neighbours). ``None`` means all patches valid.
 
-    Returns:
+    Returns
+    -------
         ``levels`` with ``len(levels) == len(thetas)``; ``levels[k]`` is a list of bool
         ``[h, w]`` masks, one per cluster alive after threshold ``thetas[k]`` with
         ``>= min_size`` patches, ordered by cluster id (original patches first in raster order,

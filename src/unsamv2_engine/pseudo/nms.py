@@ -29,13 +29,18 @@ def windowed_mask_nms(
 ) -> list[int]:
     """Authors' windowed mask NMS (§5.3-6).
 
-    Args:
-        masks: ``N`` bool masks, each ``[H, W]``.
-        iou_thresh: a mask is dropped if its IoU with a kept mask is ``> iou_thresh``.
-        step: window size; kept mask at sorted position ``i`` can only suppress positions
-            ``i+1 .. i+step-1``.
+    Parameters
+    ----------
+    masks
+        ``N`` bool masks, each ``[H, W]``.
+    iou_thresh
+        a mask is dropped if its IoU with a kept mask is ``> iou_thresh``.
+    step
+        window size; kept mask at sorted position ``i`` can only suppress positions
+        ``i+1 .. i+step-1``.
 
-    Returns:
+    Returns
+    -------
         Indices into ``masks`` of the kept masks, in area-descending order (stable for equal
         areas). Masks are sorted by area, descending; walking that order, each still-kept mask
         ``i`` drops any still-kept ``j`` in ``i+1 .. i+step-1`` with ``IoU(i, j) > iou_thresh``.
@@ -67,12 +72,17 @@ def protected_nms(
 ) -> list[int]:
     """Protected NMS (§5.3-7): the instance is always kept and never suppressed.
 
-    Args:
-        instance: bool ``[H, W]`` instance mask.
-        parts: ``N`` bool ``[H, W]`` candidate part masks (conquer masks + detector parts).
-        iou_thresh, step: as in :func:`windowed_mask_nms`.
+    Parameters
+    ----------
+    instance
+        bool ``[H, W]`` instance mask.
+    parts
+        ``N`` bool ``[H, W]`` candidate part masks (conquer masks + detector parts).
+    iou_thresh, step
+        as in :func:`windowed_mask_nms`.
 
-    Returns:
+    Returns
+    -------
         Indices into ``parts`` of the kept parts, in area-descending order: parts with
         ``IoU(part, instance) > iou_thresh`` are dropped, then :func:`windowed_mask_nms` runs
         among the rest. The caller's final hierarchy is ``[instance] + kept parts``.

@@ -213,13 +213,20 @@ def pseudo_label_image(image: np.ndarray, backbone: Backbone, *, model: UnSAMv2M
                        first_id: int = 1) -> list[dict[str, Any]]:
     """Pseudo-label annotations of one 2D image (§5.4 layout), parts of each instance then the instance.
 
-    Args:
-        image: ``[H, W]``, ``[H, W, 3|4]`` any dtype (mapped to uint8 RGB by
-            :func:`~unsamv2_engine.intensity.to_uint8_rgb`).
-        backbone: patch features for both stages (see :func:`~unsamv2_engine.pseudo.backbones.make_backbone`).
-        model: a loaded model: its whole-image masks at ``settings.model_granularity`` join the proposals.
-        image_id, first_id: ``image_id`` of every annotation; ids count up from ``first_id``.
-    Returns:
+    Parameters
+    ----------
+    image
+        ``[H, W]``, ``[H, W, 3|4]`` any dtype (mapped to uint8 RGB by
+        :func:`~unsamv2_engine.intensity.to_uint8_rgb`).
+    backbone
+        patch features for both stages (see :func:`~unsamv2_engine.pseudo.backbones.make_backbone`).
+    model
+        a loaded model: its whole-image masks at ``settings.model_granularity`` join the proposals.
+    image_id, first_id
+        ``image_id`` of every annotation; ids count up from ``first_id``.
+
+    Returns
+    -------
         COCO annotations with ``segmentation`` (compressed RLE at full resolution), ``area``, ``bbox``,
         ``width``, ``height``, ``is_divide``, ``granularity``, ``instance_id``, ``is_part``, ``is_conquer``.
     """
@@ -262,7 +269,8 @@ def _hierarchies(work: np.ndarray, backbone: Backbone, model: UnSAMv2Model | Non
                  ) -> list[tuple[np.ndarray, list[tuple[np.ndarray, bool]]]]:
     """``[(instance mask, [(part mask, is_conquer), ...]), ...]`` of the working image, by ``s.proposals``.
 
-    Raises NothingToLabel for a blank, constant or pure-noise image (both pipelines)."""
+    Raises NothingToLabel for a blank, constant or pure-noise image (both pipelines).
+    """
     from unsamv2_engine.pseudo.classical import object_channel, signal_check
     from unsamv2_engine.pseudo.pixel import pixel_hierarchies
 
@@ -336,7 +344,8 @@ def recipe_of(info: dict[str, Any]) -> dict[str, Any]:
 
 def existing_state(target: Path, info: dict[str, Any]) -> str:
     """``"missing"``, ``"unreadable"`` (truncated, not JSON, not a pseudo-label file), ``"other-settings"``
-    (made with another backbone, model or settings) or ``"done"`` (made with these)."""
+    (made with another backbone, model or settings) or ``"done"`` (made with these).
+    """
     if not target.exists():
         return "missing"
     try:
@@ -372,7 +381,8 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
     is called after each image; ``cancel`` is checked before each image (the summary then has
     ``cancelled=True``).
 
-    Raises:
+    Raises
+    ------
         NotADirectoryError / FileNotFoundError: ``images_dir`` is not a folder.
         ValueError: no images in it, two images with the same stem, or a bad backbone/setting.
         SettingsMismatchError: some JSONs were made with other settings and ``overwrite`` is False.
@@ -431,7 +441,7 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
 
 def _proposals_name(s: PseudoLabelSettings, model: UnSAMv2Model | None) -> str:
     base = "classical+maskcut" if s.proposals == "pixel" else "maskcut"
-    return base + ("+model@g=%g" % s.model_granularity if model is not None else "")
+    return base + (f"+model@g={s.model_granularity:g}" if model is not None else "")
 
 
 def _reason(exc: BaseException) -> str:

@@ -47,11 +47,11 @@ def pixel_hierarchies(rgb: np.ndarray, backbone: Backbone, settings: Any, *, mod
     Raises :class:`NothingToLabel` for a blank, constant or pure-noise image.
     """
     from unsamv2_engine.pseudo.classical import classical_proposals, noise_sigma, object_channel, signal_check
+    from unsamv2_engine.pseudo.conquer import resize_rgb
     from unsamv2_engine.pseudo.divide import maskcut, model_masks
     from unsamv2_engine.pseudo.hierarchy import build_instances
     from unsamv2_engine.pseudo.merging import upsample_mask
     from unsamv2_engine.pseudo.nms import protected_nms, windowed_mask_nms
-    from unsamv2_engine.pseudo.conquer import resize_rgb
     from unsamv2_engine.pseudo.refine import snap_to_superpixels, superpixels
     from unsamv2_engine.pseudo.superpixel_conquer import conquer_superpixels
 

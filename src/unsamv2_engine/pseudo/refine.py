@@ -16,7 +16,8 @@ __all__ = ["snap_to_superpixels", "superpixels"]
 
 def superpixels(f: np.ndarray, *, size: float = 30.0, compactness: float = 0.05) -> np.ndarray:
     """SLIC labels int ``[H, W]`` (0 .. n-1) of the object channel ``f`` (float ``[H, W]`` 0..1),
-    about ``size`` pixels per superpixel (small enough for 30-px nucleoli to be a few superpixels)."""
+    about ``size`` pixels per superpixel (small enough for 30-px nucleoli to be a few superpixels).
+    """
     from skimage.segmentation import slic
 
     n = max(1, int(round(f.size / float(size))))
@@ -24,7 +25,7 @@ def superpixels(f: np.ndarray, *, size: float = 30.0, compactness: float = 0.05)
 
 
 def snap_to_superpixels(mask: np.ndarray, labels: np.ndarray, *, vote: float = 0.5) -> np.ndarray:
-    """bool ``[H, W]``: the union of the superpixels of ``labels`` more than ``vote`` inside ``mask``."""
+    """Bool ``[H, W]``: the union of the superpixels of ``labels`` more than ``vote`` inside ``mask``."""
     m = np.asarray(mask, bool)
     flat = labels.reshape(-1)
     n = int(flat.max()) + 1

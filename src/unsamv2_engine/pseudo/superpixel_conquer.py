@@ -31,12 +31,19 @@ def merge_regions(means: np.ndarray, sizes: np.ndarray, edges: Sequence[tuple[in
                   thetas: Sequence[float]) -> list[list[list[int]]]:
     """Greedy agglomerative merging on a region adjacency graph.
 
-    Args:
-        means: float ``[n]`` mean value of each region; sizes: int ``[n]`` pixel counts.
-        edges: adjacent region pairs ``(a, b)``.
-        scale: the value range that maps a difference to similarity 0.
-        thetas: similarity thresholds, applied in order.
-    Returns:
+    Parameters
+    ----------
+    means
+        float ``[n]`` mean value of each region; sizes: int ``[n]`` pixel counts.
+    edges
+        adjacent region pairs ``(a, b)``.
+    scale
+        the value range that maps a difference to similarity 0.
+    thetas
+        similarity thresholds, applied in order.
+
+    Returns
+    -------
         per threshold, the clusters alive after it (lists of region indices; clusters of several
         regions and single regions alike).
     """

@@ -16,18 +16,17 @@ Its modules import numpy, scipy, scikit-image, tifffile, Pillow and pycocotools;
 
 from __future__ import annotations
 
-from unsamv2_engine._lazy import lazy_exports
-
-# Loaded on first use, so that ``unsamv2 --help`` (which imports ``synth.cli``) stays light.
-_EXPORTS = {
-    "DEFAULT_SHAPES": "config", "DIFFICULTIES": "config", "LEVELS": "config", "MODALITIES": "config",
-    "NDIMS": "config", "SynthConfig": "config",
-    "iter_dataset": "dataset", "load_sample": "dataset", "sample_seeds": "dataset", "verify_manifest": "dataset",
-    "write_dataset": "dataset", "write_sample": "dataset",
-    "GENERATOR_VERSION": "generate", "Sample": "generate", "generate_sample": "generate",
-    "ObjectRecord": "scene",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+from unsamv2_engine.synth.config import DEFAULT_SHAPES, DIFFICULTIES, LEVELS, MODALITIES, NDIMS, SynthConfig
+from unsamv2_engine.synth.dataset import (
+                                          iter_dataset,
+                                          load_sample,
+                                          sample_seeds,
+                                          verify_manifest,
+                                          write_dataset,
+                                          write_sample,
+)
+from unsamv2_engine.synth.generate import GENERATOR_VERSION, Sample, generate_sample
+from unsamv2_engine.synth.scene import ObjectRecord
 
 __all__ = [
     "DEFAULT_SHAPES",

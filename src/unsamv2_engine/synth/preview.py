@@ -31,7 +31,8 @@ def _display(image: np.ndarray) -> np.ndarray:
 
 def overlay(sample: Sample, index: int | None = None) -> np.ndarray:
     """``uint8 [H, 2W, 3]``: the image (slice / frame ``index`` of a stack, default the middle one)
-    and, to its right, the same image with the outlines of every level."""
+    and, to its right, the same image with the outlines of every level.
+    """
     from skimage.segmentation import find_boundaries
 
     image, labels = sample.image, sample.labels

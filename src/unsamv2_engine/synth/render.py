@@ -120,7 +120,8 @@ def bandpass_noise(rng: np.random.Generator, shape: tuple[int, ...], spacing: tu
 
 def stroma_fibres(rng: np.random.Generator, shape: tuple[int, int], spacing: tuple[float, float]) -> np.ndarray:
     """Wavy stroma fibres in [0, ~1]: anisotropically filtered noise at a random orientation, warped
-    by a smooth random displacement field (collagen bundles), float32 ``[H, W]``."""
+    by a smooth random displacement field (collagen bundles), float32 ``[H, W]``.
+    """
     white = rng.standard_normal(shape).astype(np.float32)
     f = ndimage.gaussian_filter(white, (0.5 / spacing[0], 6.0 / spacing[1]), mode="wrap", truncate=3.0)
     angle = float(rng.uniform(0, np.pi))
@@ -181,7 +182,8 @@ def _detector_uint8(rng: np.random.Generator, intensity: np.ndarray, full_well: 
 def render_volume(lab: list[np.ndarray], spacing: tuple[float, ...], modality: str, cfg: SynthConfig, *,
                   inten: Intensities, illum: Illumination, tex: np.ndarray, noise_rng: np.random.Generator,
                   fibres: np.ndarray | None = None, bleach: float = 1.0,
-                  stack_axis_is_z: bool = False, depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                  stack_axis_is_z: bool = False,
+                  depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Render one 2D image ``[H, W]`` or one 3D stack ``[Z, H, W]`` from its level label images.
 
     Parameters

@@ -395,7 +395,7 @@ def object_records(levels_labels: list[np.ndarray], parent: dict[int, int], leve
                    frame: int | None = None) -> list[ObjectRecord]:
     """Records (area, bbox, centroid, granularities) of the objects present in one frame / volume."""
     present: list[tuple[int, int, tuple, tuple]] = []
-    for k, lab in enumerate(levels_labels):
+    for lab in levels_labels:
         ids = np.unique(lab)
         ids = ids[ids > 0].astype(np.int64)
         if not ids.size:

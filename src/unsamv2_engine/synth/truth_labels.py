@@ -39,7 +39,7 @@ def truth_trees(sample: Any, *, instance_level: str = INSTANCE_LEVEL,
     for o in sample.objects:
         children.setdefault(int(o.parent), []).append(int(o.id))
     areas: dict[int, int] = {}
-    for name, lab in sample.labels.items():
+    for lab in sample.labels.values():
         ids, counts = np.unique(lab[lab > 0], return_counts=True)
         areas.update({int(i): int(c) for i, c in zip(ids, counts)})
     trees = []

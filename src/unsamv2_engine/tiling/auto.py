@@ -36,7 +36,8 @@ TileProgress = Callable[[int, int, Tile], None]
 @dataclass
 class TiledLevel:
     """Objects of one granularity: labels ``1..N`` in the order of ``objects``; parents: label in the next
-    coarser level (0 = none), for hierarchies."""
+    coarser level (0 = none), for hierarchies.
+    """
 
     granularity: float | None
     objects: list[Piece]
@@ -177,3 +178,51 @@ def nest_levels(levels: list[TiledLevel], *, containment: float = 0.5, cell: int
                 clipped[sub] = child.mask[sub] & parent.mask[both[1] - parent.box[1]:both[3] - parent.box[1],
                                                              both[0] - parent.box[0]:both[2] - parent.box[0]]
                 child.mask = clipped
+
+
+def write_tiled_result(path: str, result: TiledResult, meta: dict[str, Any], *, hierarchy: bool) -> None:
+    """Write a tiled result block by block: an OME-Zarr label pyramid (``.zarr``) or a tiled label TIFF.
+
+    ``hierarchy``: one channel (zarr) or page (TIFF) per level; else the first level only. Labels are
+    uint16, or uint32 when a level has 65536 objects or more.
+    """
+    out = str(path).rstrip("/")
+    n_max = max((len(v) for v in result.levels), default=0)
+    dtype = np.uint16 if n_max < 65536 else np.uint32
+    if out.endswith(".zarr"):
+        from unsamv2_engine.io.omezarr import write_label_pyramid
+
+        write_label_pyramid(out, result.image_hw,
+                            (lambda box: result.paint_block(box)) if hierarchy else
+                            (lambda box: result.paint_block(box, 0)),
+                            channels=len(result.levels) if hierarchy else None, dtype=dtype, metadata=meta,
+                            name="hierarchy" if hierarchy else "labels")
+        return
+    write_tiled_tiff(out, result, dtype, meta, hierarchy)
+
+
+def write_tiled_tiff(path: str, result: TiledResult, dtype: Any, meta: dict[str, Any], hierarchy: bool,
+                     tile: int = 1024) -> None:
+    """Write a tiled label TIFF (one page per level for a hierarchy), tile by tile from the objects."""
+    import json
+
+    import tifffile
+
+    from unsamv2_engine.io import to_jsonable
+
+    h, w = result.image_hw
+    levels = range(len(result.levels)) if hierarchy else [0]
+
+    def tiles(level):
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                block = result.paint_block((x, y, min(x + tile, w), min(y + tile, h)), level).astype(dtype)
+                out = np.zeros((tile, tile), dtype)
+                out[:block.shape[0], :block.shape[1]] = block
+                yield out
+
+    with tifffile.TiffWriter(path, bigtiff=h * w * np.dtype(dtype).itemsize * len(levels) > 2**31) as tif:
+        for i in levels:
+            tif.write(tiles(i), shape=(h, w), dtype=dtype, tile=(tile, tile), compression="zlib",
+                      description=json.dumps(to_jsonable({**meta, "level": i})) if i == 0 else None,
+                      metadata=None)

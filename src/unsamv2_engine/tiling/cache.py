@@ -94,7 +94,7 @@ class EmbeddingCache:
         self.stale_reason = stale_reason
 
     @classmethod
-    def open(cls, path: str | Path, key: dict, image_hw: tuple[int, int], *, plane: int = 0) -> "EmbeddingCache":
+    def open(cls, path: str | Path, key: dict, image_hw: tuple[int, int], *, plane: int = 0) -> EmbeddingCache:
         """Open (or create) the cache at ``path`` for ``key``; a mismatching cache is emptied and recomputed."""
         path = Path(path)
         tiles = tile_grid(image_hw, key["tile_size"], key["overlap"])
@@ -125,7 +125,7 @@ class EmbeddingCache:
 
     # ------------------------------------------------------------------ tiles
     def done(self) -> np.ndarray:
-        """bool ``[T]``: tiles already stored."""
+        """Bool ``[T]``: tiles already stored."""
         if "done" not in self.group:
             return np.zeros(len(self.tiles), bool)
         return np.asarray(self.group["done"][:]).astype(bool)
@@ -152,7 +152,7 @@ class EmbeddingCache:
             _create(self.group, "done", (len(self.tiles),), (len(self.tiles),), np.uint8)
         self.group["done"][i] = 1
 
-    def lookup_to(self, device) -> "callable":
+    def lookup_to(self, device) -> callable:
         """A lookup returning features on ``device`` (for :class:`~unsamv2_engine.tiling.interactive.TiledSession`)."""
         def look(tile: Tile):
             f = self.lookup(tile)

@@ -52,7 +52,8 @@ def tile_grid(image_hw: tuple[int, int], tile_size: int = 1024, overlap: int = D
     """Tiles covering an image of ``image_hw`` = (H, W), row by row."""
     h, w = int(image_hw[0]), int(image_hw[1])
     if tile_size < 32:
-        raise ValueError(f"tile size {tile_size} is too small: use at least 32 px (the model input, e.g. 1024, is best)")
+        raise ValueError(f"tile size {tile_size} is too small: use at least 32 px (the model input, e.g. 1024, is "
+                         "best)")
     if not 0 <= overlap < tile_size // 2 + 1 or overlap >= tile_size:
         raise ValueError(f"overlap {overlap} must be in [0, tile_size / 2] (tile size {tile_size})")
     if h < 1 or w < 1:

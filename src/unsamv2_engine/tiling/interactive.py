@@ -203,7 +203,8 @@ def _note(box, step, edge, n_views, image_hw) -> str:
     if step == 1 and n_views == 1:
         return f"decoded at full resolution on the grid tile {where}"
     if step == 1:
-        return f"the mask touched the tile edge: decoded again at full resolution on a tile centred on the prompts ({where})"
+        return ("the mask touched the tile edge: decoded again at full resolution on a tile centred on the prompts "
+                f"({where})")
     text = (f"the object is larger than one tile: decoded on a view reduced {step}x ({where}); "
             f"its outline is precise to about {step} px")
     if edge:

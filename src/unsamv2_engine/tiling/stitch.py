@@ -38,7 +38,7 @@ class Piece:
     score: float
     tile: Tile | None = None
     cut: bool = False
-    members: list["Piece"] = field(default_factory=list)
+    members: list[Piece] = field(default_factory=list)
 
     @property
     def area(self) -> int:
@@ -66,6 +66,7 @@ def pieces_of_tile(masks: np.ndarray, scores: Sequence[float], tile: Tile, image
 
 
 def intersect(a: Box, b: Box) -> Box | None:
+    """The intersection of two ``(x0, y0, x1, y1)`` boxes, or None when they do not overlap."""
     x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
     return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
 

@@ -7,26 +7,36 @@ Modules, one concept each:
 * :mod:`.augment`: flips, 90 degree rotations, mild affine, intensity jitter;
 * :mod:`.dataset`: images + pseudo-label JSONs -> deterministic training samples;
 * :mod:`.trainer`: the training loop (``finetune``), checkpoints, resume, validation, adapter output;
-* :mod:`.distributed`: DDP under ``torchrun``;
-* :mod:`.cli`: the ``unsamv2 finetune`` command.
+* :mod:`.distributed`: DDP under ``torchrun``.
 
-Named ``train`` (never ``training``: sam2 installs a top-level package of that name). Importing this
-package imports nothing heavy (``unsamv2 finetune --help`` stays free of torch): names load on first use.
+The ``unsamv2 finetune`` command is :mod:`unsamv2_engine.cli.finetune`.
+
+Named ``train`` (never ``training``: sam2 installs a top-level package of that name).
 """
 
 from __future__ import annotations
 
-from unsamv2_engine._lazy import lazy_exports
+from unsamv2_engine.train.augment import AugmentConfig, augment_sample
+from unsamv2_engine.train.clicks import (
+                                         batch_correction_clicks,
+                                         batch_initial_clicks,
+                                         sample_correction_click,
+                                         sample_point_in_mask,
+)
+from unsamv2_engine.train.dataset import PseudoLabelDataset, TrainSample
+from unsamv2_engine.train.losses import (
+                                         LOSS_WEIGHTS,
+                                         dice_loss,
+                                         iou_l1_loss,
+                                         objectness_loss,
+                                         sigmoid_focal_loss,
+                                         unsamv2_loss,
+)
+from unsamv2_engine.train.trainer import FinetuneConfig, FinetuneResult, finetune, select_trainable
 
-_EXPORTS = {
-    "LOSS_WEIGHTS": "losses", "sigmoid_focal_loss": "losses", "dice_loss": "losses", "iou_l1_loss": "losses",
-    "objectness_loss": "losses", "unsamv2_loss": "losses",
-    "sample_point_in_mask": "clicks", "sample_correction_click": "clicks", "batch_initial_clicks": "clicks",
-    "batch_correction_clicks": "clicks",
-    "AugmentConfig": "augment", "augment_sample": "augment",
-    "PseudoLabelDataset": "dataset", "TrainSample": "dataset",
-    "FinetuneConfig": "trainer", "FinetuneResult": "trainer", "finetune": "trainer", "select_trainable": "trainer",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
-
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AugmentConfig", "FinetuneConfig", "FinetuneResult", "LOSS_WEIGHTS", "PseudoLabelDataset", "TrainSample",
+    "augment_sample", "batch_correction_clicks", "batch_initial_clicks", "dice_loss", "finetune",
+    "iou_l1_loss", "objectness_loss", "sample_correction_click", "sample_point_in_mask", "select_trainable",
+    "sigmoid_focal_loss", "unsamv2_loss",
+]

@@ -13,7 +13,6 @@ Points are ``(x, y)`` = (column, row) integer pixel indices, as upstream. All ra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional, Tuple
 
 import torch
 
@@ -36,7 +35,7 @@ def _as_bool_3d(masks: torch.Tensor, name: str) -> torch.Tensor:
     return masks if masks.dtype == torch.bool else masks > 0
 
 
-def _uniform_pixel(region: torch.Tensor, generator: Optional[torch.Generator]) -> Tuple[int, int]:
+def _uniform_pixel(region: torch.Tensor, generator: torch.Generator | None) -> tuple[int, int]:
     """Draw one pixel uniformly from a non-empty ``[H, W]`` bool region; returns ``(x, y)``."""
     coords = torch.nonzero(region.cpu(), as_tuple=False)  # [K, 2] as (row, col)
     k = coords.shape[0]
@@ -47,7 +46,7 @@ def _uniform_pixel(region: torch.Tensor, generator: Optional[torch.Generator]) -
     return int(x), int(y)
 
 
-def sample_point_in_mask(mask: torch.Tensor, generator: Optional[torch.Generator] = None) -> Tuple[int, int]:
+def sample_point_in_mask(mask: torch.Tensor, generator: torch.Generator | None = None) -> tuple[int, int]:
     """Sample a positive click uniformly over the pixels of a mask.
 
     Parameters
@@ -74,7 +73,7 @@ def sample_point_in_mask(mask: torch.Tensor, generator: Optional[torch.Generator
 
 
 def sample_correction_click(pred: torch.Tensor, gt: torch.Tensor,
-                            generator: Optional[torch.Generator] = None) -> Tuple[int, int, int]:
+                            generator: torch.Generator | None = None) -> tuple[int, int, int]:
     """Sample a correction click uniformly over the error region FP ∪ FN.
 
     Parameters
@@ -122,7 +121,7 @@ def _per_object(generator: torch.Generator | Sequence[torch.Generator] | None, n
 
 
 def batch_initial_clicks(gt: torch.Tensor,
-                         generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One positive click per object, uniform inside each GT mask.
 
     Parameters
@@ -149,7 +148,7 @@ def batch_initial_clicks(gt: torch.Tensor,
 
 
 def batch_correction_clicks(pred: torch.Tensor, gt: torch.Tensor,
-                            generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One correction click per object from the prediction error (see :func:`sample_correction_click`).
 
     Parameters

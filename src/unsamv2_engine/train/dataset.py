@@ -271,7 +271,7 @@ class PseudoLabelDataset:
         return rgb8
 
     def read_masks(self, index: int, which: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """bool ``[O, H, W]`` masks (all, or those at positions ``which``) and their float32 ``[O]`` granularities."""
+        """Bool ``[O, H, W]`` masks (all, or those at positions ``which``) and their float32 ``[O]`` granularities."""
         from unsamv2_engine.io.coco import decode_rle
 
         item = self.items[index]
@@ -331,7 +331,7 @@ class PseudoLabelDataset:
                            index=int(index), epoch=int(epoch), name=item.name)
 
     def _resize_masks(self, masks: np.ndarray, *, force_nonempty: bool = False) -> torch.Tensor:
-        """bool ``[O, H, W]`` -> bool ``[O, S, S]``, nearest neighbour (area-weighted when ``force_nonempty``)."""
+        """Bool ``[O, H, W]`` -> bool ``[O, S, S]``, nearest neighbour (area-weighted when ``force_nonempty``)."""
         s = self.image_size
         t = torch.from_numpy(np.ascontiguousarray(masks)).to(torch.float32).unsqueeze(0)
         if force_nonempty:  # a mask smaller than a model pixel: keep the pixels it covers most

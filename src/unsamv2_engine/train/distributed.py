@@ -47,7 +47,7 @@ def launched_by_torchrun() -> bool:
 
 @dataclass(frozen=True)
 class DistContext:
-    """This process's place in the run (rank 0 of 1 without DDP) and the collectives it needs."""
+    """The place of this process in the run (rank 0 of 1 without DDP) and the collectives it needs."""
 
     rank: int = 0
     world_size: int = 1

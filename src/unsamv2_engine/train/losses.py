@@ -8,14 +8,14 @@ then divided by the number of objects.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-LOSS_WEIGHTS: Dict[str, float] = {"loss_mask": 20.0, "loss_dice": 1.0, "loss_iou": 1.0, "loss_class": 1.0}
+LOSS_WEIGHTS: dict[str, float] = {"loss_mask": 20.0, "loss_dice": 1.0, "loss_iou": 1.0, "loss_class": 1.0}
 
-StepOutput = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+StepOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -140,8 +140,8 @@ def objectness_loss(object_score_logits: torch.Tensor, target_present: torch.Ten
 
 
 def unsamv2_loss(step_outputs: Sequence[StepOutput], targets: torch.Tensor,
-                 num_objects: Optional[float] = None,
-                 weights: Optional[Dict[str, float]] = None) -> Dict[str, object]:
+                 num_objects: float | None = None,
+                 weights: dict[str, float] | None = None) -> dict[str, object]:
     """Multi-step UnSAMv2 loss (upstream ``MultiStepMultiMasksAndIous`` with the UnSAMv2 weights).
 
     Parameters
@@ -186,7 +186,7 @@ def unsamv2_loss(step_outputs: Sequence[StepOutput], targets: torch.Tensor,
         _acc("loss_class", objectness_loss(obj_logits, present).sum() / norm)
 
     total = sum(w[k] * terms[k] for k in terms)
-    out: Dict[str, object] = {"loss": total}
+    out: dict[str, object] = {"loss": total}
     out.update({k: float(v.detach()) for k, v in terms.items()})
     out["num_objects"] = norm
     return out

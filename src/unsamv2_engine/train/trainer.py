@@ -26,7 +26,13 @@ Files under ``workdir`` (written by rank 0 only): ``checkpoints/step_<N>.pt`` an
 ``log.jsonl`` (one JSON object per step and per validation), ``loss.png``. The result is an adapter
 file (``granularity``) or a full UnSAMv2 checkpoint (``decoder``/``all``: an adapter holds only the
 added parameters).
+
+Modules: :mod:`.config` (the run's settings, trainable sets, schedule), :mod:`.sampling` (split,
+sample order, click seeds, mask chunks), :mod:`.interactive_loss` (the simulated interaction and its
+loss), :mod:`.state` (RNG states, atomic checkpoint I/O, resume checks), :mod:`.plotting`
+(``loss.png``) and this module, the loop. The public names of those modules stay importable from here.
 """
+
 
 from __future__ import annotations
 
@@ -35,11 +41,9 @@ import json
 import logging
 import math
 import os
-import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,289 +53,40 @@ from torch import nn
 
 from unsamv2_engine.errors import InputError, OutputError
 from unsamv2_engine.model.build import UnSAMv2Model, is_added_parameter
-from unsamv2_engine.model.decoding import ImageFeatures, decode, encode_image, upsample_logits
+from unsamv2_engine.model.decoding import ImageFeatures, encode_image
 from unsamv2_engine.train.augment import AugmentConfig
-from unsamv2_engine.train.clicks import batch_correction_clicks, batch_initial_clicks
-from unsamv2_engine.train.dataset import (STREAM_CLICKS, STREAM_DROPOUT, PseudoLabelDataset, TrainSample,
-                                          sample_seed)
+from unsamv2_engine.train.config import (
+    AMP_CHOICES,
+    TRAINABLE_SETS,
+    FinetuneConfig,
+    FinetuneResult,
+    added_parameter_count,
+    cosine_lr,
+    select_trainable,
+)
+from unsamv2_engine.train.dataset import STREAM_CLICKS, STREAM_DROPOUT, PseudoLabelDataset, TrainSample, sample_seed
 from unsamv2_engine.train.distributed import DistContext, current_context, shard
-from unsamv2_engine.train.losses import unsamv2_loss
+from unsamv2_engine.train.interactive_loss import NO_OBJECT_LOGIT, InteractiveLoss
+from unsamv2_engine.train.plotting import plot_losses
+from unsamv2_engine.train.sampling import STREAM_ORDER, SampleOrder, mask_chunks, object_click_seed, split_indices
+from unsamv2_engine.train.state import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    atomic_torch_save,
+    load_resume_state,
+    rng_states,
+    seeded_rng,
+    set_rng_states,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_FORMAT", "FinetuneConfig", "FinetuneResult", "TRAINABLE_SETS", "added_parameter_count",
-           "cosine_lr", "finetune", "select_trainable"]
-
-TRAINABLE_SETS = ("granularity", "decoder", "all")
-AMP_CHOICES = ("auto", "bf16", "off")
-CHECKPOINT_FORMAT = "unsamv2-finetune-checkpoint"
-CHECKPOINT_VERSION = 1
-NO_OBJECT_LOGIT = -1024.0  # SAM 2's NO_OBJ_SCORE
-STREAM_ORDER = 4
-# Config fields that define the optimisation: a resumed run must use the same values.
-_RUN_FIELDS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "weight_decay", "betas", "trainable",
-               "val_fraction", "val_max_images", "seed", "num_correction_clicks", "max_masks", "augment")
+__all__ = ["AMP_CHOICES", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "NO_OBJECT_LOGIT", "STREAM_ORDER",
+           "TRAINABLE_SETS", "FinetuneConfig", "FinetuneResult", "InteractiveLoss", "SampleOrder",
+           "added_parameter_count", "cosine_lr", "finetune", "mask_chunks", "object_click_seed", "plot_losses",
+           "select_trainable"]
 
 Progress = Callable[[dict], None]
-
-
-def added_parameter_count(lora_rank: int = 8) -> int:
-    """Parameters UnSAMv2 adds to SAM 2.1 (any size; the decoder is 256-wide in all): 345,760 at rank 8."""
-    return 251_552 + 11_776 * int(lora_rank)
-
-
-# ============================================================================ configuration
-@dataclass
-class FinetuneConfig:
-    """Everything that defines a fine-tuning run (defaults: the authors' recipe, docs/model-reference.md §4.1).
-
-    Attributes
-    ----------
-    max_steps : int
-        Optimizer steps.
-    batch_size : int
-        Images per micro-batch over all processes (a multiple of the number of DDP processes).
-    grad_accum : int
-        Micro-batches per optimizer step (effective batch = ``batch_size * grad_accum`` images).
-    lr, min_lr : float
-        Cosine schedule from ``lr`` (first step) towards ``min_lr`` (after ``max_steps``).
-    weight_decay : float
-        AdamW weight decay. ``betas``: AdamW betas (PyTorch default).
-    trainable : str
-        ``granularity`` | ``decoder`` | ``all`` (see the module docstring).
-    checkpoint_every : int
-        Save a checkpoint every N steps (0: only at the end or on cancel).
-    keep_checkpoints : int
-        How many ``step_<N>.pt`` files to keep (older ones are deleted; ``last.pt`` always stays).
-    val_fraction : float
-        Share of the images held out for validation (0: none); at most ``val_max_images`` images.
-    val_every : int
-        Validate every N steps (0: only at the end), and once before the first step.
-    val_max_objects, val_max_clicks : int
-        Masks per validation image, and clicks per mask, at most.
-    seed : int
-        Seeds the split, the sample order, augmentation, clicks and dropout.
-    num_correction_clicks : int
-        Correction passes after the first click (3 as the authors).
-    max_masks : int
-        Masks per image per sample (30 as the authors).
-    amp : str
-        ``auto`` (bf16 autocast on CUDA, none elsewhere), ``bf16`` (CUDA only) or ``off``.
-    cache_embeddings : bool
-        Compute each image's embedding once and reuse it (needs a frozen encoder and no augmentation;
-        about 16 MB per image of host or GPU memory).
-    mask_chunk : int
-        With a frozen encoder, an image's masks are simulated and back-propagated ``mask_chunk`` at a
-        time (gradients accumulate; the loss and its gradient are those of all masks at once), so that
-        memory does not grow with ``max_masks`` (each mask costs about 0.6 GB at 1024 px with its 4
-        passes). 0: all masks at once. A trainable encoder (``all``) always takes all masks at once.
-    augment : bool
-        Augment the training images (when the dataset is built here from folders).
-    """
-
-    max_steps: int = 1000
-    batch_size: int = 2
-    grad_accum: int = 1
-    lr: float = 1e-4
-    min_lr: float = 1e-5
-    weight_decay: float = 1e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    trainable: str = "granularity"
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    val_fraction: float = 0.1
-    val_every: int = 500
-    val_max_images: int = 8
-    val_max_objects: int = 10
-    val_max_clicks: int = 10
-    seed: int = 0
-    num_correction_clicks: int = 3
-    max_masks: int = 30
-    amp: str = "auto"
-    cache_embeddings: bool = False
-    augment: bool = True
-    mask_chunk: int = 4
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad value."""
-        positive = ("max_steps", "batch_size", "grad_accum", "max_masks", "val_max_images", "val_max_objects",
-                    "val_max_clicks", "keep_checkpoints")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("checkpoint_every", "val_every", "num_correction_clicks", "mask_chunk"):
-            if int(getattr(self, name)) < 0:
-                raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise InputError(f"learning rates must satisfy 0 <= min_lr <= lr and lr > 0, got lr {self.lr}, "
-                             f"min_lr {self.min_lr}")
-        if self.weight_decay < 0:
-            raise InputError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.trainable not in TRAINABLE_SETS:
-            raise InputError(f"trainable must be one of {', '.join(TRAINABLE_SETS)}, got {self.trainable!r}")
-        if self.amp not in AMP_CHOICES:
-            raise InputError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
-        if self.cache_embeddings and self.trainable == "all":
-            raise InputError("cache_embeddings needs a frozen image encoder; it cannot be used with trainable 'all'")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["betas"] = list(self.betas)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        return cls(**values)
-
-
-@dataclass
-class FinetuneResult:
-    """What a run produced.
-
-    output: the adapter written, None when cancelled; steps: optimizer steps done;
-    losses: the loss of every step (from step 1); val: every validation record; cancelled: stopped by
-    the ``cancel`` event (a checkpoint was saved); checkpoint: the last checkpoint written.
-    """
-
-    output: Path | None
-    workdir: Path
-    steps: int
-    max_steps: int
-    losses: list[float]
-    val: list[dict[str, Any]]
-    cancelled: bool
-    checkpoint: Path | None
-    seconds: float
-    skipped_steps: int = 0
-    dataset: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def final_loss(self) -> float | None:
-        return self.losses[-1] if self.losses else None
-
-
-# ============================================================================ parameters and schedule
-def select_trainable(model: UnSAMv2Model, trainable: str) -> dict[str, nn.Parameter]:
-    """The parameters a trainable set names, by state-dict name (see the module docstring)."""
-    named = dict(model.sam.named_parameters())
-    if trainable == "granularity":
-        chosen = model.granularity_parameters()
-        lora = next((m for m in model.sam.sam_mask_decoder.transformer.modules() if hasattr(m, "lora_A")), None)
-        expected = added_parameter_count(lora.rank if lora is not None else 0)
-        count = sum(p.numel() for p in chosen.values())
-        if count != expected:
-            raise ValueError(f"the granularity module has {count:,} parameters, expected {expected:,}: is it the "
-                             "UnSAMv2 module (granularity encoder, gra token and MLP, LoRA)?")
-        return chosen
-    if trainable == "decoder":
-        return {name: p for name, p in named.items()
-                if is_added_parameter(name) or (name.startswith("sam_mask_decoder.")
-                                                and not name.startswith(("sam_mask_decoder.conv_s0",
-                                                                         "sam_mask_decoder.conv_s1")))}
-    if trainable == "all":
-        return named
-    raise ValueError(f"trainable must be one of {', '.join(TRAINABLE_SETS)}, got {trainable!r}")
-
-
-def cosine_lr(step: int, config: FinetuneConfig) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): ``min + (max - min) (1 + cos(pi step / steps)) / 2``."""
-    progress = min(max(step, 0), config.max_steps) / config.max_steps
-    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _split(n: int, config: FinetuneConfig) -> tuple[list[int], list[int]]:
-    """(train, val) dataset indices: a seeded random ``val_fraction`` (at most ``val_max_images``) held out."""
-    if config.val_fraction <= 0 or n < 2:
-        return list(range(n)), []
-    n_val = min(max(1, round(config.val_fraction * n)), config.val_max_images, n - 1)
-    order = np.random.default_rng(sample_seed(config.seed, 0, 0, STREAM_ORDER)).permutation(n)
-    val = sorted(int(i) for i in order[:n_val])
-    return sorted(set(range(n)) - set(val)), val
-
-
-class SampleOrder:
-    """The endless stream of training samples: epoch after epoch, a seeded permutation of the train set."""
-
-    def __init__(self, train_indices: list[int], seed: int) -> None:
-        self.train = list(train_indices)
-        self.seed = seed
-        self._perms: dict[int, np.ndarray] = {}
-
-    def at(self, position: int) -> tuple[int, int]:
-        """(epoch, dataset index) of stream position ``position``."""
-        n = len(self.train)
-        epoch, offset = divmod(position, n)
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng(sample_seed(self.seed, epoch, 0, STREAM_ORDER)).permutation(n)}
-        return epoch, self.train[int(self._perms[epoch][offset])]
-
-
-# ============================================================================ the forward pass
-def object_click_seed(click_seed: int, object_index: int) -> int:
-    """The click-generator seed of object ``object_index`` of a sample (independent of chunking)."""
-    return (int(click_seed) * 1_000_003 + 7919 * (int(object_index) + 1)) & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def mask_chunks(num_masks: int, chunk: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges covering ``num_masks`` masks, ``chunk`` at a time (0: all at once)."""
-    step = num_masks if chunk <= 0 else int(chunk)
-    return [(lo, min(lo + step, num_masks)) for lo in range(0, max(num_masks, 1), max(step, 1))]
-
-
-class InteractiveLoss(nn.Module):
-    """The simulated interaction on one image and its loss (a module, so that DDP can wrap it).
-
-    ``forward(image, embed, feat_s0, feat_s1, masks, granularities, click_seed, num_objects)``:
-    ``image`` ``[1, 3, S, S]`` (encoded here, with gradient: trainable ``all``) or None with the
-    three feature tensors of :class:`ImageFeatures`; ``masks`` bool ``[O, S, S]``; ``granularities``
-    float ``[O]``; returns the dict of :func:`unsamv2_loss` (``"loss"`` carries the graph).
-    """
-
-    def __init__(self, sam: nn.Module, num_correction_clicks: int) -> None:
-        super().__init__()
-        self.sam = sam
-        self.num_correction_clicks = int(num_correction_clicks)
-
-    def forward(self, image: torch.Tensor | None, embed: torch.Tensor | None, feat_s0: torch.Tensor | None,
-                feat_s1: torch.Tensor | None, masks: torch.Tensor, granularities: torch.Tensor, click_seed: int,
-                num_objects: float, first_object: int = 0) -> dict[str, Any]:
-        features = encode_image(self.sam, image) if image is not None else ImageFeatures(embed, (feat_s0, feat_s1))
-        # One click generator per object (seeded by its index in the image), so that an object's clicks
-        # are the same whichever chunk of masks it is processed in.
-        generator = [torch.Generator().manual_seed(object_click_seed(click_seed, first_object + i))
-                     for i in range(masks.shape[0])]
-        size = tuple(masks.shape[-2:])
-        gra = granularities.reshape(-1, 1).to(torch.float32)
-        coords, labels = batch_initial_clicks(masks, generator)
-        mask_input = None
-        steps = []
-        for step in range(1 + self.num_correction_clicks):
-            if step:
-                new_coords, new_labels = batch_correction_clicks(steps[-1][0].detach()[:, 0] > 0, masks, generator)
-                coords, labels = torch.cat([coords, new_coords], 1), torch.cat([labels, new_labels], 1)
-            out = decode(self.sam, features, coords, labels, gra, mask_input)
-            present = out.object_score_logits.float() > 0  # [O, 1]
-            low_res = torch.where(present[:, :, None, None], out.low_res_logits.float(),
-                                  torch.full_like(out.low_res_logits, NO_OBJECT_LOGIT, dtype=torch.float32))
-            high_res = upsample_logits(low_res, size)
-            steps.append((high_res, out.iou_all[:, 0].float(), out.object_score_logits.float()))
-            mask_input = low_res
-        return unsamv2_loss(steps, masks[:, None].float(), num_objects=num_objects)
-
-
-@contextlib.contextmanager
-def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Run with the global torch RNG (dropout) seeded to ``seed``, restoring it afterwards."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
-        yield
 
 
 def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -342,71 +97,6 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
     return contextlib.nullcontext()
 
 
-# ============================================================================ files
-def _atomic_torch_save(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def _rng_states() -> dict[str, Any]:
-    py_version, py_state, py_gauss = random.getstate()
-    np_state = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "python": [py_version, list(py_state), py_gauss],
-              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                        int(np_state[3]), float(np_state[4])]}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    version, state, gauss = states["python"]
-    random.setstate((version, tuple(state), gauss))
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def plot_losses(history: list[float], val: list[dict[str, Any]], path: Path) -> Path:
-    """``loss.png``: the loss of every step (and a running mean), validation 1-click IoU on the right axis."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 4.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    steps = np.arange(1, len(history) + 1)
-    ax.plot(steps, history, color="tab:blue", alpha=0.35, linewidth=1, label="loss")
-    if len(history) >= 5:
-        window = max(5, len(history) // 20)
-        kernel = np.ones(window) / window
-        smooth = np.convolve(np.asarray(history, float), kernel, mode="valid")
-        ax.plot(steps[window - 1:], smooth, color="tab:blue", linewidth=2, label=f"mean of {window}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (focal x20 + dice + IoU + objectness)")
-    ax.grid(alpha=0.3)
-    if val:
-        ax2 = ax.twinx()
-        ax2.plot([v["step"] for v in val], [v["iou_1click"] for v in val], "o-", color="tab:orange",
-                 label="val 1-click IoU")
-        ax2.set_ylabel("validation 1-click IoU")
-        ax2.set_ylim(0, 1)
-        ax2.legend(loc="upper right", fontsize=8)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-# ============================================================================ the run
 class _Run:
     """State shared by the steps of one :func:`finetune` call."""
 
@@ -515,7 +205,7 @@ class _Run:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": {"kind": "cosine", "lr": self.config.lr, "min_lr": self.config.min_lr,
                               "max_steps": self.config.max_steps, "next_step": int(step)},
-                "rng": _rng_states(),
+                "rng": rng_states(),
                 "base": {"size": info.size, "family": info.family, "source": info.source,
                          "sha256": info.base_sha256},
                 "split": {"train": [self.dataset.names[i] for i in split[0]],
@@ -523,8 +213,8 @@ class _Run:
                 "history": list(self.history), "val": list(self.val), "skipped_steps": self.skipped_steps,
             }
             folder = self.workdir / "checkpoints"
-            path = _atomic_torch_save(state, folder / f"step_{step}.pt")
-            _atomic_torch_save(state, folder / "last.pt")
+            path = atomic_torch_save(state, folder / f"step_{step}.pt")
+            atomic_torch_save(state, folder / "last.pt")
             steps = sorted((int(p.stem.split("_")[1]), p) for p in folder.glob("step_*.pt")
                            if p.stem.split("_")[1].isdigit())
             for _, old in steps[:-self.config.keep_checkpoints]:
@@ -546,31 +236,6 @@ def _as_dataset(data: PseudoLabelDataset | tuple[str | os.PathLike, str | os.Pat
     augment = AugmentConfig() if config.augment and not config.cache_embeddings else None
     return PseudoLabelDataset(data[0], data[1], max_masks=config.max_masks, augment=augment, seed=config.seed,
                               image_size=image_size)
-
-
-def _load_resume_state(path: Path, config: FinetuneConfig, model: UnSAMv2Model,
-                       dataset: PseudoLabelDataset) -> dict[str, Any]:
-    """Read ``last.pt`` and check it belongs to this run (same recipe, same base model, same data)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} is not a fine-tuning checkpoint of this engine")
-    saved = FinetuneConfig.from_dict(state["config"])
-    differ = [f"{name}: checkpoint {getattr(saved, name)!r}, now {getattr(config, name)!r}"
-              for name in _RUN_FIELDS if getattr(saved, name) != getattr(config, name)]
-    if differ:
-        raise InputError(f"cannot resume from {path}: the run used other settings ({'; '.join(differ)}); "
-                         "resume with the same options, or start a new run in another work folder")
-    base = state.get("base", {})
-    if base.get("sha256") and model.info.base_sha256 and base["sha256"] != model.info.base_sha256:
-        raise InputError(f"cannot resume from {path}: it was trained from base {base.get('source')} "
-                         f"(sha256 {base['sha256'][:12]}...), not {model.info.source}")
-    if base.get("size") and base["size"] != model.info.size:
-        raise InputError(f"cannot resume from {path}: it holds a {base['size']} model, this one is {model.info.size}")
-    names = set(state["split"]["train"]) | set(state["split"]["val"])
-    if names != set(dataset.names):
-        raise InputError(f"cannot resume from {path}: the images changed since it was saved ({len(names)} then, "
-                         f"{len(dataset)} now); resume with the same --images and --pseudo-labels")
-    return state
 
 
 def finetune(model: UnSAMv2Model, data: PseudoLabelDataset | tuple[str | os.PathLike, str | os.PathLike],
@@ -631,19 +296,19 @@ def finetune(model: UnSAMv2Model, data: PseudoLabelDataset | tuple[str | os.Path
     trainable = select_trainable(model, config.trainable)
     for name, p in sam.named_parameters():
         p.requires_grad_(name in trainable)
-    split = _split(len(dataset), config)
+    split = split_indices(len(dataset), config)
     order = SampleOrder(split[0], config.seed)
     run = _Run(model, dataset, config, workdir, ctx, progress)
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, betas=tuple(config.betas),
                                   weight_decay=config.weight_decay)
     start_step = 0
     if resume and last_path.exists():
-        state = _load_resume_state(last_path, config, model, dataset)
+        state = load_resume_state(last_path, config, model, dataset)
         with torch.no_grad():
             for name, tensor in state["trainable"].items():
                 trainable[name].copy_(tensor.to(trainable[name].device))
         optimizer.load_state_dict(state["optimizer"])
-        _set_rng_states(state["rng"])
+        set_rng_states(state["rng"])
         start_step = int(state["step"])
         run.history, run.val = list(state["history"]), list(state["val"])
         run.skipped_steps = int(state.get("skipped_steps", 0))
@@ -747,7 +412,8 @@ def _train_step(run: _Run, forward: nn.Module, optimizer: torch.optim.Optimizer,
         norm = ctx.mean(local_objects)
         for j, sample in enumerate(samples):
             image, features = run.image_inputs(sample)
-            embed, (s0, s1) = (features.image_embed, features.high_res) if features is not None else (None, (None, None))
+            embed, (s0, s1) = ((features.image_embed, features.high_res) if features is not None
+                               else (None, (None, None)))
             click_seed = sample_seed(cfg.seed, sample.epoch, sample.index, STREAM_CLICKS)
             dropout_seed = sample_seed(cfg.seed, sample.epoch, sample.index, STREAM_DROPOUT)
             # A frozen encoder: the masks go through in chunks, each back-propagated at once (same loss,
@@ -755,7 +421,7 @@ def _train_step(run: _Run, forward: nn.Module, optimizer: torch.optim.Optimizer,
             chunks = mask_chunks(sample.num_objects, cfg.mask_chunk if image is None else 0)
             for c, (lo, hi) in enumerate(chunks):
                 last = micro == cfg.grad_accum - 1 and j == len(samples) - 1 and c == len(chunks) - 1
-                with ctx.accumulating(forward, accumulate=not last), _seeded_rng(dropout_seed + c, device):
+                with ctx.accumulating(forward, accumulate=not last), seeded_rng(dropout_seed + c, device):
                     with _autocast(device, cfg.amp):
                         out = forward(image, embed, s0, s1, sample.masks[lo:hi].to(device),
                                       sample.granularities[lo:hi].to(device), click_seed, norm, lo)
@@ -781,7 +447,8 @@ def _train_step(run: _Run, forward: nn.Module, optimizer: torch.optim.Optimizer,
 
 def _write_output(run: _Run, output: str | os.PathLike | None, steps: int) -> Path:
     """The adapter file, written by rank 0: the granularity module + LoRA, plus (trainable ``decoder`` /
-    ``all``) the base tensors the run changed, so every trainable set loads with ``--adapter`` on its base."""
+    ``all``) the base tensors the run changed, so every trainable set loads with ``--adapter`` on its base.
+    """
     from unsamv2_engine.model.checkpoint import save_adapter
 
     cfg, model = run.config, run.model

@@ -13,8 +13,8 @@ rules, :mod:`unsamv2_engine.video.frames` for axis/channel/intensity rules, and
 
 from unsamv2_engine._lazy import lazy_exports
 
-# Loaded on first use: ``unsamv2 --help`` imports ``video.cli`` and the protocol imports ``video.data``,
-# neither of which may load torch.
+# Loaded on first use: the protocol (which must import without torch) imports ``video.data``, which
+# would otherwise load the session, predictor and torch with this package.
 _EXPORTS = {
     "DEFAULT_MASK_THRESHOLD": "data", "DIRECTIONS": "data", "ObjectPrompt": "data", "Propagation": "data",
     "check_direction": "data",

@@ -69,7 +69,7 @@ class GranularityVideoPredictor(SAM2VideoPredictor):
     candidate_threshold: float
 
     @classmethod
-    def view_of(cls, model: UnSAMv2Model, *, candidate_threshold: float = 0.0) -> "GranularityVideoPredictor":
+    def view_of(cls, model: UnSAMv2Model, *, candidate_threshold: float = 0.0) -> GranularityVideoPredictor:
         """A video predictor sharing ``model.sam``'s modules and parameters (nothing is copied).
 
         candidate_threshold: logit threshold used to rank plain SAM's candidates by area.
@@ -90,7 +90,8 @@ class GranularityVideoPredictor(SAM2VideoPredictor):
     @property
     def memory_reach(self) -> int:
         """How many frames back (in the tracking direction) memory attention can look at a non-prompted
-        frame: the spatial memories and the object pointers. Older outputs can be dropped."""
+        frame: the spatial memories and the object pointers. Older outputs can be dropped.
+        """
         stride = max(1, int(self.memory_temporal_stride_for_eval))
         return max(int(self.num_maskmem) * stride + 2, int(self.max_obj_ptrs_in_encoder) + 1)
 

@@ -56,13 +56,14 @@ Cancel = Callable[[], bool]
 @dataclass
 class _Plan:
     """Which frames each object covers: ``forward[k]`` / ``backward[k]`` are (start, stop) inclusive
-    ranges for object index k (None: no pass), backward running from start down to stop."""
+    ranges for object index k (None: no pass), backward running from start down to stop.
+    """
 
     forward: list[tuple[int, int] | None]
     backward: list[tuple[int, int] | None]
 
     def covers(self, n_frames: int) -> np.ndarray:
-        """bool ``[n_objects, n_frames]``: which object is computed on which frame."""
+        """Bool ``[n_objects, n_frames]``: which object is computed on which frame."""
         cover = np.zeros((len(self.forward), n_frames), bool)
         for k, (fwd, bwd) in enumerate(zip(self.forward, self.backward)):
             if fwd is not None:
@@ -255,7 +256,7 @@ class VideoSession:
                     if should_stop():
                         cancelled = True
                         break
-                    for k, obj_id in enumerate(ids):
+                    for k in range(len(ids)):
                         rng = ranges[k]
                         if rng is not None and _inside(frame, rng, reverse):
                             out = self._track(k, frame, reverse, protect=self._protected(plan, k, reverse))

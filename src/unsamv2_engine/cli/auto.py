@@ -10,11 +10,9 @@ both with the model options of ``segment`` (``--checkpoint/--model/--adapter/--d
 --allow-base-mismatch``), ``--preset authors|cpu`` and the settings overrides (``--points-per-side``,
 ``--pred-iou-thresh`` ...). See ``docs/whole-image.md`` and ``docs/cli.md``.
 
-Wiring: ``add_parser(subparsers, model_options, common_options)`` registers both commands; the two
-option adders are those of :mod:`unsamv2_engine.cli` (``_add_model_options``,
-``_add_common_options``), so the options are spelled and documented once. This module imports the
-standard library only (``unsamv2 auto --help`` never loads torch); the engine and the main CLI's
-helpers (image reading, model loading, error types) are imported inside the command functions.
+Wiring: :func:`register` adds both commands, with the shared option groups of
+:mod:`unsamv2_engine.cli.options`. This module imports the standard library only (``unsamv2 auto
+--help`` never loads torch); the engine is imported inside the command functions.
 Errors a user can fix are raised as ``CliError`` or another ``UnSAMv2Error`` (one line on stderr,
 exit 2); Ctrl-C ends the command with exit code 130 (handled by :func:`unsamv2_engine.cli.main`)
 without writing an output file.
@@ -25,21 +23,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from unsamv2_engine.argtypes import (finite_float as _finite_float, fraction as _fraction,
-                                     non_negative_int as _non_negative_int, open_fraction as _open_fraction,
-                                     positive_float as _positive_float, positive_int as _positive_int)
+from unsamv2_engine.cli.loading import (
+    TIFF_SUFFIXES,
+    check_command_outputs,
+    check_output_suffix,
+    load_model,
+    read_image,
+    resolve_device,
+    resolve_model_file,
+    timed,
+)
+from unsamv2_engine.cli.options import (
+    add_common_options,
+    add_image_options,
+    add_model_options,
+    finite_float,
+    fraction,
+    non_negative_int,
+    open_fraction,
+    parse_granularities,
+    positive_float,
+    positive_int,
+    subparser,
+)
+from unsamv2_engine.cli.output import EXIT_OK, CliError, engine_version, say, summary, warn
 
-__all__ = ["MAX_LEVELS", "PRESETS", "add_parser", "run_auto", "run_hierarchy"]
+__all__ = ["MAX_LEVELS", "PRESETS", "register", "run_auto", "run_hierarchy"]
 
 PRESETS = ("authors", "cpu")
 #: More levels than this is refused: every level decodes the whole grid again.
 MAX_LEVELS = 20
 HIERARCHY_SUFFIXES = (".tif", ".tiff", ".zarr")
-
-OptionAdder = Callable[[argparse.ArgumentParser], None]
 
 # argparse dest -> AutoSettings field, for the settings overrides.
 _SETTING_FIELDS = {
@@ -77,20 +93,12 @@ examples:
 """
 
 
-# ============================================================================ value parsers
-
-
 # ============================================================================ parser
-def add_parser(subparsers: Any, model_options: OptionAdder, common_options: OptionAdder) -> None:
-    """Register ``auto`` and ``hierarchy`` on the ``unsamv2`` subparsers.
+def register(subparsers: Any) -> None:
+    """Add ``auto`` and ``hierarchy`` to the ``unsamv2`` subparsers."""
+    from unsamv2_engine.cli.embed import add_tiling_options  # standard library only
 
-    ``model_options`` / ``common_options``: the main CLI's option adders (model selection;
-    ``-q`` and ``--traceback``), added after each command's own options.
-    """
-    from unsamv2_engine import cli as main_cli  # standard library only at import
-    from unsamv2_engine.tiling.cli import add_tiling_options  # standard library only
-
-    auto = main_cli.subparser(
+    auto = subparser(
         subparsers, "auto", "segment every object of an image at one granularity",
         "Segment the whole image at granularity G: prompt the model with a grid of points, keep the "
         "masks that pass the quality filters, remove duplicates, and write an instance label TIFF "
@@ -102,14 +110,14 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     auto.add_argument("-o", "--output", required=True, metavar="LABELS.tif", help="instance label TIFF to write")
     auto.add_argument("--json", metavar="MASKS.json",
                       help="also write every mask (overlaps kept) as COCO JSON with compressed RLE ('-': stdout)")
-    _add_image_options(auto, main_cli)
+    add_image_options(auto.add_argument_group("image"))
     _add_settings_options(auto)
     add_tiling_options(auto)
-    for add in (model_options, common_options):
-        add(auto)
+    add_model_options(auto)
+    add_common_options(auto)
     auto.set_defaults(func=run_auto)
 
-    tree = main_cli.subparser(
+    tree = subparser(
         subparsers, "hierarchy", "nested label images at several granularities + parent table",
         "Segment the whole image at every granularity (one embedding and one point grid for all "
         "levels) and nest the results: a multi-page label TIFF with one page per granularity in the "
@@ -117,7 +125,7 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
         "coarser page, and a table of label, level, granularity, parent, area, score.",
         _HIERARCHY_EPILOG)
     tree.add_argument("image", metavar="IMAGE", help="input image: TIFF, PNG or JPEG")
-    tree.add_argument("--granularities", type=main_cli.parse_granularities, required=True,
+    tree.add_argument("--granularities", type=parse_granularities, required=True,
                       metavar="G1,G2,...|START:STOP:N",
                       help=f"a list (0.3,0.6,1.0) or N values from START to STOP inclusive (0.1:1.0:10); "
                            f"at most {MAX_LEVELS}")
@@ -128,23 +136,14 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     tree.add_argument("--json", metavar="MASKS.json",
                       help="also write every object of every level as COCO JSON (compressed RLE, with "
                            "granularity, level, label, parent) ('-': stdout)")
-    tree.add_argument("--containment", type=_open_fraction, default=0.5, metavar="F",
+    tree.add_argument("--containment", type=open_fraction, default=0.5, metavar="F",
                       help="share of an object that its parent must cover (default: 0.5)")
-    _add_image_options(tree, main_cli)
+    add_image_options(tree.add_argument_group("image"))
     _add_settings_options(tree)
     add_tiling_options(tree)
-    for add in (model_options, common_options):
-        add(tree)
+    add_model_options(tree)
+    add_common_options(tree)
     tree.set_defaults(func=run_hierarchy)
-
-
-def _add_image_options(parser: argparse.ArgumentParser, main_cli: Any) -> None:
-    group = parser.add_argument_group("image")
-    group.add_argument("--contrast-limits", type=main_cli.parse_contrast_limits, metavar="LO,HI",
-                       help="intensity range mapped to 0..255 for the model (default: the image's min..max; "
-                            "8-bit images are used as they are)")
-    group.add_argument("--frame", type=int, metavar="INDEX",
-                       help="for a stack ([N, H, W] or [N, H, W, C]): the 2D image to segment, counted from 0")
 
 
 def _add_settings_options(parser: argparse.ArgumentParser) -> None:
@@ -153,26 +152,26 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preset", choices=PRESETS,
                        help="starting settings: authors (64x64 points, M2M) or cpu (16x16, no M2M); "
                             "default: authors on CUDA, cpu elsewhere")
-    group.add_argument("--points-per-side", type=_positive_int, metavar="N",
+    group.add_argument("--points-per-side", type=positive_int, metavar="N",
                        help="an N x N grid of point prompts (authors 64, cpu 16)")
-    group.add_argument("--points-per-batch", type=_positive_int, metavar="N",
+    group.add_argument("--points-per-batch", type=positive_int, metavar="N",
                        help="points decoded per decoder call (default: 8 on CPU, the preset's 128 or 32 on a GPU)")
-    group.add_argument("--pred-iou-thresh", type=_fraction, metavar="T",
+    group.add_argument("--pred-iou-thresh", type=fraction, metavar="T",
                        help="keep masks whose predicted IoU is > T; 0 keeps all (default: 0.65 for g < 0.5, "
                             "else 0.5)")
-    group.add_argument("--stability-thresh", type=_fraction, metavar="T",
+    group.add_argument("--stability-thresh", type=fraction, metavar="T",
                        help="keep masks whose stability score is >= T; 0 keeps all (default: 0.7)")
-    group.add_argument("--stability-offset", type=_positive_float, metavar="O",
+    group.add_argument("--stability-offset", type=positive_float, metavar="O",
                        help="stability = IoU of the masks at mask threshold + O and - O (default: 0.7)")
-    group.add_argument("--mask-threshold", type=_finite_float, metavar="T",
+    group.add_argument("--mask-threshold", type=finite_float, metavar="T",
                        help="logits above T are foreground (default: -1.0, the authors' value)")
-    group.add_argument("--box-nms-thresh", type=_open_fraction, metavar="T",
+    group.add_argument("--box-nms-thresh", type=open_fraction, metavar="T",
                        help="drop a mask whose box overlaps a better one's with IoU > T; 1 keeps all "
                             "(default: 0.7)")
-    group.add_argument("--crop-layers", type=_non_negative_int, metavar="N",
+    group.add_argument("--crop-layers", type=non_negative_int, metavar="N",
                        help="also segment 2x2, 4x4 ... overlapping crops, N layers (default: 0; each crop "
                             "costs one more image embedding)")
-    group.add_argument("--min-region-area", type=_non_negative_int, metavar="PX",
+    group.add_argument("--min-region-area", type=non_negative_int, metavar="PX",
                        help="fill holes and remove islands smaller than PX pixels in every mask (default: 0)")
     group.add_argument("--m2m", action=argparse.BooleanOptionalAction, default=None,
                        help="refine every mask with a second decoder pass fed the first mask (authors: on, "
@@ -182,16 +181,15 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
 # ============================================================================ commands
 def run_auto(args: argparse.Namespace) -> int:
     """``unsamv2 auto``: every object at one granularity -> instance label TIFF (+ COCO JSON)."""
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine.prompts import check_granularity
 
     granularity = check_granularity(args.granularity)
-    main_cli.check_command_outputs(args, {"-o": args.output, "--json": args.json})
-    from unsamv2_engine.tiling.cli import run_tiled, wants_tiles  # large images: tile by tile
+    check_command_outputs(args, {"-o": args.output, "--json": args.json})
+    from unsamv2_engine.cli.embed import run_tiled, wants_tiles  # large images: tile by tile
 
     if wants_tiles(args):
         return run_tiled(args, [granularity], hierarchy=False)
-    main_cli._check_output_suffix(args.output, "output", main_cli.TIFF_SUFFIXES)
+    check_output_suffix(args.output, "output", TIFF_SUFFIXES)
     job = _Job.prepare(args, [granularity])
     if job.uniform:
         levels = [_empty_result(granularity, job.hw, job.settings)]
@@ -219,30 +217,29 @@ def run_auto(args: argparse.Namespace) -> int:
                 **job.metadata(), "granularity": granularity, "output": str(args.output)})
             _emit_coco(out.path(args.json), document)
     if len(result) == 0 and not job.uniform:
-        main_cli._warn("no mask passed the filters: try lower --pred-iou-thresh / --stability-thresh, another "
-                       "granularity or --preset authors")
-    main_cli._summary(args, f"wrote {args.output} ({counts['masks']} objects, {n_visible} visible, granularity "
-                            f"{granularity:g})" + (f" and {args.json}" if args.json and args.json != "-" else ""))
-    return main_cli.EXIT_OK
+        warn("no mask passed the filters: try lower --pred-iou-thresh / --stability-thresh, another "
+             "granularity or --preset authors")
+    summary(args, f"wrote {args.output} ({counts['masks']} objects, {n_visible} visible, granularity "
+                  f"{granularity:g})" + (f" and {args.json}" if args.json and args.json != "-" else ""))
+    return EXIT_OK
 
 
 def run_hierarchy(args: argparse.Namespace) -> int:
     """``unsamv2 hierarchy``: every object at several granularities -> nested hierarchy (+ CSV, COCO JSON)."""
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine.prompts import check_granularities
 
-    main_cli._check_output_suffix(args.output, "output", HIERARCHY_SUFFIXES)
+    check_output_suffix(args.output, "output", HIERARCHY_SUFFIXES)
     if args.table:
-        main_cli._check_output_suffix(args.table, "--table", (".csv",))
+        check_output_suffix(args.table, "--table", (".csv",))
     if len(args.granularities) > MAX_LEVELS:
-        raise main_cli.CliError(
+        raise CliError(
             f"{len(args.granularities)} granularities asked; give at most {MAX_LEVELS} (every level decodes the "
             f"whole point grid again and the pages get hard to read), e.g. 0.1:1.0:10 or 0.3,0.6,1.0")
     granularities = check_granularities(args.granularities)
-    main_cli.check_command_outputs(args, {"-o": args.output, "--table": args.table, "--json": args.json})
+    check_command_outputs(args, {"-o": args.output, "--table": args.table, "--json": args.json})
     if len(set(granularities)) < len(granularities):
-        main_cli._warn("some granularities are repeated: their pages will hold the same objects")
-    from unsamv2_engine.tiling.cli import run_tiled, wants_tiles  # large images: tile by tile
+        warn("some granularities are repeated: their pages will hold the same objects")
+    from unsamv2_engine.cli.embed import run_tiled, wants_tiles  # large images: tile by tile
 
     if wants_tiles(args):
         return run_tiled(args, granularities, hierarchy=True)
@@ -253,13 +250,12 @@ def run_hierarchy(args: argparse.Namespace) -> int:
         levels = job.segment()
     from unsamv2_engine.automatic.hierarchy import levels_to_hierarchy
 
-    _say(args, "nesting the levels ...")
+    say(args, "nesting the levels ...")
     hierarchy = levels_to_hierarchy(levels, containment=args.containment, metadata={
         **job.metadata(), "containment": args.containment,
         "thresholds": [_thresholds(job.settings, g) for g in granularities],
         "masks_per_level": [len(level) for level in levels]})
     from unsamv2_engine.io.hierarchy import write_hierarchy
-
     from unsamv2_engine.outputs import staged_outputs
 
     with staged_outputs() as out:
@@ -271,11 +267,11 @@ def run_hierarchy(args: argparse.Namespace) -> int:
                                                               info=hierarchy.metadata))
     per_level = [sum(1 for row in hierarchy.table if row["level"] == i) for i in range(len(granularities))]
     outputs = [p for p in (args.table, args.json if args.json != "-" else None) if p]
-    main_cli._summary(args, f"wrote {args.output} ({len(granularities)} levels, {len(hierarchy.table)} objects)"
-                      + "".join(f" and {p}" for p in outputs))
+    summary(args, f"wrote {args.output} ({len(granularities)} levels, {len(hierarchy.table)} objects)"
+            + "".join(f" and {p}" for p in outputs))
     for i, g in enumerate(granularities):
-        main_cli._summary(args, f"  level {i:>2}  g {g:<6g} objects {per_level[i]:>6}  (of {len(levels[i])} masks)")
-    return main_cli.EXIT_OK
+        summary(args, f"  level {i:>2}  g {g:<6g} objects {per_level[i]:>6}  (of {len(levels[i])} masks)")
+    return EXIT_OK
 
 
 # ============================================================================ shared work
@@ -301,44 +297,41 @@ class _Job:
     @classmethod
     def prepare(cls, args: argparse.Namespace, granularities: list[float]) -> _Job:
         """Every cheap check (image, model file, device, settings) before the model is loaded."""
-        from unsamv2_engine import cli as main_cli
-
         job = cls(args, granularities)
-        job.image, job.rgb8 = main_cli._read_image(args)
+        job.image, job.rgb8 = read_image(args)
         job.hw = tuple(int(s) for s in job.rgb8.shape[:2])
         if min(job.hw) < 2:
-            raise main_cli.CliError(f"{args.image} is {job.hw[1]}x{job.hw[0]} pixels: too small to segment")
-        job.checkpoint, job.source = main_cli._resolve_model_file(args)
-        job.device = main_cli._resolve_device(args.device)
-        job.preset, job.settings = _settings(args, job.device)
+            raise CliError(f"{args.image} is {job.hw[1]}x{job.hw[0]} pixels: too small to segment")
+        job.checkpoint, job.source = resolve_model_file(args)
+        job.device = resolve_device(args.device)
+        job.preset, job.settings = settings_from_args(args, job.device)
         lo, hi = int(job.rgb8.min()), int(job.rgb8.max())
         job.uniform = lo == hi
         if job.uniform:
-            main_cli._warn(f"{args.image} is uniform (every pixel is {lo} after intensity mapping): there is "
-                           "nothing to segment; writing an empty result")
+            warn(f"{args.image} is uniform (every pixel is {lo} after intensity mapping): there is "
+                 "nothing to segment; writing an empty result")
             return job
         default = f" (default on {job.device.type})" if args.preset is None else ""
         side = job.settings.points_per_side
-        _say(args, f"settings: preset {job.preset}{default}, {side}x{side} points, "
-                   f"m2m {'on' if job.settings.use_m2m else 'off'}" + _overrides_text(args))
-        _say(args, f"loading {job.source} on {job.device} ...")
-        job.model, job.timings["load_s"] = main_cli._timed(
-            lambda: main_cli._load_model(job.checkpoint, source=job.source, device=job.device, adapter=args.adapter,
-                                         allow_base_mismatch=args.allow_base_mismatch), job.device)
+        say(args, f"settings: preset {job.preset}{default}, {side}x{side} points, "
+                  f"m2m {'on' if job.settings.use_m2m else 'off'}" + _overrides_text(args))
+        say(args, f"loading {job.source} on {job.device} ...")
+        job.model, job.timings["load_s"] = timed(
+            lambda: load_model(job.checkpoint, source=job.source, device=job.device, adapter=args.adapter,
+                               allow_base_mismatch=args.allow_base_mismatch), job.device)
         if not job.model.has_granularity:
-            main_cli._warn("this model has no granularity module (plain SAM 2.1): every granularity gives SAM's "
-                           "own three candidate masks per point; only the per-g filters differ")
+            warn("this model has no granularity module (plain SAM 2.1): every granularity gives SAM's "
+                 "own three candidate masks per point; only the per-g filters differ")
         return job
 
     def segment(self) -> list[Any]:
         """Run the segmenter over every granularity, with a progress bar on stderr."""
-        from unsamv2_engine import cli as main_cli
         from unsamv2_engine.automatic.segmenter import AutomaticSegmenter
 
         args, s = self.args, self.settings
         segmenter = AutomaticSegmenter(self.model, s, decode_batch=args.points_per_batch)
         gs = ", ".join(f"{g:g}" for g in self.granularities)
-        _say(args, f"segmenting {args.image} ({self.hw[1]}x{self.hw[0]}) at g = {gs} ...")
+        say(args, f"segmenting {args.image} ({self.hw[1]}x{self.hw[0]}) at g = {gs} ...")
         from tqdm import tqdm
 
         bars: list[Any] = []  # made at the first report, when the total is known
@@ -350,7 +343,7 @@ class _Job:
             bars[0].update(done - bars[0].n)
 
         try:
-            levels, self.timings["segment_s"] = main_cli._timed(
+            levels, self.timings["segment_s"] = timed(
                 lambda: segmenter.generate_levels(self.rgb8, self.granularities, progress=progress), self.device)
         finally:
             for bar in bars:
@@ -361,11 +354,10 @@ class _Job:
         """What every output records: image, model, settings, timings."""
         from dataclasses import asdict
 
-        from unsamv2_engine import cli as main_cli
 
         model = self.model
         return {
-            "engine_version": main_cli._engine_version(),
+            "engine_version": engine_version(),
             "image": str(self.args.image),
             "image_shape": list(self.image.shape),
             "frame": self.args.frame,
@@ -381,7 +373,7 @@ class _Job:
         }
 
 
-def _settings(args: argparse.Namespace, device: Any) -> tuple[str, Any]:
+def settings_from_args(args: argparse.Namespace, device: Any) -> tuple[str, Any]:
     """(preset name, AutoSettings): the preset (default by device) with the given overrides, validated."""
     from unsamv2_engine.automatic.settings import AutoSettings
 
@@ -424,8 +416,3 @@ def _emit_coco(path: str, document: dict[str, Any]) -> None:
 
     write_coco(path, to_jsonable(document))
 
-
-def _say(args: argparse.Namespace, message: str) -> None:
-    from unsamv2_engine import cli as main_cli
-
-    main_cli._say(args, message)

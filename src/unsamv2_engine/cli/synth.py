@@ -16,10 +16,10 @@ import os
 import sys
 from typing import Any
 
+from unsamv2_engine.cli.options import non_negative_int, positive_int, subparser
 from unsamv2_engine.errors import InputError
-from unsamv2_engine.argtypes import non_negative_int as _non_negative_int, positive_int as _positive_int
 
-__all__ = ["add_parser", "parse_shape", "run"]
+__all__ = ["parse_shape", "register", "run"]
 
 _MODALITIES = ("fluorescence", "brightfield", "he")
 _NDIMS = ("2", "3", "t")
@@ -32,27 +32,28 @@ def parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must be integers such as 512,512 or 32,256,256, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"shape must be integers such as 512,512 or 32,256,256, got {text!r}") from None
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"shape must be 2 (H,W) or 3 (Z|T,H,W) positive integers, got {text!r}")
     return shape
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register the ``synth`` subcommand on an ``argparse`` subparsers object; returns its parser.
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``synth`` to the ``unsamv2`` subparsers; returns its parser.
 
-    The parser's defaults set ``func=run`` (and ``traceback=False`` unless another option group
-    provides it), so ``args.func(args)`` runs the command.
+    The parser's defaults set ``func=run`` (and ``traceback=False``: the command has no
+    ``--traceback``), so ``args.func(args)`` runs the command.
     """
-    parser = subparsers.add_parser(
-        "synth", help="write a seeded synthetic microscopy dataset with a 5-level part/whole hierarchy",
-        description=("Write N synthetic samples (image, one label image per level tissue/cluster/cell/nucleus/"
-                     "nucleolus, hierarchy.csv, coco.json with granularity targets) and manifest.json with "
-                     "the SHA-256 of every file. The same seed and options give byte-identical files."),
-        epilog="example: unsamv2 synth -o bench/fluo2d --n 20 --seed 0 --modality fluorescence --ndim 2")
+    parser = subparser(
+        subparsers, "synth", "write a seeded synthetic microscopy dataset with a 5-level part/whole hierarchy",
+        "Write N synthetic samples (image, one label image per level tissue/cluster/cell/nucleus/"
+        "nucleolus, hierarchy.csv, coco.json with granularity targets) and manifest.json with "
+        "the SHA-256 of every file. The same seed and options give byte-identical files.",
+        "example: unsamv2 synth -o bench/fluo2d --n 20 --seed 0 --modality fluorescence --ndim 2", wrap=False)
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="dataset folder (created)")
-    parser.add_argument("--n", required=True, type=_positive_int, metavar="N", help="number of samples")
-    parser.add_argument("--seed", required=True, type=_non_negative_int, metavar="S", help="dataset seed")
+    parser.add_argument("--n", required=True, type=positive_int, metavar="N", help="number of samples")
+    parser.add_argument("--seed", required=True, type=non_negative_int, metavar="S", help="dataset seed")
     parser.add_argument("--modality", choices=_MODALITIES, default="fluorescence",
                         help="image formation (default: fluorescence; he is 2D only)")
     parser.add_argument("--ndim", choices=_NDIMS, default="2",
@@ -62,19 +63,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "(default 32,256,256 / 10,256,256)")
     parser.add_argument("--difficulty", choices=_DIFFICULTIES, default="medium",
                         help="difficulty preset: SNR, blur, illumination, density, contrast (default: medium)")
-    parser.add_argument("--workers", type=_positive_int, default=None, metavar="K",
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="K",
                         help="parallel processes (default: 1 below 8 samples, else the CPU count up to 8)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
-    if "traceback" not in {a.dest for a in parser._actions}:
-        parser.set_defaults(traceback=False)
+    parser.set_defaults(func=run, traceback=False)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the dataset described by ``args``; returns 0. Bad options raise ``ValueError``."""
-    from .config import SynthConfig
-    from .dataset import write_dataset
+    from unsamv2_engine.synth.config import SynthConfig
+    from unsamv2_engine.synth.dataset import write_dataset
 
     shape = args.shape
     if shape is not None:

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from unsamv2_engine.argtypes import positive_int as _positive_int
+from unsamv2_engine.cli.loading import load_model_from_args
+from unsamv2_engine.cli.options import add_common_options, add_model_options, positive_int, subparser
+from unsamv2_engine.cli.output import EXIT_OK, CliError, say, warn
 
-__all__ = ["BACKBONE_CHOICES", "add_parser", "run"]
+__all__ = ["BACKBONE_CHOICES", "register", "run"]
 
 BACKBONE_CHOICES = ("classical", "sam2", "dino")
-OptionAdder = Callable[[argparse.ArgumentParser], None]
 
 DESCRIPTION = (
     "Make UnSAMv2 training pseudo-labels for every image of IMAGES_DIR (.tif .tiff .png .jpg .jpeg .bmp) "
@@ -67,18 +67,16 @@ def _thetas(text: str) -> tuple[float, ...]:
 
 
 def _side(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value < 32:
         raise argparse.ArgumentTypeError(f"must be at least 32 pixels, got {text!r}")
     return value
 
 
-def add_parser(subparsers: Any, model_options: OptionAdder, common_options: OptionAdder) -> argparse.ArgumentParser:
-    """Register ``pseudo-label`` on the ``unsamv2`` subparsers (model options: no model by default)."""
-    from unsamv2_engine import cli as main_cli  # standard library only at import
-
-    parser = main_cli.subparser(subparsers, "pseudo-label", "pseudo-labels (masks + granularity) for a folder of images",
-                                DESCRIPTION, EPILOG)
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``pseudo-label`` to the ``unsamv2`` subparsers (model options: no model by default)."""
+    parser = subparser(subparsers, "pseudo-label", "pseudo-labels (masks + granularity) for a folder of images",
+                       DESCRIPTION, EPILOG)
     parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (not searched recursively)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
                         help="folder for <image stem>.json files and overlays/ (created if missing)")
@@ -92,15 +90,14 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     group.add_argument("--max-side", type=_side, metavar="PX",
                        help="images with a longer side are downscaled to it for the computation; masks are "
                             "written at full resolution (default: 1024)")
-    group.add_argument("--max-instances", type=_positive_int, metavar="N",
+    group.add_argument("--max-instances", type=positive_int, metavar="N",
                        help="normalized cuts per image, i.e. at most N instances from the cuts (default: 8)")
     group.add_argument("--thetas", type=_thetas, metavar="T1,T2,...",
                        help="merging thresholds of the conquer stage, in order (default: 0.9,0.8,0.7,0.6,0.5)")
-    model_options(parser)
-    for action in parser._actions:  # the shared help names segment's default model, which does not apply here
-        if "--model" in action.option_strings:
-            action.help = "a model from the registry ('unsamv2 models' lists them); default: none (no model)"
-    common_options(parser)
+    # the shared help names segment's default model, which does not apply here
+    add_model_options(parser, help_texts={
+        "--model": "a model from the registry ('unsamv2 models' lists them); default: none (no model)"})
+    add_common_options(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -109,24 +106,22 @@ def run(args: argparse.Namespace) -> int:
     """``unsamv2 pseudo-label``: returns 0, or 2 when every image failed."""
     from pathlib import Path
 
-    from unsamv2_engine import cli as main_cli
-
     images_dir = Path(args.images_dir)
     if not images_dir.is_dir():
-        raise main_cli.CliError(f"IMAGES_DIR {args.images_dir!r} is not a folder; give the folder that holds "
-                                "the images")
+        raise CliError(f"IMAGES_DIR {args.images_dir!r} is not a folder; give the folder that holds "
+                       "the images")
     if args.dino_weights and args.backbone not in (None, "dino"):
-        raise main_cli.CliError("--dino-weights is only used with --backbone dino")
+        raise CliError("--dino-weights is only used with --backbone dino")
     backbone = "dino" if args.dino_weights and args.backbone is None else args.backbone
     if backbone == "dino" and not args.dino_weights:
-        raise main_cli.CliError("--backbone dino needs --dino-weights PATH (a local DINOv2/DINOv3 weights file)")
+        raise CliError("--backbone dino needs --dino-weights PATH (a local DINOv2/DINOv3 weights file)")
     if args.dino_weights and not Path(args.dino_weights).is_file():
-        raise main_cli.CliError(f"--dino-weights file not found: {args.dino_weights}")
+        raise CliError(f"--dino-weights file not found: {args.dino_weights}")
     with_model = bool(args.checkpoint or args.model)
     if backbone == "sam2" and not with_model:
-        raise main_cli.CliError("--backbone sam2 uses a model's image encoder: give --checkpoint PATH or --model NAME")
+        raise CliError("--backbone sam2 uses a model's image encoder: give --checkpoint PATH or --model NAME")
     if args.adapter and not with_model:
-        raise main_cli.CliError("--adapter needs the model it applies to: give --checkpoint PATH or --model NAME")
+        raise CliError("--adapter needs the model it applies to: give --checkpoint PATH or --model NAME")
 
     from unsamv2_engine.outputs import check_output_dir
 
@@ -137,18 +132,13 @@ def run(args: argparse.Namespace) -> int:
     settings = PseudoLabelSettings().with_(max_side=args.max_side, max_instances=args.max_instances,
                                            thetas=args.thetas)
     model = None
-    device = "cpu"
     if with_model:
-        path, source = main_cli._resolve_model_file(args)
-        device = main_cli._resolve_device(args.device)
-        main_cli._say(args, f"loading {source} on {device} ...")
-        model = main_cli._load_model(path, source=source, device=device, adapter=args.adapter,
-                                     allow_base_mismatch=args.allow_base_mismatch)
+        model = load_model_from_args(args).model
     elif args.device not in ("auto", "cpu"):
-        main_cli._warn(f"--device {args.device} is unused without a model (the classical backbone runs on the CPU)")
+        warn(f"--device {args.device} is unused without a model (the classical backbone runs on the CPU)")
     name = backbone or ("sam2" if model is not None else "classical")
-    main_cli._say(args, f"pseudo-labelling {images_dir} -> {args.output} (backbone {name}"
-                        f"{', proposals from the model too' if model is not None else ''}) ...")
+    say(args, f"pseudo-labelling {images_dir} -> {args.output} (backbone {name}"
+              f"{', proposals from the model too' if model is not None else ''}) ...")
 
     from tqdm import tqdm
 
@@ -166,16 +156,16 @@ def run(args: argparse.Namespace) -> int:
                                       dino_weights=args.dino_weights, settings=settings,
                                       overlays=not args.no_overlays, progress=progress, overwrite=args.overwrite)
     except SettingsMismatchError as exc:
-        raise main_cli.CliError(str(exc)) from None
+        raise CliError(str(exc)) from None
     finally:
         bar.close()
     for name_, reason in summary.failed.items():
-        main_cli._warn(f"{name_}: {reason}")
+        warn(f"{name_}: {reason}")
     for name_, reason in summary.empty.items():
-        main_cli._warn(f"{name_}: {reason}")
+        warn(f"{name_}: {reason}")
     line = (f"wrote {len(summary.done)} pseudo-label file(s) to {args.output} ({summary.n_masks} masks); "
             f"{len(summary.skipped)} skipped (already done), {len(summary.failed)} failed")
     print(line, flush=True)
     if summary.failed and not summary.done and not summary.skipped:
-        raise main_cli.CliError(f"every image failed ({len(summary.failed)}); see the reasons above")
-    return main_cli.EXIT_OK
+        raise CliError(f"every image failed ({len(summary.failed)}); see the reasons above")
+    return EXIT_OK

@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from unsamv2_engine.argtypes import positive_float, positive_int
-
-OptionAdder = Callable[[argparse.ArgumentParser], None]
+from unsamv2_engine.cli.loading import load_model_from_args
+from unsamv2_engine.cli.options import add_common_options, add_model_options, positive_float, positive_int, subparser
+from unsamv2_engine.cli.output import CliError
 
 _EPILOG = """\
 The model is chosen here, by the server's operator: clients (the napari widget, 'unsamv2 segment
@@ -31,10 +30,8 @@ examples:
 """
 
 
-def add_parser(subparsers: Any, model_options: OptionAdder, common_options: OptionAdder) -> None:
-    """Register ``unsamv2 serve``."""
-    from unsamv2_engine.cli import subparser
-
+def register(subparsers: Any) -> None:
+    """Add ``serve`` to the ``unsamv2`` subparsers."""
     parser = subparser(subparsers, "serve", "serve the engine to remote clients (napari on a laptop)",
                        "Load the model once and serve it over a WebSocket to the napari widget and to the "
                        "CLI's --server option: clients send an image once, then tiny decode requests; the "
@@ -57,27 +54,22 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     limits.add_argument("--idle-timeout", type=positive_float, default=900.0, metavar="S",
                         help="close a client's session after S seconds without requests, freeing its memory "
                              "(default: 900)")
-    model_options(parser)
-    common_options(parser)
-    parser.set_defaults(func=run_serve)
+    add_model_options(parser)
+    add_common_options(parser)
+    parser.set_defaults(func=run)
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Load the model, listen, serve until Ctrl-C."""
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine.remote_server import EngineServer, ServerLimits, is_loopback
 
     token = args.token or os.environ.get("UNSAMV2_TOKEN") or None
     if not is_loopback(args.host) and not token:
-        raise main_cli.CliError(f"refusing to listen on {args.host} without a token: give --token TOKEN or set "
-                                "UNSAMV2_TOKEN (clients then need the same), or keep the default --host 127.0.0.1")
+        raise CliError(f"refusing to listen on {args.host} without a token: give --token TOKEN or set "
+                       "UNSAMV2_TOKEN (clients then need the same), or keep the default --host 127.0.0.1")
     if not 0 <= args.port <= 65535:
-        raise main_cli.CliError(f"--port must be 0..65535, got {args.port}")
-    path, source = main_cli._resolve_model_file(args)
-    device = main_cli._resolve_device(args.device)
-    main_cli._say(args, f"loading {source} on {device} ...")
-    model = main_cli._load_model(path, source=source, device=device, adapter=args.adapter,
-                                 allow_base_mismatch=args.allow_base_mismatch)
+        raise CliError(f"--port must be 0..65535, got {args.port}")
+    model = load_model_from_args(args).model
     limits = ServerLimits(max_image_pixels=args.max_image_pixels,
                           max_request_bytes=int(args.max_request_mb * 2**20),
                           max_frame_bytes=int(args.max_frame_mb * 2**20), idle_timeout_s=args.idle_timeout)
@@ -85,8 +77,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         server.start()
     except OSError as exc:
-        raise main_cli.CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (is another "
-                                "server using the port? try --port 0 for a free one)") from None
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (is another "
+                       "server using the port? try --port 0 for a free one)") from None
     # one line, always printed (scripts and tests wait for it): where, what, whether a token is needed
     print(f"unsamv2 serve: listening on {server.url} (model {model.info.label} on {model.device}; token "
           f"{'required' if token else 'not required'}); Ctrl-C stops", file=sys.stderr, flush=True)

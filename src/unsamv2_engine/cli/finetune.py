@@ -22,14 +22,23 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from unsamv2_engine.argtypes import fraction, non_negative_int, positive_float, positive_int
+from unsamv2_engine.cli.loading import reading_checkpoints, resolve_device
+from unsamv2_engine.cli.options import (
+    add_common_options,
+    fraction,
+    non_negative_int,
+    parse_device,
+    positive_float,
+    positive_int,
+    subparser,
+)
+from unsamv2_engine.cli.output import EXIT_INTERRUPTED, EXIT_OK, CliError, user_error_message, warn
 
-__all__ = ["add_parser", "run"]
+__all__ = ["register", "run"]
 
 TRAINABLE_CHOICES = ("granularity", "decoder", "all")
 EVENTS = ("stage", "step", "val", "checkpoint", "done", "error")
@@ -50,12 +59,9 @@ examples:
 """
 
 
-def add_parser(subparsers: Any, model_options: Callable | None = None,
-               common_options: Callable | None = None) -> argparse.ArgumentParser:
-    """Register ``finetune`` on the ``unsamv2`` subparsers (``common_options``: ``-q``, ``--traceback``)."""
-    from unsamv2_engine import cli as main_cli  # standard library only at import
-
-    parser = main_cli.subparser(
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``finetune`` to the ``unsamv2`` subparsers; returns its parser."""
+    parser = subparser(
         subparsers, "finetune", "fine-tune the granularity module on your own unlabeled images",
         "Fine-tune UnSAMv2 on a folder of unlabeled images: make pseudo-labels (masks with granularities) "
         "unless --pseudo-labels gives them, train with simulated clicks, and write an adapter file that "
@@ -63,7 +69,8 @@ def add_parser(subparsers: Any, model_options: Callable | None = None,
     data = parser.add_argument_group("data and model")
     data.add_argument("--images", required=True, metavar="DIR", help="folder of images (.tif, .tiff, .png, .jpg)")
     data.add_argument("--pseudo-labels", metavar="DIR",
-                      help="folder of <image stem>.json pseudo-labels (default: make them into <workdir>/pseudo-labels)")
+                      help="folder of <image stem>.json pseudo-labels (default: make them into "
+                           "<workdir>/pseudo-labels)")
     data.add_argument("--base", required=True, metavar="CKPT",
                       help="base model: a SAM 2.1 or UnSAMv2 checkpoint file, or a registry name ('unsamv2 models')")
     data.add_argument("--download", action="store_true", help="download the --base model if it is not cached")
@@ -71,11 +78,12 @@ def add_parser(subparsers: Any, model_options: Callable | None = None,
                       help="the adapter file to write (load it with --adapter on top of --base)")
     data.add_argument("--workdir", metavar="DIR",
                       help="checkpoints, log.jsonl, loss.png (default: <output stem>_work/ next to the output)")
-    data.add_argument("--device", default="auto", type=main_cli.parse_device, metavar="{auto,cpu,cuda,mps}",
+    data.add_argument("--device", default="auto", type=parse_device, metavar="{auto,cpu,cuda,mps}",
                       help="where to train (default: auto = cuda, then mps, then cpu); under torchrun each "
                            "process takes its own GPU")
     train = parser.add_argument_group("training")
-    train.add_argument("--max-steps", type=positive_int, default=1000, metavar="N", help="optimizer steps (default: 1000)")
+    train.add_argument("--max-steps", type=positive_int, default=1000, metavar="N",
+                       help="optimizer steps (default: 1000)")
     train.add_argument("--trainable", choices=TRAINABLE_CHOICES, default="granularity",
                        help="what is trained (default: granularity; see below)")
     train.add_argument("--batch-size", type=positive_int, default=2, metavar="N",
@@ -120,10 +128,7 @@ def add_parser(subparsers: Any, model_options: Callable | None = None,
     out = parser.add_argument_group("output")
     out.add_argument("--json-progress", action="store_true",
                      help="JSON lines on stdout, one per event (stage, step, val, checkpoint, done, error)")
-    if common_options is not None:
-        common_options(parser)
-    else:
-        main_cli._add_common_options(parser)
+    add_common_options(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -207,36 +212,35 @@ def _workdir(args: argparse.Namespace) -> Path:
 
 def _check_inputs(args: argparse.Namespace) -> None:
     """Every cheap check before anything heavy is imported."""
-    from unsamv2_engine import cli as main_cli
-
     for option, value in (("--images", args.images), ("--pseudo-labels", args.pseudo_labels)):
         if value is None:
             continue
         path = Path(value)
         if not path.exists():
-            raise main_cli.CliError(f"{option} {value}: no such folder")
+            raise CliError(f"{option} {value}: no such folder")
         if not path.is_dir():
-            raise main_cli.CliError(f"{option} {value} is a file; give the folder that holds the "
-                                    + ("images" if option == "--images" else "<image stem>.json files"))
+            raise CliError(f"{option} {value} is a file; give the folder that holds the "
+                           + ("images" if option == "--images" else "<image stem>.json files"))
     if Path(args.output).suffix.lower() != ".pt":
-        raise main_cli.CliError(f"-o {args.output} must end in .pt")
+        raise CliError(f"-o {args.output} must end in .pt")
     if Path(args.output).is_dir():
-        raise main_cli.CliError(f"-o {args.output} is a folder; give a file name such as adapter.pt")
+        raise CliError(f"-o {args.output} is a folder; give a file name such as adapter.pt")
     _check_outputs(args)
     if args.min_lr < 0 or args.min_lr > args.lr:
-        raise main_cli.CliError(f"--min-lr {args.min_lr:g} must be between 0 and --lr {args.lr:g}")
+        raise CliError(f"--min-lr {args.min_lr:g} must be between 0 and --lr {args.lr:g}")
     if args.weight_decay < 0:
-        raise main_cli.CliError(f"--weight-decay must be 0 or more, got {args.weight_decay:g}")
+        raise CliError(f"--weight-decay must be 0 or more, got {args.weight_decay:g}")
     if args.cache_embeddings is None:  # default: cache whenever the encoder is frozen
         args.cache_embeddings = args.trainable != "all"
     if args.cache_embeddings and args.trainable == "all":
-        raise main_cli.CliError("--cache-embeddings needs a frozen image encoder: use it with --trainable "
-                                "granularity or decoder")
+        raise CliError("--cache-embeddings needs a frozen image encoder: use it with --trainable "
+                       "granularity or decoder")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Before any work: -o may not replace the base checkpoint (or any input), and -o and --workdir must be
-    writable, so that a finished run can always write its adapter."""
+    writable, so that a finished run can always write its adapter.
+    """
     from unsamv2_engine import weights
     from unsamv2_engine.outputs import check_output_dir, check_outputs
 
@@ -249,30 +253,27 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``unsamv2 finetune`` (see the module docstring); returns the exit code."""
-    from unsamv2_engine import cli as main_cli
-
     try:
         return _run(args)
     except BaseException as exc:
         if args.json_progress and not isinstance(exc, SystemExit):
-            message = main_cli._user_error_message(exc) if isinstance(exc, Exception) else "interrupted"
+            message = user_error_message(exc) if isinstance(exc, Exception) else "interrupted"
             print(json.dumps({"event": "error", "message": message or f"{type(exc).__name__}: {exc}",
                               "type": type(exc).__name__}), flush=True)
         raise
 
 
 def _run(args: argparse.Namespace) -> int:
-    from unsamv2_engine import cli as main_cli
 
     _check_inputs(args)
     from unsamv2_engine import weights
     from unsamv2_engine.train import distributed
 
     base_path = weights.resolve_checkpoint(args.base, download_missing=args.download, progress=not args.quiet)
-    device = main_cli._resolve_device(args.device)
+    device = resolve_device(args.device)
     if distributed.launched_by_torchrun() and args.pseudo_labels is None:
-        raise main_cli.CliError("under torchrun, give --pseudo-labels DIR: make them first with a single-process "
-                                "'unsamv2 finetune' run (they are written to <workdir>/pseudo-labels)")
+        raise CliError("under torchrun, give --pseudo-labels DIR: make them first with a single-process "
+                       "'unsamv2 finetune' run (they are written to <workdir>/pseudo-labels)")
     ctx, device = distributed.init_distributed(device)
     reporter = _Reporter(args, ctx.is_main)
     cancel = threading.Event()
@@ -287,7 +288,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, base_path: Path, device: Any, ctx: Any, reporter: _Reporter,
            cancel: threading.Event) -> int:
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine.model.checkpoint import load_checkpoint
     from unsamv2_engine.train.augment import AugmentConfig
     from unsamv2_engine.train.dataset import PseudoLabelDataset
@@ -301,14 +301,14 @@ def _train(args: argparse.Namespace, base_path: Path, device: Any, ctx: Any, rep
                   "message": f"pseudo-label backbone: {args.backbone} (the default on {torch_device_type(device)}; "
                              f"choose with --backbone)"})
     reporter({"event": "stage", "stage": "load", "message": f"loading {args.base} on {device} ..."})
-    with main_cli._reading_checkpoints(base_path):
+    with reading_checkpoints(base_path):
         model = load_checkpoint(base_path, device=device, merge_lora=False, source=str(args.base))
     model.info.base_sha256 = sha256_file(base_path)
     labels_dir = Path(args.pseudo_labels) if args.pseudo_labels else _make_pseudo_labels(args, model, workdir,
                                                                                          reporter, cancel)
     if labels_dir is None:
-        main_cli._warn("interrupted while making pseudo-labels; run again to continue")
-        return main_cli.EXIT_INTERRUPTED
+        warn("interrupted while making pseudo-labels; run again to continue")
+        return EXIT_INTERRUPTED
     augment = None if (args.no_augment or args.cache_embeddings) else AugmentConfig()
     dataset = PseudoLabelDataset(args.images, labels_dir, max_masks=args.max_masks, augment=augment, seed=args.seed,
                                  image_size=model.image_size)
@@ -325,13 +325,13 @@ def _train(args: argparse.Namespace, base_path: Path, device: Any, ctx: Any, rep
                       progress=reporter, cancel=cancel)
     if result.cancelled:
         if ctx.is_main:
-            main_cli._warn(f"stopped at step {result.steps} of {result.max_steps}; checkpoint {result.checkpoint}. "
-                           f"Continue with the same command plus --resume")
-        return main_cli.EXIT_INTERRUPTED
+            warn(f"stopped at step {result.steps} of {result.max_steps}; checkpoint {result.checkpoint}. "
+                 f"Continue with the same command plus --resume")
+        return EXIT_INTERRUPTED
     if ctx.is_main and not args.json_progress:
         final = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
         print(f"wrote {result.output} ({result.steps} steps{final}); log and loss curve in {workdir}", flush=True)
-    return main_cli.EXIT_OK
+    return EXIT_OK
 
 
 def torch_device_type(device: Any) -> str:

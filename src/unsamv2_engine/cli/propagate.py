@@ -13,7 +13,7 @@ label values). ``--granularity G`` sets every object's g; ``--granularity ID=G``
 one object's, and overrides a plain G for that object. See ``docs/propagation.md``.
 
 This module imports the standard library only (``unsamv2 propagate --help`` never loads torch); the
-engine is imported inside :func:`run_propagate`. User errors are ``CliError`` / ``ValueError`` /
+engine is imported inside :func:`run`. User errors are ``CliError`` / ``ValueError`` /
 ``OSError`` (one line on stderr, exit 2), checked before the model is loaded.
 """
 
@@ -21,14 +21,28 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from unsamv2_engine.argtypes import finite_float as _finite_float, positive_int as _positive_int
+from unsamv2_engine.cli.loading import (
+    TIFF_SUFFIXES,
+    check_command_outputs,
+    check_output_suffix,
+    load_model_from_args,
+    timed,
+)
+from unsamv2_engine.cli.options import (
+    add_common_options,
+    add_model_options,
+    finite_float,
+    parse_contrast_limits,
+    parse_point,
+    positive_int,
+    subparser,
+)
+from unsamv2_engine.cli.output import EXIT_OK, CliError, emit_json, engine_version, say, summary, warn
 
-__all__ = ["add_parser", "parse_granularity_option", "parse_stack_point", "run_propagate"]
+__all__ = ["parse_granularity_option", "parse_stack_point", "register", "run"]
 
-OptionAdder = Callable[[argparse.ArgumentParser], None]
 DIRECTION_CHOICES = ("both", "forward", "backward")  # mirrors unsamv2_engine.video.data.DIRECTIONS
 
 _EPILOG = """\
@@ -50,8 +64,6 @@ examples:
 # ============================================================================ value parsers
 def parse_stack_point(text: str) -> tuple[int, float, float, int, int]:
     """``"Z,X,Y[,LABEL][@ID]"`` -> ``(z, x, y, label, object_id)``; LABEL as ``--point`` of segment."""
-    from unsamv2_engine.cli import parse_point
-
     body, _, ident = text.partition("@")
     object_id = 1
     if ident:
@@ -92,11 +104,9 @@ def parse_granularity_option(text: str) -> tuple[int | None, float]:
 
 
 # ============================================================================ parser
-def add_parser(subparsers: Any, model_options: OptionAdder, common_options: OptionAdder) -> None:
-    """Register ``propagate`` on the ``unsamv2`` subparsers (option adders from :mod:`unsamv2_engine.cli`)."""
-    from unsamv2_engine import cli as main_cli  # standard library only at import
-
-    parser = main_cli.subparser(
+def register(subparsers: Any) -> None:
+    """Add ``propagate`` to the ``unsamv2`` subparsers."""
+    parser = subparser(
         subparsers, "propagate", "track objects through a z-stack or time-lapse at a granularity",
         "Segment objects prompted with points on one or more slices of a stack and propagate them through "
         "the other slices with SAM 2's video memory, at each object's granularity. Writes an instance label "
@@ -115,7 +125,7 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
                             "object (repeatable)")
     group.add_argument("--direction", choices=DIRECTION_CHOICES, default="both",
                        help="which slices to track from the prompted ones (default: both)")
-    group.add_argument("--mask-threshold", type=_finite_float, default=-1.0, metavar="T",
+    group.add_argument("--mask-threshold", type=finite_float, default=-1.0, metavar="T",
                        help="logits above T are foreground (default: -1.0, the authors' video value)")
     stack = parser.add_argument_group("stack")
     stack.add_argument("--axis", type=int, default=0, metavar="AXIS",
@@ -124,24 +134,23 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     stack.add_argument("--channel-axis", type=int, metavar="AXIS",
                        help="for a 4D stack: its channel axis (default: the last); 1 channel = grey, 2 = red and "
                             "green, 3 or more = the first three as RGB")
-    stack.add_argument("--contrast-limits", type=main_cli.parse_contrast_limits, metavar="LO,HI",
+    stack.add_argument("--contrast-limits", type=parse_contrast_limits, metavar="LO,HI",
                        help="intensity range mapped to 0..255 for the model, the same for every slice (default: "
                             "the whole stack's min..max; 8-bit stacks are used as they are)")
-    stack.add_argument("--max-cached-frames", type=_positive_int, default=8, metavar="N",
+    stack.add_argument("--max-cached-frames", type=positive_int, default=8, metavar="N",
                        help="frame embeddings kept in memory (default: 8; about 16 MiB each)")
     out = parser.add_argument_group("outputs")
     out.add_argument("-o", "--output", required=True, metavar="LABELS.tif", help="label TIFF to write")
     out.add_argument("--scores", metavar="SCORES.csv",
                      help="also write per-slice scores (slice, object, predicted IoU, object score) as CSV")
     out.add_argument("--json", metavar="META.json", help="also write the run's metadata as JSON ('-': stdout)")
-    for add in (model_options, common_options):
-        add(parser)
-    parser.set_defaults(func=run_propagate)
+    add_model_options(parser)
+    add_common_options(parser)
+    parser.set_defaults(func=run)
 
 
 # ============================================================================ command
 def _object_granularities(args: argparse.Namespace, object_ids: list[int]) -> dict[int, float]:
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine.prompts import check_granularity
 
     default = None
@@ -151,15 +160,15 @@ def _object_granularities(args: argparse.Namespace, object_ids: list[int]) -> di
             default = g
         else:
             if object_id not in object_ids:
-                raise main_cli.CliError(f"--granularity {object_id}={g:g} names object {object_id}, which has no "
-                                        f"--point (objects: {', '.join(map(str, object_ids))})")
+                raise CliError(f"--granularity {object_id}={g:g} names object {object_id}, which has no "
+                               f"--point (objects: {', '.join(map(str, object_ids))})")
             per_object[object_id] = g
     result = {}
     for object_id in object_ids:
         g = per_object.get(object_id, default)
         if g is None:
-            raise main_cli.CliError(f"object {object_id} has no granularity: add --granularity G (all objects) or "
-                                    f"--granularity {object_id}=G")
+            raise CliError(f"object {object_id} has no granularity: add --granularity G (all objects) or "
+                           f"--granularity {object_id}=G")
         result[object_id] = check_granularity(g)
     return result
 
@@ -194,31 +203,25 @@ def _check_prompts_cheaply(prompts: list[Any], layout: Any) -> None:
             raise PromptError(f"object {prompt.object_id}, slice {prompt.frame}: {exc}") from None
 
 
-def run_propagate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``unsamv2 propagate``: prompts on slices -> label volume TIFF (+ scores CSV, JSON)."""
-    from unsamv2_engine import cli as main_cli
-
-    main_cli._check_output_suffix(args.output, "output", main_cli.TIFF_SUFFIXES)
+    check_output_suffix(args.output, "output", TIFF_SUFFIXES)
     if args.scores:
-        main_cli._check_output_suffix(args.scores, "--scores", (".csv",))
+        check_output_suffix(args.scores, "--scores", (".csv",))
     prompts = _prompts(args)
-    main_cli.check_command_outputs(args, {"-o": args.output, "--scores": args.scores, "--json": args.json},
-                                   inputs={"STACK": args.stack})
+    check_command_outputs(args, {"-o": args.output, "--scores": args.scores, "--json": args.json},
+                          inputs={"STACK": args.stack})
     from unsamv2_engine.io import read_image
     from unsamv2_engine.video.frames import stack_layout
 
     stack = read_image(args.stack)
     layout = stack_layout(stack.shape, args.axis, args.channel_axis)
     _check_prompts_cheaply(prompts, layout)
-    path, source = main_cli._resolve_model_file(args)
-    device = main_cli._resolve_device(args.device)
-    main_cli._say(args, f"loading {source} on {device} ...")
-    model, load_s = main_cli._timed(lambda: main_cli._load_model(path, source=source, device=device,
-                                                                 adapter=args.adapter,
-                                                                 allow_base_mismatch=args.allow_base_mismatch), device)
+    loaded = load_model_from_args(args)
+    model, path, source, device, load_s = loaded.model, loaded.checkpoint, loaded.source, loaded.device, loaded.load_s
     if not model.has_granularity:
-        main_cli._warn("this model has no granularity module (plain SAM 2.1): g picks one of SAM's three candidate "
-                       "masks on prompted slices; propagated slices are plain SAM 2 tracking")
+        warn("this model has no granularity module (plain SAM 2.1): g picks one of SAM's three candidate "
+             "masks on prompted slices; propagated slices are plain SAM 2 tracking")
     from unsamv2_engine.video.session import VideoSession
 
     session = VideoSession(model, stack, axis=args.axis, channel_axis=args.channel_axis,
@@ -226,8 +229,8 @@ def run_propagate(args: argparse.Namespace) -> int:
                            max_cached_frames=args.max_cached_frames)
     session.add_prompts(prompts)
     n_objects = len(session.object_ids)
-    main_cli._say(args, f"propagating {n_objects} object(s) {args.direction} through {layout.n_frames} slices of "
-                        f"{args.stack} (axis {layout.axis}, frames {layout.frame_hw[1]}x{layout.frame_hw[0]}) ...")
+    say(args, f"propagating {n_objects} object(s) {args.direction} through {layout.n_frames} slices of "
+              f"{args.stack} (axis {layout.axis}, frames {layout.frame_hw[1]}x{layout.frame_hw[0]}) ...")
     from tqdm import tqdm
 
     with tqdm(total=None, disable=args.quiet, file=sys.stderr, unit="slice", desc="propagating",
@@ -236,21 +239,20 @@ def run_propagate(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        result, propagate_s = main_cli._timed(lambda: session.propagate(args.direction, progress=progress), device)
+        result, propagate_s = timed(lambda: session.propagate(args.direction, progress=progress), device)
     _write_outputs(args, result, layout, source, path, model, device, {"load_s": load_s, "propagate_s": propagate_s})
-    return main_cli.EXIT_OK
+    return EXIT_OK
 
 
 def _write_outputs(args: argparse.Namespace, result: Any, layout: Any, source: str, path: Any, model: Any,
                    device: Any, timings: dict[str, float]) -> None:
     import numpy as np
 
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine.io import write_labels, write_table_csv
 
     areas = {object_id: int(np.count_nonzero(result.labels == object_id)) for object_id in result.object_ids}
     meta = {
-        "engine_version": main_cli._engine_version(),
+        "engine_version": engine_version(),
         "stack": str(args.stack),
         "stack_shape": list(layout.shape),
         "axis": layout.axis,
@@ -281,11 +283,11 @@ def _write_outputs(args: argparse.Namespace, result: Any, layout: Any, source: s
                     for z in range(result.scores.shape[0]) for k, object_id in enumerate(result.object_ids)
                     if not np.isnan(result.object_scores[z, k])]
             write_table_csv(out.path(args.scores), rows, columns=["slice", "object", "score", "object_score"])
-        main_cli._emit_json(out.path(args.json), meta)
+        emit_json(out.path(args.json), meta)
     empty = [object_id for object_id, voxels in areas.items() if voxels == 0]
     if empty:
-        main_cli._warn(f"object(s) {', '.join(map(str, empty))} are empty on every slice: try other points, another "
-                       f"granularity or a lower --mask-threshold")
+        warn(f"object(s) {', '.join(map(str, empty))} are empty on every slice: try other points, another "
+             f"granularity or a lower --mask-threshold")
     outputs = [p for p in (args.scores, args.json if args.json != "-" else None) if p]
-    main_cli._summary(args, f"wrote {args.output} ({len(result.object_ids)} object(s), {layout.n_frames} slices, "
-                            f"{timings['propagate_s']:.1f} s)" + "".join(f" and {p}" for p in outputs))
+    summary(args, f"wrote {args.output} ({len(result.object_ids)} object(s), {layout.n_frames} slices, "
+                  f"{timings['propagate_s']:.1f} s)" + "".join(f" and {p}" for p in outputs))

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import Any
 
-__all__ = ["AUTO_TILE_ABOVE", "add_embed_parser", "add_tiling_options", "run_embed", "run_tiled", "wants_tiles"]
+from unsamv2_engine.cli.loading import TIFF_SUFFIXES, check_output_suffix, load_model_from_args, prompt_arrays, timed
+from unsamv2_engine.cli.options import add_common_options, add_model_options, parse_contrast_limits, subparser
+from unsamv2_engine.cli.output import EXIT_OK, CliError, emit_json, engine_version, say, summary, warn
+
+__all__ = ["AUTO_TILE_ABOVE", "add_tiling_options", "register", "run", "run_tiled", "run_tiled_segment",
+           "wants_tiles"]
 
 #: Images with a side above this are segmented tile by tile even without --tile-size (the squashed
 #: path would shrink them more than 2x into the 1024-px model input).
@@ -43,7 +47,8 @@ def add_tiling_options(parser: argparse.ArgumentParser) -> None:
         "large images", "Segment tile by tile at full resolution (see docs/large-images.md).")
     group.add_argument("--tile-size", type=int, metavar="PX",
                        help="segment in PX x PX tiles at full resolution (default: tiled with the model's input "
-                            f"size, 1024, when the image has a side above {AUTO_TILE_ABOVE} px or the output is .ome.zarr)")
+                            f"size, 1024, when the image has a side above {AUTO_TILE_ABOVE} px or the output is "
+                            ".ome.zarr)")
     group.add_argument("--overlap", type=int, default=256, metavar="PX",
                        help="overlap of neighbouring tiles (default: 256; objects up to about this size that "
                             "cross a border are whole in one tile, larger ones are merged)")
@@ -52,10 +57,9 @@ def add_tiling_options(parser: argparse.ArgumentParser) -> None:
                             "limits, tiling and model; else recomputed and written there)")
 
 
-def add_embed_parser(subparsers: Any, model_options: Callable, common_options: Callable) -> None:
-    from unsamv2_engine import cli as main_cli
-
-    p = main_cli.subparser(
+def register(subparsers: Any) -> None:
+    """Add ``embed`` to the ``unsamv2`` subparsers."""
+    p = subparser(
         subparsers, "embed", "precompute tile embeddings of a (large) image into a zarr cache",
         "Embed the image tile by tile at full resolution (tiles of the model's input size, overlapping) and "
         "store the embeddings in a zarr folder that auto, hierarchy and the napari plugin reuse.", _EMBED_EPILOG)
@@ -63,12 +67,12 @@ def add_embed_parser(subparsers: Any, model_options: Callable, common_options: C
     p.add_argument("-o", "--output", required=True, metavar="IMAGE.embeddings.zarr", help="cache folder to write")
     p.add_argument("--tile-size", type=int, metavar="PX", help="tile side (default: the model's input size)")
     p.add_argument("--overlap", type=int, default=256, metavar="PX", help="overlap of neighbouring tiles (default 256)")
-    p.add_argument("--contrast-limits", type=main_cli.parse_contrast_limits, metavar="LO,HI",
+    p.add_argument("--contrast-limits", type=parse_contrast_limits, metavar="LO,HI",
                    help="intensity range mapped to 0..255 (default: the image's min..max; 8-bit as is)")
     p.add_argument("--frame", type=int, metavar="INDEX", help="for a stack: the slice to embed, from 0")
-    for add in (model_options, common_options):
-        add(p)
-    p.set_defaults(func=run_embed)
+    add_model_options(p)
+    add_common_options(p)
+    p.set_defaults(func=run)
 
 
 def wants_tiles(args: argparse.Namespace) -> bool:
@@ -91,7 +95,6 @@ def wants_tiles(args: argparse.Namespace) -> bool:
 # ============================================================================ shared
 def _open(args: argparse.Namespace):
     """(ImageSource, loaded model, tile size, device) after every cheap check."""
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine.io.omezarr import open_lazy_image
     from unsamv2_engine.tiling.grid import tile_grid
     from unsamv2_engine.tiling.source import ImageSource
@@ -100,32 +103,27 @@ def _open(args: argparse.Namespace):
     try:
         source = ImageSource(data, contrast_limits=args.contrast_limits)
     except ValueError as exc:
-        raise main_cli.CliError(f"{args.image}: {exc}") from None
-    checkpoint, label = main_cli._resolve_model_file(args)
-    device = main_cli._resolve_device(args.device)
-    main_cli._say(args, f"loading {label} on {device} ...")
-    model = main_cli._load_model(checkpoint, source=label, device=device, adapter=args.adapter,
-                                 allow_base_mismatch=args.allow_base_mismatch)
+        raise CliError(f"{args.image}: {exc}") from None
+    model = load_model_from_args(args).model
     size = int(args.tile_size or model.image_size)
     try:
         tiles = tile_grid(source.shape_hw, size, args.overlap)
     except ValueError as exc:
-        raise main_cli.CliError(str(exc)) from None
+        raise CliError(str(exc)) from None
     return source, model, size, tiles
 
 
 def _open_cache(args, path, source, model, size):
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine.tiling.cache import EmbeddingCache, cache_key
 
-    main_cli._say(args, "computing the image's data signature (cache key) ...")
+    say(args, "computing the image's data signature (cache key) ...")
     key = cache_key(source, model, size, args.overlap)
     try:
         cache = EmbeddingCache.open(path, key, source.shape_hw, plane=args.frame or 0)
     except ValueError as exc:
-        raise main_cli.CliError(str(exc)) from None
+        raise CliError(str(exc)) from None
     if cache.stale_reason:
-        main_cli._warn(cache.stale_reason)
+        warn(cache.stale_reason)
     return cache
 
 
@@ -136,18 +134,18 @@ def _bar(args, total: int, unit: str, desc: str):
 
 
 # ============================================================================ embed
-def run_embed(args: argparse.Namespace) -> int:
-    from unsamv2_engine import cli as main_cli
+def run(args: argparse.Namespace) -> int:
+    """``unsamv2 embed``: tile embeddings of an image into a zarr cache (resumable)."""
     from unsamv2_engine.tiling.cache import embed_tiles
 
     if not str(args.output).rstrip("/").endswith(".zarr"):
-        raise main_cli.CliError(f"-o {args.output}: the cache is a zarr folder, give a path ending in .zarr "
-                                "(e.g. IMAGE.embeddings.zarr)")
+        raise CliError(f"-o {args.output}: the cache is a zarr folder, give a path ending in .zarr "
+                       "(e.g. IMAGE.embeddings.zarr)")
     source, model, size, tiles = _open(args)
     cache = _open_cache(args, args.output, source, model, size)
     before = int(cache.done().sum())
     if before:
-        main_cli._say(args, f"resuming: {before} of {len(tiles)} tiles already in {args.output}")
+        say(args, f"resuming: {before} of {len(tiles)} tiles already in {args.output}")
     bar = _bar(args, len(tiles), "tile", "embedding")
     bar.update(before)
     try:
@@ -155,37 +153,36 @@ def run_embed(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     h, w = source.shape_hw
-    main_cli._summary(args, f"wrote {args.output} ({len(tiles)} tiles of {size} px for a {w}x{h} image; "
-                            f"{n} embedded now, {before} reused)")
-    return main_cli.EXIT_OK
+    summary(args, f"wrote {args.output} ({len(tiles)} tiles of {size} px for a {w}x{h} image; "
+                  f"{n} embedded now, {before} reused)")
+    return EXIT_OK
 
 
 # ============================================================================ auto / hierarchy
 def run_tiled(args: argparse.Namespace, granularities: list[float], hierarchy: bool) -> int:
     """The tiled ``auto`` (one level) or ``hierarchy`` run: OME-Zarr and/or TIFF written block by block."""
-    from unsamv2_engine import cli as main_cli
-    from unsamv2_engine.automatic import cli as auto_cli
     from unsamv2_engine.automatic.segmenter import AutomaticSegmenter
+    from unsamv2_engine.cli.auto import settings_from_args
     from unsamv2_engine.tiling.auto import segment_tiled
 
     out = str(args.output).rstrip("/")
     if not out.endswith(".zarr"):
-        main_cli._check_output_suffix(args.output, "output", main_cli.TIFF_SUFFIXES + (".zarr",))
+        check_output_suffix(args.output, "output", TIFF_SUFFIXES + (".zarr",))
     if getattr(args, "json", None):
-        raise main_cli.CliError("--json is not available for tiled runs (masks of a large image as RLE JSON "
-                                "would not fit in memory); use --table for the objects' boxes, areas and scores")
+        raise CliError("--json is not available for tiled runs (masks of a large image as RLE JSON "
+                       "would not fit in memory); use --table for the objects' boxes, areas and scores")
     source, model, size, tiles = _open(args)
-    preset, settings = auto_cli._settings(args, model.device)
+    preset, settings = settings_from_args(args, model.device)
     cache = _open_cache(args, args.embeddings, source, model, size) if args.embeddings else None
     h, w = source.shape_hw
     gs = ", ".join(f"{g:g}" for g in granularities)
-    main_cli._say(args, f"segmenting {args.image} ({w}x{h}) in {len(tiles)} tiles of {size} px (overlap "
-                        f"{args.overlap}) at g = {gs}; preset {preset}, {settings.points_per_side}x"
-                        f"{settings.points_per_side} points per tile")
+    say(args, f"segmenting {args.image} ({w}x{h}) in {len(tiles)} tiles of {size} px (overlap "
+              f"{args.overlap}) at g = {gs}; preset {preset}, {settings.points_per_side}x"
+              f"{settings.points_per_side} points per tile")
     bar = _bar(args, len(tiles), "tile", "tiles")
     segmenter = AutomaticSegmenter(model, settings, decode_batch=args.points_per_batch)
     try:
-        result, seconds = main_cli._timed(lambda: segment_tiled(
+        result, seconds = timed(lambda: segment_tiled(
             model, source, granularities, tile_size=size, overlap=args.overlap, hierarchy=hierarchy,
             containment=getattr(args, "containment", 0.5), segmenter=segmenter,
             progress=lambda done, total, tile: bar.update(done - bar.n),
@@ -193,19 +190,21 @@ def run_tiled(args: argparse.Namespace, granularities: list[float], hierarchy: b
             model.device)
     finally:
         bar.close()
-    meta = {"engine_version": main_cli._engine_version(), "image": str(args.image), "image_shape": [h, w],
+    meta = {"engine_version": engine_version(), "image": str(args.image), "image_shape": [h, w],
             "frame": args.frame, "contrast_limits": source.contrast_limits, "model": model.info.label,
             "device": str(model.device), "preset": preset, "settings": _asdict(settings),
             "granularities": granularities, "tile_size": size, "overlap": args.overlap,
             "tiles": len(tiles), "segment_s": seconds, "objects_per_level": [len(v) for v in result.levels]}
-    _write(args, result, meta, hierarchy)
+    from unsamv2_engine.tiling.auto import write_tiled_result
+
+    write_tiled_result(args.output, result, meta, hierarchy=hierarchy)
     if getattr(args, "table", None):
         from unsamv2_engine.io import write_table_csv
 
         write_table_csv(args.table, result.table())
     counts = ", ".join(f"g {lev.granularity:g}: {len(lev)}" for lev in result.levels)
-    main_cli._summary(args, f"wrote {args.output} ({counts} objects; {len(tiles)} tiles in {seconds:.1f} s)")
-    return main_cli.EXIT_OK
+    summary(args, f"wrote {args.output} ({counts} objects; {len(tiles)} tiles in {seconds:.1f} s)")
+    return EXIT_OK
 
 
 def _asdict(settings):
@@ -214,78 +213,33 @@ def _asdict(settings):
     return asdict(settings)
 
 
-def _write(args, result, meta, hierarchy: bool) -> None:
-    import numpy as np
-
-    out = str(args.output).rstrip("/")
-    n_max = max((len(v) for v in result.levels), default=0)
-    dtype = np.uint16 if n_max < 65536 else np.uint32
-    if out.endswith(".zarr"):
-        from unsamv2_engine.io.omezarr import write_label_pyramid
-
-        write_label_pyramid(out, result.image_hw,
-                            (lambda box: result.paint_block(box)) if hierarchy else
-                            (lambda box: result.paint_block(box, 0)),
-                            channels=len(result.levels) if hierarchy else None, dtype=dtype, metadata=meta,
-                            name="hierarchy" if hierarchy else "labels")
-        return
-    write_tiled_tiff(out, result, dtype, meta, hierarchy)
-
-
-def write_tiled_tiff(path: str, result, dtype, meta, hierarchy: bool, tile: int = 1024) -> None:
-    """A tiled label TIFF (one page per level for a hierarchy), written tile by tile from the objects."""
-    import json
-
-    import numpy as np
-    import tifffile
-
-    from unsamv2_engine.io import to_jsonable
-
-    h, w = result.image_hw
-    levels = range(len(result.levels)) if hierarchy else [0]
-
-    def tiles(level):
-        for y in range(0, h, tile):
-            for x in range(0, w, tile):
-                block = result.paint_block((x, y, min(x + tile, w), min(y + tile, h)), level).astype(dtype)
-                out = np.zeros((tile, tile), dtype)
-                out[:block.shape[0], :block.shape[1]] = block
-                yield out
-
-    with tifffile.TiffWriter(path, bigtiff=h * w * np.dtype(dtype).itemsize * len(levels) > 2**31) as tif:
-        for i in levels:
-            tif.write(tiles(i), shape=(h, w), dtype=dtype, tile=(tile, tile), compression="zlib",
-                      description=json.dumps(to_jsonable({**meta, "level": i})) if i == 0 else None,
-                      metadata=None)
-
-
 # ============================================================================ segment
 def run_tiled_segment(args: argparse.Namespace, granularity: float) -> int:
     """``unsamv2 segment`` on a large image: the click is decoded on a full-resolution tile (then a tile centred on
-    the prompts, then coarser views if the object is larger), never on the whole image squashed."""
-    from unsamv2_engine import cli as main_cli
+    the prompts, then coarser views if the object is larger), never on the whole image squashed.
+    """
     from unsamv2_engine.io import write_labels
     from unsamv2_engine.tiling.interactive import TiledSession
 
-    main_cli._check_output_suffix(args.output, "output", main_cli.TIFF_SUFFIXES)
+    check_output_suffix(args.output, "output", TIFF_SUFFIXES)
     source, model, size, _ = _open(args)
-    points, labels = main_cli._prompt_arrays(args, source.shape_hw)
+    points, labels = prompt_arrays(args, source.shape_hw)
     cache = _open_cache(args, args.embeddings, source, model, size) if args.embeddings else None
     session = TiledSession(model, source, tile_size=size, overlap=args.overlap, mask_threshold=args.mask_threshold,
                            features=cache.lookup_to(model.device) if cache else None)
-    main_cli._say(args, f"decoding at granularity {granularity:g} on {size} px tiles ...")
-    pred, decode_s = main_cli._timed(lambda: session.predict(points, labels, granularity, m2m=args.m2m), model.device)
-    main_cli._say(args, pred.note)
+    say(args, f"decoding at granularity {granularity:g} on {size} px tiles ...")
+    pred, decode_s = timed(lambda: session.predict(points, labels, granularity, m2m=args.m2m), model.device)
+    say(args, pred.note)
     meta = {"granularity": granularity, "score": pred.score, "object_score": pred.object_score, "area": pred.area,
             "model": model.info.label, "points": points.tolist(), "labels": labels.tolist(),
             "mask_threshold": args.mask_threshold, "m2m": args.m2m, "view_box": list(pred.box), "view_step": pred.step,
             "note": pred.note, "tiles_embedded": session.embedded, "decode_s": decode_s}
     write_labels(args.output, pred.full_mask(source.shape_hw), metadata=meta)
     if getattr(args, "json", None):
-        main_cli._emit_json(args.json, {**meta, "output": str(args.output)})
+        emit_json(args.json, {**meta, "output": str(args.output)})
     if pred.area == 0:
-        main_cli._warn(f"the mask is empty (object score {pred.object_score:.2f}): try another point, granularity "
-                       "or a lower --mask-threshold")
-    main_cli._summary(args, f"wrote {args.output} (area {pred.area} px, score {pred.score:.2f}, granularity "
-                            f"{granularity:g}; {session.embedded} tile(s) embedded, view reduced {pred.step}x)")
-    return main_cli.EXIT_OK
+        warn(f"the mask is empty (object score {pred.object_score:.2f}): try another point, granularity "
+             "or a lower --mask-threshold")
+    summary(args, f"wrote {args.output} (area {pred.area} px, score {pred.score:.2f}, granularity "
+                  f"{granularity:g}; {session.embedded} tile(s) embedded, view reduced {pred.step}x)")
+    return EXIT_OK

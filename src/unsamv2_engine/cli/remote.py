@@ -13,53 +13,54 @@ import argparse
 import time
 from typing import Any
 
+from unsamv2_engine.cli.loading import prompt_arrays, read_image
+from unsamv2_engine.cli.output import EXIT_OK, CliError, emit_json, engine_version, say, summary, warn
+from unsamv2_engine.cli.sweep import print_pages
+
 _MODEL_OPTIONS = ("checkpoint", "model", "adapter")
 
 
 def connect(args: argparse.Namespace):
     """An :class:`~unsamv2_engine.client.EngineClient` on ``args.server`` (token: UNSAMV2_TOKEN)."""
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine.client import EngineClient, RemoteEngineError, RemoteTransport
 
     given = [f"--{name}" for name in _MODEL_OPTIONS if getattr(args, name, None)]
     if getattr(args, "device", "auto") != "auto":
         given.append("--device")
     if given:
-        raise main_cli.CliError(f"{', '.join(given)} cannot be used with --server: the server's operator chose the "
-                                "model and device ('unsamv2 serve --model ... --device ...')")
+        raise CliError(f"{', '.join(given)} cannot be used with --server: the server's operator chose the "
+                       "model and device ('unsamv2 serve --model ... --device ...')")
     try:
         transport = RemoteTransport(args.server)
         client = EngineClient(transport)
     except RemoteEngineError as exc:
-        raise main_cli.CliError(str(exc)) from None
+        raise CliError(str(exc)) from None
     model = transport.welcome.model
     if model is None:
         client.close()
-        raise main_cli.CliError(f"the server at {args.server} has no model loaded")
-    main_cli._say(args, f"engine: {transport.where} ({model['label']})")
+        raise CliError(f"the server at {args.server} has no model loaded")
+    say(args, f"engine: {transport.where} ({model['label']})")
     return client, transport
 
 
 def call(client, request, args: argparse.Namespace, stage: str) -> Any:
     """Send ``request`` and wait for its reply; a Failure becomes a one-line CLI error."""
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine.client import EngineRequestError
 
     try:
         return client.call(request)
     except EngineRequestError as exc:
-        raise main_cli.CliError(f"{stage} failed on the server: {exc}") from None
+        raise CliError(f"{stage} failed on the server: {exc}") from None
 
 
 def _prepare(args: argparse.Namespace):
     """Read the image, check the points, connect, send the image (once, compressed)."""
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine import protocol as p
 
-    image, rgb8 = main_cli._read_image(args)
-    points, labels = main_cli._prompt_arrays(args, rgb8.shape[:2])
+    image, rgb8 = read_image(args)
+    points, labels = prompt_arrays(args, rgb8.shape[:2])
     client, transport = connect(args)
-    main_cli._say(args, f"sending {args.image} ({rgb8.shape[1]}x{rgb8.shape[0]}) ...")
+    say(args, f"sending {args.image} ({rgb8.shape[1]}x{rgb8.shape[0]}) ...")
     start = time.perf_counter()
     call(client, p.SetImage("cli", rgb8), args, "embedding")
     embed_s = time.perf_counter() - start
@@ -67,10 +68,9 @@ def _prepare(args: argparse.Namespace):
 
 
 def _metadata(args, image, points, labels, transport) -> dict[str, Any]:
-    from unsamv2_engine import cli as main_cli
 
     model = transport.welcome.model
-    return {"engine_version": main_cli._engine_version(), "image": str(args.image), "image_shape": list(image.shape),
+    return {"engine_version": engine_version(), "image": str(args.image), "image_shape": list(image.shape),
             "image_dtype": str(image.dtype), "frame": args.frame,
             "contrast_limits": list(args.contrast_limits) if args.contrast_limits else None,
             "points": points.tolist(), "labels": labels.tolist(), "mask_threshold": args.mask_threshold,
@@ -96,7 +96,6 @@ def _decode(args: argparse.Namespace, make_request):
 
 def segment(args: argparse.Namespace, granularity: float) -> int:
     """``unsamv2 segment ... --server URL``."""
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine import protocol as p
     from unsamv2_engine.io import write_labels
 
@@ -109,18 +108,17 @@ def segment(args: argparse.Namespace, granularity: float) -> int:
     write_labels(args.output, reply.mask, metadata={k: meta[k] for k in (
         "granularity", "score", "area", "model", "points", "labels", "mask_threshold", "m2m")})
     if area == 0:
-        main_cli._warn("the mask is empty: try another point, granularity or a lower --mask-threshold")
+        warn("the mask is empty: try another point, granularity or a lower --mask-threshold")
     meta["output"] = str(args.output)
     meta["timings"] = {"embed_s": embed_s, "decode_s": decode_s}
-    main_cli._emit_json(args.json, meta)
-    main_cli._summary(args, f"wrote {args.output} (area {area} px, score {reply.score:.2f}, granularity "
-                            f"{granularity:g})")
-    return main_cli.EXIT_OK
+    emit_json(args.json, meta)
+    summary(args, f"wrote {args.output} (area {area} px, score {reply.score:.2f}, granularity "
+                  f"{granularity:g})")
+    return EXIT_OK
 
 
 def sweep(args: argparse.Namespace, granularities: list[float]) -> int:
     """``unsamv2 sweep ... --server URL``."""
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine import protocol as p
     from unsamv2_engine.io import write_labels, write_table_csv
 
@@ -137,9 +135,6 @@ def sweep(args: argparse.Namespace, granularities: list[float]) -> int:
         write_table_csv(args.table, rows, columns=["page", "granularity", "area", "score"])
     meta = {**base, "granularities": granularities, "pages": rows, "output": str(args.output), "table": args.table,
             "timings": {"embed_s": embed_s, "decode_s": decode_s}}
-    main_cli._emit_json(args.json, meta)
-    main_cli._summary(args, f"wrote {args.output} ({len(rows)} pages)" + (f" and {args.table}" if args.table else ""))
-    for row in rows:
-        main_cli._summary(args, f"  page {row['page']:>3}  g {row['granularity']:<6g} area {row['area']:>9} px  "
-                                f"score {row['score']:.3f}")
-    return main_cli.EXIT_OK
+    emit_json(args.json, meta)
+    print_pages(args, rows, args.table)
+    return EXIT_OK

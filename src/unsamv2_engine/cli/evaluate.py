@@ -6,31 +6,25 @@
         [--modes oracle,fixed:0.5,level,sam-single,sam-oracle3] [--max-clicks 20] [--mask-threshold -1]
         [--max-objects-per-image N] [--levels cell,nucleus] [--predictions dets.json]
 
-Wiring: ``add_parser(subparsers)`` registers the command (with its own ``-q/--quiet`` and
-``--traceback``) and sets ``func=run``; ``run(args)`` returns the exit code. This module imports
-the standard library only; everything heavy is imported inside :func:`run`. Errors a user can fix
-are raised as ``ValueError`` / ``OSError`` (the main CLI prints them as one line, exit 2).
-:func:`main` runs the command on its own (``python -m unsamv2_engine.evaluate.cli``).
+Wiring: :func:`register` adds the command (the shared model options, and its own ``-q/--quiet`` and
+``--traceback`` beside ``--no-plots``) and sets ``func=run``; ``run(args)`` returns the exit code. This
+module imports the standard library only; everything heavy is imported inside :func:`run`. Errors a
+user can fix are raised as ``UnSAMv2Error`` / ``OSError`` (the main CLI prints them as one line, exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
-import sys
-import textwrap
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unsamv2_engine.argtypes import positive_int as _positive_int
+from unsamv2_engine.cli.loading import load_model, resolve_device
+from unsamv2_engine.cli.options import add_model_options, parse_granularities, positive_int, subparser
+from unsamv2_engine.cli.output import CliError, say
 from unsamv2_engine.errors import InputError
 
-__all__ = ["add_parser", "main", "run"]
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-_NEGATIVE_VALUE = re.compile(r"^-\.?\d")
+__all__ = ["register", "run"]
 
 DESCRIPTION = (
     "Evaluate a model on a dataset of images with ground-truth objects. Interactive protocol of "
@@ -76,58 +70,43 @@ def _int_list(text: str) -> list[int]:
 
 
 def _grid(text: str) -> list[float]:
-    """``0.1,0.5,1.0`` or ``START:STOP:N``."""
-    if ":" in text:
-        parts = text.split(":")
-        try:
-            start, stop, n = float(parts[0]), float(parts[1]), int(parts[2])
-        except (ValueError, IndexError):
-            raise argparse.ArgumentTypeError(f"START:STOP:N, e.g. 0.1:1.0:10; got {text!r}") from None
-        if len(parts) != 3 or n < 1:
-            raise argparse.ArgumentTypeError(f"START:STOP:N, e.g. 0.1:1.0:10; got {text!r}")
-        return [round(start + i * (stop - start) / max(n - 1, 1), 10) for i in range(n)]
-    values = _float_list(text)
-    if any(not 0.1 <= v <= 1.0 for v in values):
+    """``0.1,0.5,1.0`` or ``START:STOP:N`` (see :func:`parse_granularities`), each in [0.1, 1.0]."""
+    values = parse_granularities(text)
+    if ":" not in text and any(not 0.1 <= v <= 1.0 for v in values):
         raise argparse.ArgumentTypeError(f"granularities must lie in [0.1, 1.0], got {text!r}")
     return values
 
 
-def _device(text: str) -> str:
-    name = text.strip().lower()
-    if name in DEVICE_CHOICES or re.fullmatch(r"cuda:\d+", name):
-        return name
-    raise argparse.ArgumentTypeError(f"device must be one of {', '.join(DEVICE_CHOICES)} or cuda:N, got {text!r}")
+_MODEL_HELP = {  # the evaluate wording of the shared model options
+    "--model": "a registry model ('unsamv2 models'); default: unsamv2-plus",
+    "--adapter": "an UnSAMv2 adapter file applied on top of the model",
+    "--device": "where to run (default: auto)",
+    "--download": "download registry models that are not cached",
+}
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``evaluate`` on an ``argparse`` subparsers object; returns its parser (``func=run``)."""
-    parser = subparsers.add_parser("evaluate", help="evaluate interactive segmentation (NoC, 1-IoU) and AR",
-                                   description=textwrap.fill(DESCRIPTION, 79), epilog=EPILOG,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser._negative_number_matcher = _NEGATIVE_VALUE  # type: ignore[attr-defined]  # --mask-threshold -1
-    parser.add_argument("dataset", metavar="DATASET", help="dataset folder or COCO .json (see below)")
-    parser.add_argument("-o", "--output", dest="out_dir", metavar="OUT_DIR", required=True,
-                        help="folder for the result files (created)")
-
-    model = parser.add_argument_group("model")
-    which = model.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", metavar="PATH", help="a SAM 2.1 or UnSAMv2 checkpoint file (.pt)")
-    which.add_argument("--model", metavar="NAME", help="a registry model ('unsamv2 models'); default: unsamv2-plus")
-    model.add_argument("--adapter", metavar="PATH", help="an UnSAMv2 adapter file applied on top of the model")
-    model.add_argument("--allow-base-mismatch", action="store_true",
-                       help="apply --adapter even if it records another base model")
+def _baseline_options(model: Any) -> None:
+    """Add ``--baseline-checkpoint | --baseline-model`` to the model group."""
     base = model.add_mutually_exclusive_group()
     base.add_argument("--baseline-checkpoint", metavar="PATH",
                       help="SAM 2.1 checkpoint for the sam-single / sam-oracle3 modes")
     base.add_argument("--baseline-model", metavar="NAME", help="registry SAM 2.1 model for the sam-* modes")
-    model.add_argument("--device", default="auto", type=_device, metavar="{auto,cpu,cuda,mps}",
-                       help="where to run (default: auto)")
-    model.add_argument("--download", action="store_true", help="download registry models that are not cached")
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``evaluate`` to the ``unsamv2`` subparsers; returns its parser (``func=run``)."""
+    parser = subparser(subparsers, "evaluate", "evaluate interactive segmentation (NoC, 1-IoU) and AR",
+                       DESCRIPTION, EPILOG)  # negative numbers accepted: --mask-threshold -1
+    parser.add_argument("dataset", metavar="DATASET", help="dataset folder or COCO .json (see below)")
+    parser.add_argument("-o", "--output", dest="out_dir", metavar="OUT_DIR", required=True,
+                        help="folder for the result files (created)")
+
+    add_model_options(parser, help_texts=_MODEL_HELP, extra=_baseline_options)
 
     proto = parser.add_argument_group("interactive protocol")
     proto.add_argument("--modes", metavar="LIST", default=None,
                        help="comma-separated: oracle, fixed:G, level, sam-single, sam-oracle3, or none")
-    proto.add_argument("--max-clicks", type=_positive_int, default=20, metavar="N", help="click budget (default: 20)")
+    proto.add_argument("--max-clicks", type=positive_int, default=20, metavar="N", help="click budget (default: 20)")
     proto.add_argument("--target-iou", type=float, default=None, metavar="T",
                        help="stop an object at this IoU (default: the largest --thresholds value)")
     proto.add_argument("--thresholds", type=_float_list, default=[0.80, 0.85, 0.90], metavar="LIST",
@@ -146,12 +125,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     data = parser.add_argument_group("data")
     data.add_argument("--levels", metavar="LIST", default=None, help="evaluate only these levels (e.g. cell,nucleus)")
-    data.add_argument("--max-objects-per-image", type=_positive_int, default=None, metavar="N",
+    data.add_argument("--max-objects-per-image", type=positive_int, default=None, metavar="N",
                       help="evaluate a seeded random subset of at most N objects per image")
-    data.add_argument("--min-area", type=_positive_int, default=1, metavar="PX",
+    data.add_argument("--min-area", type=positive_int, default=1, metavar="PX",
                       help="evaluate only objects of at least PX pixels (default: 1)")
     data.add_argument("--seed", type=int, default=0, help="subsampling seed (default: 0)")
-    data.add_argument("--limit-images", type=_positive_int, default=None, metavar="N",
+    data.add_argument("--limit-images", type=positive_int, default=None, metavar="N",
                       help="use only the first N images")
     data.add_argument("--image-dir", metavar="DIR", default=None, help="COCO datasets: folder of the images")
 
@@ -170,24 +149,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _say(args: argparse.Namespace, message: str) -> None:
-    if not args.quiet:
-        print(message, file=sys.stderr, flush=True)
-
-
 def _load(source: str, *, is_path: bool, args: argparse.Namespace, adapter: str | None, device: Any) -> Any:
-    """Resolve and load one model."""
+    """Resolve and load one model (the main one, or the ``--baseline-*`` one without adapter)."""
     from unsamv2_engine import weights
-    from unsamv2_engine.model.checkpoint import load_checkpoint
 
     if not is_path:
         weights.get_entry(source)
     path = weights.resolve_checkpoint(source, download_missing=args.download, progress=not args.quiet)
     if adapter and not Path(adapter).is_file():
-        raise FileNotFoundError(f"adapter file not found: {adapter}")
-    _say(args, f"loading {source}" + (f" + adapter {adapter}" if adapter else "") + f" on {device} ...")
-    return load_checkpoint(path, device=device, adapter=adapter, allow_base_mismatch=args.allow_base_mismatch,
-                           source=source)
+        raise CliError(f"adapter file not found: {adapter}")
+    say(args, f"loading {source}" + (f" + adapter {adapter}" if adapter else "") + f" on {device} ...")
+    return load_model(path, source=source, device=device, adapter=adapter,
+                      allow_base_mismatch=args.allow_base_mismatch)
 
 
 def _dataset(args: argparse.Namespace) -> Any:
@@ -218,20 +191,22 @@ def run(args: argparse.Namespace) -> int:
                                                  "--adapter": getattr(args, "adapter", None)},
                      input_dirs={"DATASET": args.dataset})
     modes_text = args.modes if args.modes is not None else ("none" if args.predictions else None)
-    modes = None if modes_text is None else ([] if modes_text.strip().lower() == "none" else parse_modes(modes_text))
+    try:
+        if modes_text is None:
+            modes = None
+        else:
+            modes = [] if modes_text.strip().lower() == "none" else parse_modes(modes_text)
+    except ValueError as exc:  # a --modes the user can fix, not a bug
+        raise CliError(f"--modes: {exc}") from None
     dataset = _dataset(args)
-    _say(args, f"dataset {args.dataset}: {len(dataset)} images ({dataset.kind})")
+    say(args, f"dataset {args.dataset}: {len(dataset)} images ({dataset.kind})")
 
     interactive = None
     if modes is None or modes:
-        from unsamv2_engine.devices import resolve_device
         from unsamv2_engine.evaluate.predictors import SessionPredictor
         from unsamv2_engine.weights import DEFAULT_MODEL
 
-        try:
-            device = resolve_device(args.device)
-        except RuntimeError as exc:
-            raise InputError(str(exc)) from None
+        device = resolve_device(args.device)
         main_source = args.checkpoint or args.model or DEFAULT_MODEL
         model = _load(main_source, is_path=bool(args.checkpoint), args=args, adapter=args.adapter, device=device)
         predictor = SessionPredictor(model, mask_threshold=args.mask_threshold)
@@ -245,17 +220,17 @@ def run(args: argparse.Namespace) -> int:
         target = args.target_iou if args.target_iou is not None else max(args.thresholds)
         grid = args.granularities or list(DEFAULT_GRID)
         sweep_grid = None if args.no_sweep else (args.sweep_granularities or grid)
-        _say(args, f"modes {', '.join(m.name for m in modes)}; target IoU {target}, <= {args.max_clicks} clicks, "
-                   f"mask threshold {args.mask_threshold}")
+        say(args, f"modes {', '.join(m.name for m in modes)}; target IoU {target}, <= {args.max_clicks} clicks, "
+                  f"mask threshold {args.mask_threshold}")
         interactive = evaluate_interactive(
             dataset, predictor, modes, baseline=baseline, max_clicks=args.max_clicks, target_iou=target,
             thresholds=args.thresholds, stop_early=not args.full_curves, grid=grid,
             oracle_cutoff=not args.no_oracle_cutoff, sweep_grid=sweep_grid,
-            progress=None if args.quiet else (lambda line: _say(args, line)))
+            progress=None if args.quiet else (lambda line: say(args, line)))
 
     whole = None
     if args.predictions:
-        _say(args, f"whole-image AR of {args.predictions} ...")
+        say(args, f"whole-image AR of {args.predictions} ...")
         whole = evaluate_whole_image(dataset, json.loads(Path(args.predictions).read_text()), max_dets=args.max_dets)
 
     config = {"command": "evaluate", "dataset": str(args.dataset), "predictions": args.predictions,
@@ -267,22 +242,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(files)} files to {args.out_dir}")
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command on its own: ``python -m unsamv2_engine.evaluate.cli DATASET -o OUT ...``."""
-    parser = argparse.ArgumentParser(prog="unsamv2")
-    sub = parser.add_subparsers(dest="command")
-    add_parser(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv if argv[:1] == ["evaluate"] else ["evaluate", *argv])
-    try:
-        return run(args)
-    except (ValueError, OSError) as exc:
-        if args.traceback:
-            raise
-        print(f"unsamv2: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,9 +18,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unsamv2_engine.argtypes import positive_float, positive_int, non_negative_int
+from unsamv2_engine.cli.loading import resolve_device
+from unsamv2_engine.cli.options import (
+    add_common_options,
+    non_negative_int,
+    parse_device,
+    positive_float,
+    positive_int,
+    subparser,
+)
+from unsamv2_engine.cli.output import CliError
 
-__all__ = ["add_parser", "cached_name", "run"]
+__all__ = ["cached_name", "register", "run"]
 
 _EPILOG = """\
 what it makes:
@@ -42,11 +51,9 @@ def cached_name(size: str, image_size: int, seed: int) -> str:
     return f"minisam-synthetic-{size}-{int(image_size)}px-seed{int(seed)}.pt"
 
 
-def add_parser(subparsers: Any, model_options: Any = None, common_options: Any = None) -> argparse.ArgumentParser:
-    """Register ``pretrain-mini`` on the ``unsamv2`` subparsers."""
-    from unsamv2_engine import cli as main_cli
-
-    parser = main_cli.subparser(
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``pretrain-mini`` to the ``unsamv2`` subparsers; returns its parser."""
+    parser = subparser(
         subparsers, "pretrain-mini", "pretrain a miniature SAM 2.1 on synthetic images (for testing training)",
         "Pretrain a miniature SAM 2.1 (hiera-tiny at a reduced input size, every weight trainable) on the "
         "synthetic generator with SAM's interactive recipe, and write a plain SAM 2.1 checkpoint that is "
@@ -78,34 +85,30 @@ def add_parser(subparsers: Any, model_options: Any = None, common_options: Any =
     parser.add_argument("--log-every", type=positive_int, default=10, metavar="N",
                         help="a progress line every N steps (default: 10)")
     parser.add_argument("--no-cache", action="store_true", help="do not copy the result into the weights cache")
-    parser.add_argument("--device", default="auto", type=main_cli.parse_device, metavar="{auto,cpu,cuda,mps}",
+    parser.add_argument("--device", default="auto", type=parse_device, metavar="{auto,cpu,cuda,mps}",
                         help="where to train (default: auto)")
-    if common_options is not None:
-        common_options(parser)
-    else:
-        main_cli._add_common_options(parser)
+    add_common_options(parser)
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """``unsamv2 pretrain-mini``; returns the exit code."""
-    from unsamv2_engine import cli as main_cli
     from unsamv2_engine.minisam.pretrain import PretrainConfig, pretrain
     from unsamv2_engine.weights import cache_dir
 
     output = Path(args.output)
     if output.suffix != ".pt":
-        raise main_cli.CliError(f"-o {output}: give a .pt file name")
+        raise CliError(f"-o {output}: give a .pt file name")
     if args.image_size < 64 or args.image_size % 32:
-        raise main_cli.CliError(f"--image-size {args.image_size}: use a multiple of 32, at least 64 (e.g. 256)")
+        raise CliError(f"--image-size {args.image_size}: use a multiple of 32, at least 64 (e.g. 256)")
     workdir = Path(args.workdir) if args.workdir else output.with_name(output.stem + "_work")
     config = PretrainConfig(steps=args.steps, max_minutes=args.max_minutes, size=args.size,
                             image_size=args.image_size, synth_shape=args.synth_shape, objects=args.objects,
                             correction_clicks=args.correction_clicks, grad_accum=args.grad_accum, lr=args.lr,
                             attention_init_gain=args.attention_init_gain,
                             min_lr=args.lr / 20, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes)
-    device = main_cli._resolve_device(args.device)
+    device = resolve_device(args.device)
 
     def report(event: dict) -> None:
         if args.quiet:
