@@ -529,12 +529,17 @@ def _resolve_device(name: str) -> Any:
 
 def _load_model(path: Path, *, source: str, device: Any, adapter: str | None,
                 allow_base_mismatch: bool) -> UnSAMv2Model:
-    """Load a checkpoint (plus adapter) for inference."""
+    """Load a checkpoint (plus adapter) for inference; a batch worker loads it once and keeps it."""
+    from unsamv2_engine.batch.worker import reuse_model  # standard library only
     from unsamv2_engine.model.checkpoint import load_checkpoint
 
-    with _reading_checkpoints(path, adapter):
-        return load_checkpoint(path, device=device, adapter=adapter, allow_base_mismatch=allow_base_mismatch,
-                               source=source)
+    def load() -> UnSAMv2Model:
+        with _reading_checkpoints(path, adapter):
+            return load_checkpoint(path, device=device, adapter=adapter, allow_base_mismatch=allow_base_mismatch,
+                                   source=source)
+
+    return reuse_model(load, path=path, source=source, device=device, adapter=adapter,
+                       allow_base_mismatch=allow_base_mismatch)
 
 
 def _embed(session: ImageSession, rgb8: np.ndarray) -> None:
