@@ -88,6 +88,7 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     ``-q`` and ``--traceback``), added after each command's own options.
     """
     from unsamv2_engine import cli as main_cli  # standard library only at import
+    from unsamv2_engine.batch.cli import add_batch_options  # standard library only
     from unsamv2_engine.tiling.cli import add_tiling_options  # standard library only
 
     auto = main_cli.subparser(
@@ -96,7 +97,8 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
         "masks that pass the quality filters, remove duplicates, and write an instance label TIFF "
         "(0 = background, 1..N by decreasing score; larger masks are painted first so smaller ones "
         "on top stay visible).", _AUTO_EPILOG)
-    auto.add_argument("image", metavar="IMAGE", help="input image: TIFF, PNG or JPEG")
+    auto.add_argument("image", metavar="IMAGE", help="input image: TIFF, PNG, JPEG, OME-Zarr; or a folder or "
+                      "quoted glob of them (a batch: -o, --json name folders)")
     auto.add_argument("--granularity", "-g", type=float, required=True, metavar="G",
                       help="0.1 (smallest parts) .. 1.0 (whole objects)")
     auto.add_argument("-o", "--output", required=True, metavar="LABELS.tif", help="instance label TIFF to write")
@@ -105,6 +107,7 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     _add_image_options(auto, main_cli)
     _add_settings_options(auto)
     add_tiling_options(auto)
+    add_batch_options(auto)
     for add in (model_options, common_options):
         add(auto)
     auto.set_defaults(func=run_auto)
@@ -116,7 +119,8 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
         "order given, label ids unique across pages, every object inside its parent on the next "
         "coarser page, and a table of label, level, granularity, parent, area, score.",
         _HIERARCHY_EPILOG)
-    tree.add_argument("image", metavar="IMAGE", help="input image: TIFF, PNG or JPEG")
+    tree.add_argument("image", metavar="IMAGE", help="input image: TIFF, PNG, JPEG, OME-Zarr; or a folder or "
+                      "quoted glob of them (a batch: -o, --table, --json name folders)")
     tree.add_argument("--granularities", type=main_cli.parse_granularities, required=True,
                       metavar="G1,G2,...|START:STOP:N",
                       help=f"a list (0.3,0.6,1.0) or N values from START to STOP inclusive (0.1:1.0:10); "
@@ -133,6 +137,7 @@ def add_parser(subparsers: Any, model_options: OptionAdder, common_options: Opti
     _add_image_options(tree, main_cli)
     _add_settings_options(tree)
     add_tiling_options(tree)
+    add_batch_options(tree)
     for add in (model_options, common_options):
         add(tree)
     tree.set_defaults(func=run_hierarchy)
@@ -186,6 +191,10 @@ def run_auto(args: argparse.Namespace) -> int:
     from unsamv2_engine.prompts import check_granularity
 
     granularity = check_granularity(args.granularity)
+    from unsamv2_engine.batch.cli import run_batch  # a folder or glob of images
+
+    if (code := run_batch(args, "auto")) is not None:
+        return code
     main_cli.check_command_outputs(args, {"-o": args.output, "--json": args.json})
     from unsamv2_engine.tiling.cli import run_tiled, wants_tiles  # large images: tile by tile
 
@@ -231,14 +240,18 @@ def run_hierarchy(args: argparse.Namespace) -> int:
     from unsamv2_engine import cli as main_cli
     from unsamv2_engine.prompts import check_granularities
 
-    main_cli._check_output_suffix(args.output, "output", HIERARCHY_SUFFIXES)
-    if args.table:
-        main_cli._check_output_suffix(args.table, "--table", (".csv",))
     if len(args.granularities) > MAX_LEVELS:
         raise main_cli.CliError(
             f"{len(args.granularities)} granularities asked; give at most {MAX_LEVELS} (every level decodes the "
             f"whole point grid again and the pages get hard to read), e.g. 0.1:1.0:10 or 0.3,0.6,1.0")
     granularities = check_granularities(args.granularities)
+    from unsamv2_engine.batch.cli import run_batch  # a folder or glob of images
+
+    if (code := run_batch(args, "hierarchy")) is not None:
+        return code
+    main_cli._check_output_suffix(args.output, "output", HIERARCHY_SUFFIXES)
+    if args.table:
+        main_cli._check_output_suffix(args.table, "--table", (".csv",))
     main_cli.check_command_outputs(args, {"-o": args.output, "--table": args.table, "--json": args.json})
     if len(set(granularities)) < len(granularities):
         main_cli._warn("some granularities are repeated: their pages will hold the same objects")
