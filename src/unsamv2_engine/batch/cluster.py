@@ -129,7 +129,7 @@ def dask_executor(*, workers: int = 2, scheduler: str | None = None, device: str
         threads = str(max(1, cpu_count() // workers))
         say(f"starting a local Dask cluster of {workers} worker processes ({threads} torch thread(s) each) ...")
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, memory_limit=0, silence_logs=logging.ERROR,
+                               dashboard_address=None, memory_limit=0, silence_logs=logging.CRITICAL,
                                env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                                     "OPENBLAS_NUM_THREADS": threads})
         client = Client(cluster)

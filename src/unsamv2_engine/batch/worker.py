@@ -35,9 +35,10 @@ _state: dict[str, Any] = {"active": False, "device": None, "loads": 0, "threads"
 
 # ============================================================================ activation
 def activate(device: str | None = None, threads: int | None = None) -> None:
-    """Start keeping loaded models in this process; ``device``: what ``--device auto`` means here."""
+    """Start keeping loaded models in this process (the load count restarts); ``device``: what ``--device auto``
+    means here."""
     with _lock:
-        _state.update(active=True, device=device, threads=threads)
+        _state.update(active=True, device=device, threads=threads, loads=0)
 
 
 def deactivate() -> None:
