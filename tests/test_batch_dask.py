@@ -13,6 +13,7 @@ import faulthandler
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,13 @@ distributed = pytest.importorskip("distributed")
 AUTO_ARGS = ["--points-per-side", "4", "--points-per-batch", "16", "--pred-iou-thresh", "0", "--stability-thresh", "0",
              "--stability-offset", "0.05", "--mask-threshold", "0.15", "--device", "cpu", "-q"]
 N_IMAGES = 4
-WATCHDOG_S = 600
+WATCHDOG_S = float(os.environ.get("UNSAMV2_TEST_WATCHDOG_S", 600))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _watchdog():
     """A hung cluster must not hang CI: dump every thread's stack and exit after WATCHDOG_S."""
-    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
+    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True, file=sys.__stderr__)
     yield
     faulthandler.cancel_dump_traceback_later()
 
@@ -190,6 +191,25 @@ def test_pseudo_label_on_scheduler_equals_folder_run(data, cluster, tmp_path):
     assert len(_by_status(out)["skipped"]) == N_IMAGES  # the JSONs' own settings say they are done
     assert _main("pseudo-label", data["images"], "-o", out, "--max-side", 160, "--no-overlays", "-q",
                  "--scheduler", cluster.scheduler_address) == 2  # other settings: refused without --overwrite
+
+
+def test_finetune_pseudo_labels_on_scheduler(data, cluster, tmp_path, capsys):
+    """finetune --scheduler: the pseudo-labelling stage runs on the cluster, then one training step here."""
+    from unsamv2_engine.model.checkpoint import read_adapter
+
+    out = tmp_path / "lab.pt"
+    code = _main("finetune", "--images", data["images"], "--base", data["ckpt"], "-o", out, "--backbone", "classical",
+                 "--max-steps", 1, "--device", "cpu", "--cache-embeddings", "--max-masks", 2, "--val-fraction", 0,
+                 "--batch-size", 1, "--correction-clicks", 1, "--json-progress", "--scheduler",
+                 cluster.scheduler_address)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    labels = tmp_path / "lab_work" / "pseudo-labels"
+    assert sorted(p.stem for p in labels.glob("cell*.json")) == [f"cell{i}" for i in range(N_IMAGES)]
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    messages = [e.get("message", "") for e in events if e.get("stage") == "pseudo-labels"]
+    assert any("Dask worker" in m for m in messages) and any("could not pseudo-label broken.png" in m for m in messages)
+    assert read_adapter(out)["metadata"]["finetune"]["steps"] == 1
 
 
 # ============================================================================ --workers 2, a worker killed
