@@ -8,8 +8,8 @@ written as PNGs into one folder) and a RANDOM-weight hiera-tiny UnSAMv2 checkpoi
 ``--image-size`` model input (timings are the architecture's; masks are meaningless). Then runs,
 each in its own ``unsamv2`` process, exactly as a user would::
 
-    unsamv2 pseudo-label IMAGES -o OUT --checkpoint CKPT --max-side SHAPE --no-overlays --workers N
-    unsamv2 auto IMAGES -g 0.5 -o OUT --checkpoint CKPT --points-per-side 8 --workers N
+    unsamv2 pseudo-label "IMAGES/*.png" -o OUT --checkpoint CKPT --max-side SHAPE --no-overlays --workers N
+    unsamv2 auto "IMAGES/*.png" -g 0.5 -o OUT --checkpoint CKPT --points-per-side 8 --workers N
 
 ``--workers 1`` is the in-process path (no Dask); more starts a LocalCluster of N processes with
 cores // N torch threads each. Reported per run: wall time of the whole command (start-up, cluster,
@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                 out = root / f"{command}-{n}"
                 common = ["--checkpoint", str(ckpt), "--device", args.device, "-q", "--workers", str(n)]
                 if command == "pseudo-label":
-                    argv_ = ["pseudo-label", str(images), "-o", str(out), "--max-side", str(args.shape),
+                    argv_ = ["pseudo-label", str(images / "*.png"), "-o", str(out), "--max-side", str(args.shape),
                              "--no-overlays", *common]
                 else:
-                    argv_ = ["auto", str(images), "-g", "0.5", "-o", str(out), "--points-per-side",
+                    argv_ = ["auto", str(images / "*.png"), "-g", "0.5", "-o", str(out), "--points-per-side",
                              str(args.points_per_side), *common]
                 row = {"command": command, "workers": n, **run(argv_, out)}
                 print(json.dumps(row), file=sys.stderr, flush=True)
