@@ -24,7 +24,7 @@ EngineError            the engine process died or a request reached it in the wr
 from __future__ import annotations
 
 __all__ = ["CancelledError", "CheckpointError", "DeviceError", "EngineError", "ImageError", "InputError", "OutputError",
-           "PromptError", "UnSAMv2Error", "WeightsError", "is_user_error"]
+           "PromptError", "UnSAMv2Error", "WeightsError", "is_user_error", "user_error_message"]
 
 
 class UnSAMv2Error(Exception):
@@ -79,3 +79,22 @@ def is_user_error(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)):
         return True
     return isinstance(exc, OSError) and getattr(exc, "filename", None) is not None and bool(exc.strerror)
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """Return the one-line message of a user error, or None for a bug (which keeps its traceback).
+
+    User errors are :class:`~unsamv2_engine.errors.UnSAMv2Error` (and OS errors about a named file:
+    no such file, permission denied, disk full), classified as the engine service does; running out
+    of device memory is reported too. Any other exception is a bug.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return f"out of device memory ({str(exc).splitlines()[0]}); try a smaller image or --device cpu"
+    if not is_user_error(exc):
+        return None
+    if isinstance(exc, OSError) and not isinstance(exc, UnSAMv2Error) and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc) or type(exc).__name__

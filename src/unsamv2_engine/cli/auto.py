@@ -96,6 +96,7 @@ examples:
 # ============================================================================ parser
 def register(subparsers: Any) -> None:
     """Add ``auto`` and ``hierarchy`` to the ``unsamv2`` subparsers."""
+    from unsamv2_engine.cli.batch import add_batch_options  # standard library only
     from unsamv2_engine.cli.embed import add_tiling_options  # standard library only
 
     auto = subparser(
@@ -104,7 +105,8 @@ def register(subparsers: Any) -> None:
         "masks that pass the quality filters, remove duplicates, and write an instance label TIFF "
         "(0 = background, 1..N by decreasing score; larger masks are painted first so smaller ones "
         "on top stay visible).", _AUTO_EPILOG)
-    auto.add_argument("image", metavar="IMAGE", help="input image: TIFF, PNG or JPEG")
+    auto.add_argument("image", metavar="IMAGE", help="input image: TIFF, PNG, JPEG, OME-Zarr; or a folder or "
+                      "quoted glob of them (a batch: -o, --json name folders)")
     auto.add_argument("--granularity", "-g", type=float, required=True, metavar="G",
                       help="0.1 (smallest parts) .. 1.0 (whole objects)")
     auto.add_argument("-o", "--output", required=True, metavar="LABELS.tif", help="instance label TIFF to write")
@@ -113,6 +115,7 @@ def register(subparsers: Any) -> None:
     add_image_options(auto.add_argument_group("image"))
     _add_settings_options(auto)
     add_tiling_options(auto)
+    add_batch_options(auto)
     add_model_options(auto)
     add_common_options(auto)
     auto.set_defaults(func=run_auto)
@@ -124,7 +127,8 @@ def register(subparsers: Any) -> None:
         "order given, label ids unique across pages, every object inside its parent on the next "
         "coarser page, and a table of label, level, granularity, parent, area, score.",
         _HIERARCHY_EPILOG)
-    tree.add_argument("image", metavar="IMAGE", help="input image: TIFF, PNG or JPEG")
+    tree.add_argument("image", metavar="IMAGE", help="input image: TIFF, PNG, JPEG, OME-Zarr; or a folder or "
+                      "quoted glob of them (a batch: -o, --table, --json name folders)")
     tree.add_argument("--granularities", type=parse_granularities, required=True,
                       metavar="G1,G2,...|START:STOP:N",
                       help=f"a list (0.3,0.6,1.0) or N values from START to STOP inclusive (0.1:1.0:10); "
@@ -141,6 +145,7 @@ def register(subparsers: Any) -> None:
     add_image_options(tree.add_argument_group("image"))
     _add_settings_options(tree)
     add_tiling_options(tree)
+    add_batch_options(tree)
     add_model_options(tree)
     add_common_options(tree)
     tree.set_defaults(func=run_hierarchy)
@@ -184,6 +189,10 @@ def run_auto(args: argparse.Namespace) -> int:
     from unsamv2_engine.prompts import check_granularity
 
     granularity = check_granularity(args.granularity)
+    from unsamv2_engine.cli.batch import run_batch  # a folder or glob of images
+
+    if (code := run_batch(args, "auto")) is not None:
+        return code
     check_command_outputs(args, {"-o": args.output, "--json": args.json})
     from unsamv2_engine.cli.embed import run_tiled, wants_tiles  # large images: tile by tile
 
@@ -228,14 +237,18 @@ def run_hierarchy(args: argparse.Namespace) -> int:
     """``unsamv2 hierarchy``: every object at several granularities -> nested hierarchy (+ CSV, COCO JSON)."""
     from unsamv2_engine.prompts import check_granularities
 
-    check_output_suffix(args.output, "output", HIERARCHY_SUFFIXES)
-    if args.table:
-        check_output_suffix(args.table, "--table", (".csv",))
     if len(args.granularities) > MAX_LEVELS:
         raise CliError(
             f"{len(args.granularities)} granularities asked; give at most {MAX_LEVELS} (every level decodes the "
             f"whole point grid again and the pages get hard to read), e.g. 0.1:1.0:10 or 0.3,0.6,1.0")
     granularities = check_granularities(args.granularities)
+    from unsamv2_engine.cli.batch import run_batch  # a folder or glob of images
+
+    if (code := run_batch(args, "hierarchy")) is not None:
+        return code
+    check_output_suffix(args.output, "output", HIERARCHY_SUFFIXES)
+    if args.table:
+        check_output_suffix(args.table, "--table", (".csv",))
     check_command_outputs(args, {"-o": args.output, "--table": args.table, "--json": args.json})
     if len(set(granularities)) < len(granularities):
         warn("some granularities are repeated: their pages will hold the same objects")

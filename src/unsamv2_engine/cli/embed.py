@@ -63,13 +63,17 @@ def register(subparsers: Any) -> None:
         subparsers, "embed", "precompute tile embeddings of a (large) image into a zarr cache",
         "Embed the image tile by tile at full resolution (tiles of the model's input size, overlapping) and "
         "store the embeddings in a zarr folder that auto, hierarchy and the napari plugin reuse.", _EMBED_EPILOG)
-    p.add_argument("image", metavar="IMAGE", help="input image: OME-Zarr / zarr, TIFF (read lazily), PNG or JPEG")
+    p.add_argument("image", metavar="IMAGE", help="input image: OME-Zarr / zarr, TIFF (read lazily), PNG or JPEG; "
+                   "or a folder or quoted glob of them (a batch: -o names a folder of <stem>.embeddings.zarr)")
     p.add_argument("-o", "--output", required=True, metavar="IMAGE.embeddings.zarr", help="cache folder to write")
     p.add_argument("--tile-size", type=int, metavar="PX", help="tile side (default: the model's input size)")
     p.add_argument("--overlap", type=int, default=256, metavar="PX", help="overlap of neighbouring tiles (default 256)")
     p.add_argument("--contrast-limits", type=parse_contrast_limits, metavar="LO,HI",
                    help="intensity range mapped to 0..255 (default: the image's min..max; 8-bit as is)")
     p.add_argument("--frame", type=int, metavar="INDEX", help="for a stack: the slice to embed, from 0")
+    from unsamv2_engine.cli.batch import add_batch_options  # standard library only
+
+    add_batch_options(p)
     add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=run)
@@ -135,9 +139,12 @@ def _bar(args, total: int, unit: str, desc: str):
 
 # ============================================================================ embed
 def run(args: argparse.Namespace) -> int:
-    """``unsamv2 embed``: tile embeddings of an image into a zarr cache (resumable)."""
+    """``unsamv2 embed``: tile embeddings of an image (or a batch of them) into a zarr cache (resumable)."""
+    from unsamv2_engine.cli.batch import run_batch  # a folder or glob of images
     from unsamv2_engine.tiling.cache import embed_tiles
 
+    if (code := run_batch(args, "embed")) is not None:
+        return code
     if not str(args.output).rstrip("/").endswith(".zarr"):
         raise CliError(f"-o {args.output}: the cache is a zarr folder, give a path ending in .zarr "
                        "(e.g. IMAGE.embeddings.zarr)")

@@ -22,6 +22,7 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                          "weight-free, without the model (much faster on a CPU); dino: a DINOv2/v3 weights file "
                          "(--dino-weights)")
     pl.add_argument("--dino-weights", default=None, metavar="PATH", help="weights file of that backbone")
+    pl.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                    help="pseudo-label on a local Dask cluster of N worker processes, then train here (default: 1, "
+                         "in this process; see docs/batch.md)")
+    pl.add_argument("--scheduler", metavar="ADDRESS",
+                    help="pseudo-label on the workers of an existing dask.distributed scheduler (e.g. "
+                         "tcp://node:8786; shared filesystem), then train here")
     out = parser.add_argument_group("output")
     out.add_argument("--json-progress", action="store_true",
                      help="JSON lines on stdout, one per event (stage, step, val, checkpoint, done, error)")
@@ -351,6 +358,8 @@ def _make_pseudo_labels(args: argparse.Namespace, model: Any, workdir: Path, rep
         reporter({"event": "stage", "stage": "pseudo-labels", "done": int(done), "total": int(total), "image": name,
                   "message": f"pseudo-labelled {done}/{total}: {name}"})
 
+    if args.workers != 1 or args.scheduler:
+        return _make_pseudo_labels_on_dask(args, out_dir, progress, reporter, cancel)
     # classical = the weight-free recipe of `unsamv2 pseudo-label` without a model (no model masks at g = 1)
     summary = pseudo_label_folder(args.images, out_dir, model=None if args.backbone == "classical" else model,
                                   backbone=args.backbone,
@@ -363,4 +372,48 @@ def _make_pseudo_labels(args: argparse.Namespace, model: Any, workdir: Path, rep
                          f"{len(summary.failed)} failed, {summary.n_masks} masks"})
     for name, reason in summary.failed.items():
         reporter({"event": "stage", "stage": "pseudo-labels", "message": f"could not pseudo-label {name}: {reason}"})
+    return out_dir
+
+
+def _make_pseudo_labels_on_dask(args: argparse.Namespace, out_dir: Path, progress: Callable[[int, int, str], None],
+                                reporter: _Reporter, cancel: threading.Event) -> Path | None:
+    """The pseudo-labelling stage on Dask workers (``--workers N`` / ``--scheduler``); None if cancelled.
+
+    The same recipe as the in-process stage: the base model's encoder and whole-image masks unless
+    ``--backbone classical``; JSONs made with other settings are re-done (derived data).
+    """
+    from unsamv2_engine import weights
+    from unsamv2_engine.batch.pseudo_labels import pseudo_label_batch
+
+    if args.scheduler and args.workers != 1:
+        raise CliError("give --workers N (a local Dask cluster) or --scheduler ADDRESS, not both")
+    with_model = args.backbone != "classical"
+    options = {"checkpoint": str(weights.resolve_checkpoint(args.base)) if with_model else None, "model": None,
+               "adapter": None, "allow_base_mismatch": False, "device": args.device, "backbone": args.backbone,
+               "dino_weights": args.dino_weights, "no_overlays": False, "overwrite": True, "settings": {}}
+    done = [0]
+
+    def on_record(record: dict[str, Any]) -> None:
+        done[0] += 1
+        progress(done[0], total[0], Path(record["input"]).name)
+        if cancel.is_set():
+            raise KeyboardInterrupt  # cancels the items not started; the manifest keeps what is done
+
+    from unsamv2_engine.batch.inputs import list_inputs
+
+    total = [len(list_inputs(args.images, zarr=False))]
+    try:
+        summary = pseudo_label_batch(args.images, out_dir, options=options, workers=args.workers,
+                                     scheduler=args.scheduler, quiet=True, on_record=on_record,
+                                     say=lambda m: reporter({"event": "stage", "stage": "pseudo-labels", "message": m}))
+    except KeyboardInterrupt:
+        return None
+    if cancel.is_set():
+        return None
+    reporter({"event": "stage", "stage": "pseudo-labels",
+              "message": f"pseudo-labels: {len(summary.done)} images done, {len(summary.skipped)} already there, "
+                         f"{len(summary.failed)} failed ({summary.where}, {summary.seconds:.1f} s)"})
+    for record in summary.failed:
+        reporter({"event": "stage", "stage": "pseudo-labels",
+                  "message": f"could not pseudo-label {Path(record['input']).name}: {record['reason']}"})
     return out_dir

@@ -144,12 +144,20 @@ def resolve_device(name: str) -> Any:
 
 def load_model(path: Path, *, source: str, device: Any, adapter: str | None,
                allow_base_mismatch: bool, merge_lora: bool = True) -> UnSAMv2Model:
-    """Load a checkpoint (plus adapter); ``merge_lora=False`` keeps LoRA apart, as the files store it."""
+    """Load a checkpoint (plus adapter); ``merge_lora=False`` keeps LoRA apart, as the files store it.
+
+    In a batch worker the model is loaded once and kept for every image (:mod:`unsamv2_engine.batch.worker`).
+    """
+    from unsamv2_engine.batch.worker import reuse_model  # standard library only
     from unsamv2_engine.model.checkpoint import load_checkpoint
 
-    with reading_checkpoints(path, adapter):
-        return load_checkpoint(path, device=device, adapter=adapter, allow_base_mismatch=allow_base_mismatch,
-                               merge_lora=merge_lora, source=source)
+    def load() -> UnSAMv2Model:
+        with reading_checkpoints(path, adapter):
+            return load_checkpoint(path, device=device, adapter=adapter, allow_base_mismatch=allow_base_mismatch,
+                                   merge_lora=merge_lora, source=source)
+
+    return reuse_model(load, path=path, source=source, device=device, adapter=adapter,
+                       allow_base_mismatch=allow_base_mismatch, merge_lora=merge_lora)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from unsamv2_engine.errors import UnSAMv2Error, is_user_error
+from unsamv2_engine.errors import UnSAMv2Error, user_error_message  # noqa: F401 (re-exported)
 
 PROG = "unsamv2"
 EXIT_OK = 0
@@ -56,20 +56,3 @@ def engine_version() -> str:
     from unsamv2_engine import __version__
 
     return __version__
-
-
-def user_error_message(exc: BaseException) -> str | None:
-    """Return the one-line message of a user error, or None for a bug (which keeps its traceback).
-
-    User errors are :class:`~unsamv2_engine.errors.UnSAMv2Error` (and OS errors about a named file:
-    no such file, permission denied, disk full), classified as the engine service does; running out
-    of device memory is reported too. Any other exception is a bug.
-    """
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
-        return f"out of device memory ({str(exc).splitlines()[0]}); try a smaller image or --device cpu"
-    if not is_user_error(exc):
-        return None
-    if isinstance(exc, OSError) and not isinstance(exc, UnSAMv2Error) and exc.filename is not None:
-        return f"{exc.strerror}: {exc.filename}"
-    return str(exc) or type(exc).__name__

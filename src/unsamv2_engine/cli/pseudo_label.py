@@ -75,9 +75,12 @@ def _side(text: str) -> int:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``pseudo-label`` to the ``unsamv2`` subparsers (model options: no model by default)."""
+    from unsamv2_engine.cli.batch import add_batch_options  # standard library only
+
     parser = subparser(subparsers, "pseudo-label", "pseudo-labels (masks + granularity) for a folder of images",
                        DESCRIPTION, EPILOG)
-    parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (not searched recursively)")
+    parser.add_argument("images_dir", metavar="IMAGES_DIR",
+                        help="folder of images (not searched recursively), or a quoted glob such as 'plates/**/*.tif'")
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
                         help="folder for <image stem>.json files and overlays/ (created if missing)")
     group = parser.add_argument_group("pseudo-labels")
@@ -94,6 +97,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                        help="normalized cuts per image, i.e. at most N instances from the cuts (default: 8)")
     group.add_argument("--thetas", type=_thetas, metavar="T1,T2,...",
                        help="merging thresholds of the conquer stage, in order (default: 0.9,0.8,0.7,0.6,0.5)")
+    add_batch_options(parser)
     # the shared help names segment's default model, which does not apply here
     add_model_options(parser, help_texts={
         "--model": "a model from the registry ('unsamv2 models' lists them); default: none (no model)"})
@@ -107,9 +111,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     images_dir = Path(args.images_dir)
-    if not images_dir.is_dir():
-        raise CliError(f"IMAGES_DIR {args.images_dir!r} is not a folder; give the folder that holds "
-                       "the images")
     if args.dino_weights and args.backbone not in (None, "dino"):
         raise CliError("--dino-weights is only used with --backbone dino")
     backbone = "dino" if args.dino_weights and args.backbone is None else args.backbone
@@ -122,6 +123,13 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--backbone sam2 uses a model's image encoder: give --checkpoint PATH or --model NAME")
     if args.adapter and not with_model:
         raise CliError("--adapter needs the model it applies to: give --checkpoint PATH or --model NAME")
+    from unsamv2_engine.cli.batch import run_batch  # a glob, or a folder on Dask workers
+
+    if (code := run_batch(args, "pseudo-label")) is not None:
+        return code
+    if not images_dir.is_dir():
+        raise CliError(f"IMAGES_DIR {args.images_dir!r} is not a folder; give the folder that holds "
+                       "the images (or a quoted glob)")
 
     from unsamv2_engine.outputs import check_output_dir
 

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from unsamv2_engine.model.build import UnSAMv2Model
 
 __all__ = ["IMAGE_SUFFIXES", "NothingToLabelWarning", "PseudoLabelSettings", "PseudoLabelSummary",
-           "SettingsMismatchError", "existing_state", "image_id_for", "pseudo_label_document", "pseudo_label_folder",
-           "pseudo_label_image"]
+           "SettingsMismatchError", "existing_state", "folder_info", "image_id_for", "label_file",
+           "pseudo_label_document", "pseudo_label_folder", "pseudo_label_image"]
 
 #: Files a folder run reads (case-insensitive).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -402,13 +402,7 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
     out.mkdir(parents=True, exist_ok=True)
     if overlays:
         (out / "overlays").mkdir(exist_ok=True)
-    info = {"description": "UnSAMv2 divide-and-conquer pseudo-labels (napari-unsamv2)",
-            "engine_version": _engine_version(), "backbone": feature_backbone.name,
-            "backbone_patch_size": int(feature_backbone.patch_size),
-            "model": model.info.label if model is not None else None,
-            "proposals": _proposals_name(s, model),
-            "refinement": REFINEMENT_NOTE if s.proposals == "maskcut" else PIXEL_REFINEMENT_NOTE,
-            "settings": {**asdict(s), "thetas": list(s.thetas)}}
+    info = folder_info(feature_backbone, model, s)
     states = {p.name: existing_state(out / f"{p.stem}.json", info) for p in files}
     stale = [name for name, state in states.items() if state == "other-settings"]
     if stale and not overwrite:
@@ -426,7 +420,7 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
             summary.skipped.append(path.name)
         else:
             try:
-                n, empty_reason = _label_one(path, target, feature_backbone, model, s, info, overlays)
+                n, empty_reason = label_file(path, target, feature_backbone, model, s, info, overlays)
             except (OSError, ValueError, MemoryError) as exc:
                 summary.failed[path.name] = _reason(exc)
             else:
@@ -437,6 +431,18 @@ def pseudo_label_folder(images_dir: str | os.PathLike, out_dir: str | os.PathLik
         if progress is not None:
             progress(index + 1, total, path.name)
     return summary
+
+
+def folder_info(backbone: Backbone, model: UnSAMv2Model | None, settings: PseudoLabelSettings) -> dict[str, Any]:
+    """The ``info`` every JSON of a run records; :func:`recipe_of` it decides whether a JSON can be reused."""
+    s = settings
+    return {"description": "UnSAMv2 divide-and-conquer pseudo-labels (napari-unsamv2)",
+            "engine_version": _engine_version(), "backbone": backbone.name,
+            "backbone_patch_size": int(backbone.patch_size),
+            "model": model.info.label if model is not None else None,
+            "proposals": _proposals_name(s, model),
+            "refinement": REFINEMENT_NOTE if s.proposals == "maskcut" else PIXEL_REFINEMENT_NOTE,
+            "settings": {**asdict(s), "thetas": list(s.thetas)}}
 
 
 def _proposals_name(s: PseudoLabelSettings, model: UnSAMv2Model | None) -> str:
@@ -450,9 +456,13 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _label_one(path: Path, target: Path, backbone: Backbone, model: UnSAMv2Model | None,
+def label_file(path: Path, target: Path, backbone: Backbone, model: UnSAMv2Model | None,
                settings: PseudoLabelSettings, info: dict[str, Any], overlays: bool) -> tuple[int, str]:
-    """Label one file; (number of masks, why there are none or "")."""
+    """Label one image file into ``target`` (``<out>/<stem>.json``; with ``overlays`` also
+    ``<out>/overlays/<stem>.png``, whose folder must exist), both written atomically.
+
+    Returns (number of masks, why there are none or ""). ``info``: :func:`folder_info`.
+    """
     from unsamv2_engine.io import read_image
 
     image = read_image(path)
