@@ -50,32 +50,6 @@ def _run(argv: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def write_truth_dataset(folder: Path, seeds: list[int], shape: tuple[int, int]) -> tuple[Path, Path, int]:
-    """``folder/images/<name>.tif`` and ``folder/labels/<name>.json`` (truth in the pseudo-label layout)."""
-    import tifffile
-
-    from unsamv2_engine.pseudo.pipeline import image_id_for, pseudo_label_document
-    from unsamv2_engine.synth import generate_sample
-    from unsamv2_engine.synth.truth_labels import truth_annotations
-
-    images, labels = folder / "images", folder / "labels"
-    images.mkdir(parents=True, exist_ok=True)
-    labels.mkdir(parents=True, exist_ok=True)
-    total = 0
-    for seed in seeds:
-        name = f"truth_{seed}"
-        sample = generate_sample(seed, modality="fluorescence", shape=shape)
-        tifffile.imwrite(images / f"{name}.tif", sample.image)
-        image_id = image_id_for(f"{name}.tif")
-        anns = truth_annotations(sample, image_id=image_id)
-        total += len(anns)
-        doc = pseudo_label_document(anns, file_name=f"{name}.tif", width=shape[1], height=shape[0], image_id=image_id,
-                                    info={"description": "ground truth of the synthetic generator (learnability check)",
-                                          "generator_seed": seed})
-        (labels / f"{name}.json").write_text(json.dumps(doc))
-    return images, labels, total
-
-
 def write_truth_labels_for_synth(synth_dir: Path, out_dir: Path) -> Path:
     """``out_dir/<sample name>.json``: the truth of each sample of an ``unsamv2 synth`` folder in the
     pseudo-label layout, named like the ``<sample name>.tif`` images of that folder. Each sample is
@@ -105,22 +79,6 @@ def write_truth_labels_for_synth(synth_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def evaluate(base: str, adapter: Path, seeds: list[int], shape: tuple[int, int], device: str):
-    """The :class:`~unsamv2_engine.evaluate.learnability.LearnabilityResult` over the held-out seeds."""
-    from unsamv2_engine.evaluate.learnability import nucleus_cell_pairs, score_pairs
-    from unsamv2_engine.model.checkpoint import load_checkpoint
-    from unsamv2_engine.session import ImageSession
-    from unsamv2_engine.synth import generate_sample
-
-    tuned = ImageSession(load_checkpoint(base, adapter=adapter, device=device))
-    plain = ImageSession(load_checkpoint(base, device=device))
-    result = None
-    for seed in seeds:
-        sample = generate_sample(seed, modality="fluorescence", shape=shape)
-        result = score_pairs(tuned, sample.image, nucleus_cell_pairs(sample), base_session=plain, result=result)
-    return result
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", help="base checkpoint (e.g. a pretrain-mini file); default: random hiera-tiny")
@@ -146,6 +104,9 @@ def main() -> int:
 
         base = str(save_checkpoint(build_model("tiny", granularity=False, seed=0, image_size=shape[0]),
                                    work / "random_tiny.pt", kind="sam2"))
+    from unsamv2_engine.evaluate.learnability import evaluate_checkpoint
+    from unsamv2_engine.synth.truth_labels import write_truth_dataset
+
     start = time.perf_counter()
     images, labels, n_masks = write_truth_dataset(work / "train", [TRAIN_SEED + i for i in range(args.train)], shape)
     adapter = out / "adapter.pt"
@@ -157,7 +118,7 @@ def main() -> int:
     log_text = (work / "finetune" / "log.jsonl").read_text()
     log_lines = [json.loads(line) for line in log_text.splitlines() if line.strip()]
     losses = [r["loss"] for r in log_lines if "loss" in r]
-    result = evaluate(base, adapter, [EVAL_SEED + i for i in range(args.eval)], shape, args.device)
+    result = evaluate_checkpoint(base, adapter, [EVAL_SEED + i for i in range(args.eval)], shape, args.device)
     import torch
 
     machine = ", ".join(f"{k}: {v}" for k, v in machine_info(torch.device(args.device)).items())

@@ -77,7 +77,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="correction passes after the first click (default: 1)")
     parser.add_argument("--grad-accum", type=positive_int, default=1, metavar="N",
                         help="images per optimizer step (default: 1)")
-    parser.add_argument("--lr", type=positive_float, default=4e-4, help="peak learning rate (default: 4e-4)")
+    parser.add_argument("--lr", type=positive_float, default=1.5e-4,
+                        help="peak learning rate (default: 1.5e-4; 4e-4 collapsed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the image stream (default: 0)")
     parser.add_argument("--workdir", metavar="DIR", help="resume state and log.jsonl (default: <output stem>_work/)")
     parser.add_argument("--checkpoint-minutes", type=positive_float, default=3.0, metavar="M",

@@ -12,7 +12,8 @@ candidates, the one with the highest predicted IoU), scored against the nucleus 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,7 @@ from scipy import ndimage
 
 from unsamv2_engine.granularity_scores import sqrt_area_granularity
 
-__all__ = ["NucleusInCell", "LearnabilityResult", "nucleus_cell_pairs", "score_pairs"]
+__all__ = ["LearnabilityResult", "NucleusInCell", "evaluate_checkpoint", "nucleus_cell_pairs", "score_pairs"]
 
 
 @dataclass(frozen=True)
@@ -150,4 +151,25 @@ def score_pairs(session, image: np.ndarray, probes: Iterable[NucleusInCell], *, 
             values.update(base_nucleus=_iou(own, probe.nucleus), base_cell=_iou(own, probe.cell))
         for key, value in values.items():
             result.per_probe.setdefault(key, []).append(value)
+    return result
+
+
+def evaluate_checkpoint(base: str | os.PathLike[str], adapter: str | os.PathLike[str], seeds: Sequence[int],
+                        shape: tuple[int, int], device: str = "cpu") -> LearnabilityResult:
+    """Score ``base`` + ``adapter`` (and ``base`` alone, no dial) on synthetic fluorescence images of ``seeds``.
+
+    ``shape``: (H, W) of the generated images in pixels. Every nucleus of at least 20 px inside a cell is
+    clicked once (:func:`nucleus_cell_pairs`).
+    """
+    from unsamv2_engine.evaluate.learnability import nucleus_cell_pairs, score_pairs
+    from unsamv2_engine.model.checkpoint import load_checkpoint
+    from unsamv2_engine.session import ImageSession
+    from unsamv2_engine.synth import generate_sample
+
+    tuned = ImageSession(load_checkpoint(base, adapter=adapter, device=device))
+    plain = ImageSession(load_checkpoint(base, device=device))
+    result = None
+    for seed in seeds:
+        sample = generate_sample(seed, modality="fluorescence", shape=shape)
+        result = score_pairs(tuned, sample.image, nucleus_cell_pairs(sample), base_session=plain, result=result)
     return result

@@ -61,7 +61,7 @@ class PretrainConfig:
     objects: int = 16
     correction_clicks: int = 1
     grad_accum: int = 1
-    lr: float = 4e-4
+    lr: float = 1.5e-4  # 4e-4 collapsed on the synthetic stream at step ~300 (docs/fine-tuning.md)
     min_lr: float = 2e-5
     weight_decay: float = 0.05
     warmup: int = 50

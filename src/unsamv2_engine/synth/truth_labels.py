@@ -9,7 +9,9 @@ the reproduction benchmark use them as the upper bound.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ import numpy as np
 from unsamv2_engine.granularity_scores import sqrt_area_granularity
 from unsamv2_engine.io.coco import mask_to_annotation
 
-__all__ = ["INSTANCE_LEVEL", "truth_annotations", "truth_trees"]
+__all__ = ["INSTANCE_LEVEL", "truth_annotations", "truth_trees", "write_truth_dataset"]
 
 #: The level whose objects are the instances (the roots of the trees); finer levels are their parts.
 INSTANCE_LEVEL = "cell"
@@ -81,3 +83,37 @@ def truth_annotations(sample: Any, *, image_id: int = 0, instance_level: str = I
                 level=level, object_id=int(oid)))
             next_id += 1
     return annotations
+
+
+def write_truth_dataset(folder: str | os.PathLike[str], seeds: Sequence[int],
+                        shape: tuple[int, int]) -> tuple[Path, Path, int]:
+    """Write synthetic fluorescence images and their truth as a fine-tuning dataset.
+
+    ``folder/images/truth_<seed>.tif`` (``shape`` = (H, W) pixels) and ``folder/labels/truth_<seed>.json``
+    (the truth in the pseudo-label layout, for ``unsamv2 finetune --pseudo-labels``). Returns the two
+    folders and the number of masks written.
+    """
+    import json
+
+    import tifffile
+
+    from unsamv2_engine.pseudo.pipeline import image_id_for, pseudo_label_document
+    from unsamv2_engine.synth import generate_sample
+
+    folder = Path(folder)
+    images, labels = folder / "images", folder / "labels"
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for seed in seeds:
+        name = f"truth_{seed}"
+        sample = generate_sample(seed, modality="fluorescence", shape=shape)
+        tifffile.imwrite(images / f"{name}.tif", sample.image)
+        image_id = image_id_for(f"{name}.tif")
+        anns = truth_annotations(sample, image_id=image_id)
+        total += len(anns)
+        doc = pseudo_label_document(anns, file_name=f"{name}.tif", width=shape[1], height=shape[0], image_id=image_id,
+                                    info={"description": "ground truth of the synthetic generator (learnability check)",
+                                          "generator_seed": seed})
+        (labels / f"{name}.json").write_text(json.dumps(doc))
+    return images, labels, total
