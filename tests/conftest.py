@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: one torch thread each, or the workers fight over the cores.
+    import torch
+
+    torch.set_num_threads(1)
 # The authors'-code parity fixture lives in the repository (byte-identical to the team's shared copy;
 # tests/test_parity_fixture.py checks its digests). UNSAMV2_PARITY_DIR points the tests at another copy.
 PARITY_DIR = Path(os.environ.get("UNSAMV2_PARITY_DIR", REPO / "tests" / "fixtures" / "unsamv2_decoder_parity"))
@@ -23,18 +29,22 @@ def parity_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    """A seeded random-weight UnSAMv2 model on hiera-tiny (shared: do not mutate it in tests)."""
+    """A seeded random-weight UnSAMv2 model on hiera-tiny at 256 px (shared: do not mutate it in tests).
+
+    256 px, not the 1024 px of the real checkpoints: every test that is not about the input size runs
+    its encoder on a 16x smaller token grid (test_model.py and test_parity.py build the 1024-px models).
+    """
     from unsamv2_engine.model import build_model
 
-    return build_model("tiny", seed=0)
+    return build_model("tiny", seed=0, image_size=256)
 
 
 @pytest.fixture(scope="session")
 def tiny_sam2_model():
-    """A seeded random-weight plain SAM 2.1 hiera-tiny model (no granularity module)."""
+    """A seeded random-weight plain SAM 2.1 hiera-tiny model at 256 px (no granularity module)."""
     from unsamv2_engine.model import build_model
 
-    return build_model("tiny", granularity=False, seed=0)
+    return build_model("tiny", granularity=False, seed=0, image_size=256)
 
 
 def make_cells_image() -> np.ndarray:

@@ -1,12 +1,12 @@
 """Whole-image segmentation: box NMS against torchvision, the segmenter against upstream AMG, hierarchies, CLI.
 
-Models are hiera-tiny with random weights. Their logits lie in about [-0.2, 0.3], so the UnSAMv2
-runs use ``mask_threshold=0.15`` with a small stability offset (masks of varied sizes) and zero
+Models are hiera-tiny with random weights. At 256 px their logits lie in about [-0.2, 0.3], so the UnSAMv2
+runs use ``mask_threshold=0.2`` with a small stability offset (masks of varied sizes) and zero
 quality thresholds (random weights would fail the authors' filters). The CLI tests run the real
 command: each call loads the checkpoint file and embeds the image itself. Two tests go further: the
 upstream comparison hands sam2's predictor our embedding, and the crop-layer test reuses the full
 image's embedding for its crops (see their docstrings).
-Runtime: about 1.5 min of CPU time on 2 cores.
+Runtime: about 40 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ GRANULARITIES = [0.3, 0.6, 1.0]
 # Small grid, no quality filters, a mask threshold inside the random model's logit range.
 # Decoder calls cost about the same for 1 or 16 points on a CPU: batches of 16 keep them few.
 SMALL = AutoSettings(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                     stability_score_offset=0.05, mask_threshold=0.15, use_m2m=False)
+                     stability_score_offset=0.05, mask_threshold=0.2, use_m2m=False)
 SMALL_ARGS = ["--points-per-side", 4, "--points-per-batch", 16, "--pred-iou-thresh", 0, "--stability-thresh", 0,
-              "--stability-offset", 0.05, "--mask-threshold", 0.15, "--device", "cpu"]
+              "--stability-offset", 0.05, "--mask-threshold", 0.2, "--device", "cpu"]
 
 
 # ============================================================================ shared work
@@ -58,7 +58,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     from unsamv2_engine.model.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("auto")
-    paths = {"ckpt": save_checkpoint(build_model("tiny", seed=0), folder / "unsamv2_tiny.pt", kind="unsamv2"),
+    model = build_model("tiny", seed=0, image_size=256)
+    paths = {"ckpt": save_checkpoint(model, folder / "unsamv2_tiny.pt", kind="unsamv2"),
              "cells": folder / "cells.png", "flat": folder / "flat.png"}
     Image.fromarray(make_cells_image()).save(paths["cells"])
     Image.fromarray(np.full((40, 50), 90, np.uint8)).save(paths["flat"])
@@ -121,7 +122,7 @@ def test_segmenter_equals_upstream_amg_on_sam21():
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    sam21 = build_model("tiny", granularity=False, seed=0)
+    sam21 = build_model("tiny", granularity=False, seed=0, image_size=256)
     image = make_cells_image()
     common = dict(points_per_side=8, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                   stability_score_offset=1.0, mask_threshold=0.0, box_nms_thresh=1.0, use_m2m=False)
@@ -270,10 +271,20 @@ def test_progress_and_cancel(model):
     assert reports == [2]  # one batch reported, then cancelled
 
 
-def test_m2m_runs(model):
-    result = _segmenter(model, replace(SMALL, use_m2m=True, points_per_side=2)).generate(
-        make_cells_image(), 0.5)
-    assert result.masks.shape[1:] == (96, 128) and len(result) >= 1
+def test_m2m_masks_are_the_sessions_second_pass_masks(model):
+    """use_m2m: every mask is what ImageSession.predict(..., m2m=True) gives for its grid point."""
+    image = make_cells_image()
+    settings = replace(SMALL, use_m2m=True, points_per_side=2, box_nms_thresh=1.0)
+    result = _segmenter(model, settings).generate(image, 0.5)
+    plain = _segmenter(model, replace(settings, use_m2m=False)).generate(image, 0.5)
+    assert len(result) >= 1
+    session = ImageSession(model)
+    session.set_image(image)
+    for mask, point in zip(result.masks, result.points):
+        expected = session.predict(point[None], [1], 0.5, m2m=True, mask_threshold=settings.mask_threshold).mask
+        assert np.mean(mask == expected) > 0.999
+    differs = [not np.array_equal(a, b) for a, b in zip(result.masks, plain.masks)]
+    assert any(differs) or len(result) != len(plain)  # the second pass changed something
 
 
 def test_crop_layers_masks_in_image_coordinates(model, monkeypatch):
@@ -383,7 +394,7 @@ def test_cli_auto_writes_labels_and_coco(capsys, tmp_path, files, levels):
     assert meta["granularity"] == 0.3 and meta["preset"] == "cpu"
     assert meta["counts"]["masks"] == len(expected) and meta["counts"]["visible"] == len(np.unique(labels)) - 1
     assert meta["settings"]["points_per_side"] == 4 and meta["settings"]["use_m2m"] is False
-    assert meta["settings"]["pred_iou_thresh"] == 0.0 and meta["settings"]["mask_threshold"] == 0.15
+    assert meta["settings"]["pred_iou_thresh"] == 0.0 and meta["settings"]["mask_threshold"] == 0.2
     assert meta["thresholds"] == {"pred_iou": 0.0, "stability": 0.0}
     assert meta["model_family"] == "unsamv2" and "tiny" in meta["model"]
     doc = json.loads(coco.read_text())

@@ -38,7 +38,7 @@ def _randomise_added(model, seed=1):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt")
-    unsamv2 = _randomise_added(build_model("tiny", seed=0))
+    unsamv2 = _randomise_added(build_model("tiny", seed=0, image_size=256))
     paths = {"unsamv2": save_checkpoint(unsamv2, d / "unsamv2_tiny.pt", kind="unsamv2"),
              "sam2": save_checkpoint(unsamv2, d / "sam2.1_tiny.pt", kind="sam2")}
     paths["adapter"] = save_adapter(unsamv2, d / "adapter.pt", base_sha256=sha256_file(paths["sam2"]),
@@ -90,7 +90,7 @@ def test_published_layout_on_disk(files):
 
 def test_unsamv2_round_trip_is_exact(files, features):
     _, paths = files
-    original = _randomise_added(build_model("tiny", seed=0))
+    original = _randomise_added(build_model("tiny", seed=0, image_size=256))
     loaded = load_checkpoint(paths["unsamv2"], merge_lora=False)
     assert loaded.has_granularity and loaded.info.family == "unsamv2" and loaded.info.size == "tiny"
     _assert_same_weights(original, loaded)
@@ -118,7 +118,7 @@ def test_adapter_on_sam2_base_equals_full_checkpoint(files, features):
 
 def test_adapter_on_unsamv2_base_replaces_the_module(files, tmp_path, features):
     _, paths = files
-    other = _randomise_added(build_model("tiny", seed=0), seed=7)
+    other = _randomise_added(build_model("tiny", seed=0, image_size=256), seed=7)
     other_adapter = save_adapter(other, tmp_path / "other.pt", base_sha256=sha256_file(paths["unsamv2"]))
     model = load_checkpoint(paths["unsamv2"], adapter=other_adapter)
     expected = _sweep(other, features)

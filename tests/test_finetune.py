@@ -280,7 +280,7 @@ def test_overfit_halves_the_loss(tiny_model, pl_data, tmp_path):
     adapter = read_checkpoint(result.output)
     assert adapter["format_version"] == 2
     assert adapter["extra_state_dict"] and all(k.startswith("sam_mask_decoder.") for k in adapter["extra_state_dict"])
-    rebuilt = build_model("tiny", seed=0)
+    rebuilt = build_model("tiny", seed=0, image_size=256)
     apply_adapter(rebuilt, result.output)
     trained, restored = model.sam.state_dict(), rebuilt.sam.state_dict()
     assert set(trained) == set(restored) and all(torch.equal(restored[k], trained[k]) for k in trained)
@@ -452,4 +452,4 @@ def test_cuda_training_runs_under_bf16_autocast(pl_data, tmp_path):
     model = build_model("tiny", seed=0, device="cuda")
     result = finetune(model, pl_data, fast_config(max_steps=2), workdir=tmp_path / "work")
     assert result.steps == 2 and all(np.isfinite(result.losses))
-    apply_adapter(build_model("tiny", seed=0), result.output)
+    apply_adapter(build_model("tiny", seed=0, image_size=256), result.output)

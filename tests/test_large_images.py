@@ -19,7 +19,7 @@ from unsamv2_engine.tiling.grid import tile_grid
 from unsamv2_engine.tiling.source import ImageSource
 
 SMALL = ["--points-per-side", 4, "--points-per-batch", 16, "--pred-iou-thresh", 0, "--stability-thresh", 0,
-         "--stability-offset", 0.05, "--mask-threshold", 0.15, "--device", "cpu"]
+         "--stability-offset", 0.05, "--mask-threshold", 0.2, "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +28,12 @@ def files(tmp_path_factory):
     from unsamv2_engine.model.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("large")
-    img = np.zeros((1000, 1300), np.uint16)  # two tiles of 1024 px: each embedding costs seconds on CPU
+    img = np.zeros((1000, 1300), np.uint16)  # two 1024-px tiles (--tile-size 1024), each resized to the 256-px model
     rng = np.random.default_rng(0)
     for cy, cx in rng.integers(20, 980, (40, 2)):
         img[cy - 8:cy + 8, cx - 8:cx + 8] = 3000
     tifffile.imwrite(folder / "big.tif", img)
-    return {"ckpt": save_checkpoint(build_model("tiny", seed=0), folder / "tiny.pt", kind="unsamv2"),
+    return {"ckpt": save_checkpoint(build_model("tiny", seed=0, image_size=256), folder / "tiny.pt", kind="unsamv2"),
             "tif": folder / "big.tif", "img": img, "dir": folder}
 
 
@@ -132,14 +132,16 @@ def test_cache_refuses_a_folder_that_is_not_a_cache(files, model, tmp_path):
 # ---------------------------------------------------------------------------------------------- commands
 def test_embed_then_tiled_auto_reuses_the_cache(files, tmp_path, capsys, monkeypatch):
     emb = tmp_path / "big.embeddings.zarr"
-    code, out, err = _run(capsys, "embed", files["tif"], "-o", emb, "--checkpoint", files["ckpt"], "--device", "cpu")
+    code, out, err = _run(capsys, "embed", files["tif"], "-o", emb, "--tile-size", 1024, "--checkpoint", files["ckpt"],
+                            "--device", "cpu")
     assert code == 0 and "2 tiles" in out and "2 embedded now" in out and "embedding" in err
-    code, out, err = _run(capsys, "embed", files["tif"], "-o", emb, "--checkpoint", files["ckpt"], "--device", "cpu")
+    code, out, err = _run(capsys, "embed", files["tif"], "-o", emb, "--tile-size", 1024, "--checkpoint", files["ckpt"],
+                            "--device", "cpu")
     assert code == 0 and "0 embedded now, 2 reused" in out
     counter = CountEmbeddings(monkeypatch)
     out = tmp_path / "labels.ome.zarr"
     code, _, err = _run(capsys, "auto", files["tif"], "-g", 0.3, "-o", out, "--embeddings", emb,
-                        "--checkpoint", files["ckpt"], *SMALL)
+                        "--tile-size", 1024, "--checkpoint", files["ckpt"], *SMALL)
     assert code == 0, err
     assert counter.n == 0, "every tile came from the cache"
     labels = open_zarr_image(out)
@@ -148,7 +150,7 @@ def test_embed_then_tiled_auto_reuses_the_cache(files, tmp_path, capsys, monkeyp
     assert meta["tiles"] == 2 and meta["tile_size"] == 1024
     # another contrast mapping: the cache is stale, recomputed (and said so)
     code, _, err = _run(capsys, "auto", files["tif"], "-g", 0.3, "-o", tmp_path / "l2.ome.zarr", "--embeddings", emb,
-                        "--contrast-limits", "0,1000", "--checkpoint", files["ckpt"], *SMALL)
+                        "--tile-size", 1024, "--contrast-limits", "0,1000", "--checkpoint", files["ckpt"], *SMALL)
     assert code == 0 and "contrast_limits" in err and "recomputing" in err and counter.n == 2
 
 
@@ -160,7 +162,7 @@ def test_tiled_hierarchy_to_tiff_and_zarr(files, tmp_path, capsys):
     pages = tifffile.imread(tif)
     assert pages.shape == (2, 1000, 1300)
     code, _, err = _run(capsys, "hierarchy", files["tif"], "--granularities", "0.3,1.0", "-o", tmp_path / "t.ome.zarr",
-                        "--checkpoint", files["ckpt"], *SMALL)
+                        "--tile-size", 1024, "--checkpoint", files["ckpt"], *SMALL)
     assert code == 0, err
     z = open_zarr_image(tmp_path / "t.ome.zarr")
     assert z.shape == (2, 1000, 1300) and np.array_equal(z[:], pages)

@@ -148,18 +148,15 @@ def test_json_matches_the_authors_format(synthetic_run):
 
 
 # ============================================================================ building blocks
-def test_classical_backbone_is_deterministic_and_fast():
+def test_classical_backbone_is_deterministic_and_normalised():
+    """Shape, determinism and zero-mean channels (its speed is measured in benchmarks/bench_pseudo_labels.py)."""
     rng = np.random.default_rng(0)
     image = (rng.random((512, 480, 3)) * 255).astype(np.uint8)
     backbone = ClassicalBackbone()
-    backbone.features(image[:64, :64])  # warm the imports
-    start = time.perf_counter()
     first = backbone.features(image)
-    seconds = time.perf_counter() - start
     assert first.shape == (32, 30, 3 + 4 * len(backbone.scales)) and first.dtype == np.float32
     np.testing.assert_array_equal(first, backbone.features(image))
     np.testing.assert_allclose(first.reshape(-1, first.shape[-1]).mean(0), 0, atol=1e-4)
-    assert seconds < 2.0, f"classical features of 512x480 took {seconds:.2f} s"  # ~0.1 s when idle
 
 
 def test_normalized_cut_separates_two_regions_exactly():
@@ -229,9 +226,9 @@ def test_make_backbone_errors():
 def test_sam2_backbone_and_pipeline_with_a_model(tiny_model):
     backbone = make_backbone(None, model=tiny_model)
     assert isinstance(backbone, Sam2Backbone) and backbone.patch_size == 16
-    image = make_cells_image()  # 96 x 128 -> resized to 768 x 1024
+    image = make_cells_image()  # 96 x 128 -> resized to 192 x 256 for the 256-px model: 12 x 16 cells of 16 px
     feats = backbone.features(image)
-    assert feats.shape == (48, 64, 256) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    assert feats.shape == (12, 16, 256) and feats.dtype == np.float32 and np.isfinite(feats).all()
     settings = PseudoLabelSettings(local_size=256, max_instances=2, model_points_per_side=4)
     anns = pseudo_label_image(image, backbone, model=tiny_model, settings=settings, image_id=7)
     assert isinstance(anns, list)

@@ -297,7 +297,7 @@ _SERVER_SCRIPT = """
 import sys
 from unsamv2_engine.model import build_model
 from unsamv2_engine.remote_server import EngineServer
-server = EngineServer(build_model("tiny", seed=0), port=int(sys.argv[1]))
+server = EngineServer(build_model("tiny", seed=0, image_size=256), port=int(sys.argv[1]))
 server.start()
 print("listening", flush=True)
 server.serve_forever()

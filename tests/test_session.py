@@ -30,7 +30,7 @@ def plain_session(tiny_sam2_model):
 def test_predict_outputs(session):
     pred = session.predict(POINT, [1], 0.5)
     assert pred.mask.shape == (96, 128) and pred.mask.dtype == bool
-    assert pred.low_res_logits.shape == (256, 256) and pred.low_res_logits.dtype == np.float32
+    assert pred.low_res_logits.shape == (session.model.low_res_size,) * 2 and pred.low_res_logits.dtype == np.float32
     assert 0.0 <= pred.score <= 1.0 and np.isfinite(pred.object_score)
     assert pred.granularity == 0.5 and pred.area == int(pred.mask.sum())
     assert session.predict(POINT, [1], 0.37).granularity == 0.37  # exactly the value asked for
@@ -149,8 +149,9 @@ def test_sweep_errors(session):
 def test_no_image_and_bad_mask_input(tiny_model, session):
     with pytest.raises(RuntimeError, match="set_image"):
         ImageSession(tiny_model).predict(POINT, [1], 0.5)
-    with pytest.raises(PromptError, match="256, 256"):
-        session.predict(POINT, [1], 0.5, mask_input=np.zeros((64, 64)))
+    side = session.model.low_res_size
+    with pytest.raises(PromptError, match=f"{side}, {side}"):
+        session.predict(POINT, [1], 0.5, mask_input=np.zeros((side // 2, side // 2)))
     with pytest.raises(ValueError, match="too small"):
         ImageSession(tiny_model).set_image(np.zeros((1, 50), np.uint8))
 

@@ -46,12 +46,20 @@ def upstream_transforms():
 
 
 @pytest.fixture(scope="module")
-def both_embedded(tiny_sam2_model):
+def sam2_1024():
+    """Plain SAM 2.1 hiera-tiny at the real 1024 px: sam2's image predictor assumes that input size."""
+    from unsamv2_engine.model import build_model
+
+    return build_model("tiny", granularity=False, seed=0)
+
+
+@pytest.fixture(scope="module")
+def both_embedded(sam2_1024):
     """(our session, upstream predictor) with the same image set."""
     image = textured_rgb(*IMAGE_HW, seed=1)
-    session = ImageSession(tiny_sam2_model)
+    session = ImageSession(sam2_1024)
     session.set_image(image)
-    predictor = upstream_image_predictor(tiny_sam2_model)
+    predictor = upstream_image_predictor(sam2_1024)
     predictor.set_image(image)
     return session, predictor
 

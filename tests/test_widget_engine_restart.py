@@ -18,7 +18,8 @@ def checkpoint(tmp_path_factory):
     from unsamv2_engine.model import build_model
     from unsamv2_engine.model.checkpoint import save_checkpoint
 
-    return save_checkpoint(build_model("tiny", seed=0), tmp_path_factory.mktemp("w") / "tiny.pt", kind="unsamv2")
+    return save_checkpoint(build_model("tiny", seed=0, image_size=256), tmp_path_factory.mktemp("w") / "tiny.pt",
+                           kind="unsamv2")
 
 
 def test_dead_engine_offers_a_restart(make_napari_viewer, qtbot, checkpoint, monkeypatch):

@@ -34,7 +34,7 @@ def lab_folder(tmp_path_factory) -> dict[str, Path]:
     labels = root / "pseudo"
     summary = pseudo_label_folder(images, labels, backbone="classical", overlays=False)
     assert len(summary.done) == 2 and summary.n_masks > 0
-    base = save_checkpoint(build_model("tiny", seed=0), root / "tiny.pt", kind="unsamv2")
+    base = save_checkpoint(build_model("tiny", seed=0, image_size=256), root / "tiny.pt", kind="unsamv2")
     return {"images": images, "labels": labels, "base": base, "root": root}
 
 

@@ -101,7 +101,7 @@ def test_tiny_checkpoint_propagates_the_stack_like_the_engine(make_napari_viewer
     from unsamv2_engine.model import build_model
     from unsamv2_engine.model.checkpoint import load_checkpoint, save_checkpoint
 
-    checkpoint = save_checkpoint(build_model("tiny", seed=0), tmp_path / "tiny.pt", kind="unsamv2")
+    checkpoint = save_checkpoint(build_model("tiny", seed=0, image_size=256), tmp_path / "tiny.pt", kind="unsamv2")
     viewer = make_napari_viewer()
     image = viewer.add_image(sample.image[:3], name="stack")
     w = UnSAMv2Widget(viewer, engine=EngineClient(ThreadTransport()))

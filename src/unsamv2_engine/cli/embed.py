@@ -49,9 +49,10 @@ def add_tiling_options(parser: argparse.ArgumentParser) -> None:
                        help="segment in PX x PX tiles at full resolution (default: tiled with the model's input "
                             f"size, 1024, when the image has a side above {AUTO_TILE_ABOVE} px or the output is "
                             ".ome.zarr)")
-    group.add_argument("--overlap", type=int, default=256, metavar="PX",
-                       help="overlap of neighbouring tiles (default: 256; objects up to about this size that "
-                            "cross a border are whole in one tile, larger ones are merged)")
+    group.add_argument("--overlap", type=int, metavar="PX",
+                       help="overlap of neighbouring tiles (default: a quarter of the tile size, 256 for 1024-px "
+                            "tiles; objects up to about this size that cross a border are whole in one tile, larger "
+                            "ones are merged)")
     group.add_argument("--embeddings", metavar="PATH",
                        help="tile embeddings made by 'unsamv2 embed' (reused if they match the image, contrast "
                             "limits, tiling and model; else recomputed and written there)")
@@ -67,7 +68,8 @@ def register(subparsers: Any) -> None:
                    "or a folder or quoted glob of them (a batch: -o names a folder of <stem>.embeddings.zarr)")
     p.add_argument("-o", "--output", required=True, metavar="IMAGE.embeddings.zarr", help="cache folder to write")
     p.add_argument("--tile-size", type=int, metavar="PX", help="tile side (default: the model's input size)")
-    p.add_argument("--overlap", type=int, default=256, metavar="PX", help="overlap of neighbouring tiles (default 256)")
+    p.add_argument("--overlap", type=int, metavar="PX",
+                   help="overlap of neighbouring tiles (default: a quarter of the tile size, 256 for 1024-px tiles)")
     p.add_argument("--contrast-limits", type=parse_contrast_limits, metavar="LO,HI",
                    help="intensity range mapped to 0..255 (default: the image's min..max; 8-bit as is)")
     p.add_argument("--frame", type=int, metavar="INDEX", help="for a stack: the slice to embed, from 0")
@@ -100,7 +102,7 @@ def wants_tiles(args: argparse.Namespace) -> bool:
 def _open(args: argparse.Namespace):
     """(ImageSource, loaded model, tile size, device) after every cheap check."""
     from unsamv2_engine.io.omezarr import open_lazy_image
-    from unsamv2_engine.tiling.grid import tile_grid
+    from unsamv2_engine.tiling.grid import default_overlap, tile_grid
     from unsamv2_engine.tiling.source import ImageSource
 
     data = open_lazy_image(args.image, frame=args.frame)
@@ -110,6 +112,8 @@ def _open(args: argparse.Namespace):
         raise CliError(f"{args.image}: {exc}") from None
     model = load_model_from_args(args).model
     size = int(args.tile_size or model.image_size)
+    if args.overlap is None:
+        args.overlap = default_overlap(size)
     try:
         tiles = tile_grid(source.shape_hw, size, args.overlap)
     except ValueError as exc:

@@ -184,11 +184,12 @@ def _standardise(grid: np.ndarray) -> np.ndarray:
 class Sam2Backbone:
     """The image encoder of a loaded model: ``vision_features``, 256 channels, 16 input pixels per cell.
 
-    The image is resized so its long side is ``model.image_size`` (1024) with the aspect ratio kept
-    (bilinear, antialiased), ImageNet-normalised, zero-padded (after normalisation) at the bottom and
-    right to a square, and encoded once under ``inference_mode`` (bf16 autocast on CUDA). The
-    returned grid is the part of the 64 x 64 map that covers the image: ``[ceil(h' / 16),
-    ceil(w' / 16), 256]`` for a resized image of ``h' x w'``. ``no_mem_embed`` (a constant vector the
+    The image is resized so its long side is ``model.image_size`` (1024; 128 or 256 for a miniature)
+    with the aspect ratio kept (bilinear, antialiased), ImageNet-normalised, zero-padded (after
+    normalisation) at the bottom and right to a square, and encoded once under ``inference_mode`` (bf16
+    autocast on CUDA). The returned grid is the part of the ``image_size / 16`` square map (64 x 64 at
+    1024 px) that covers the image: ``[ceil(h' / 16), ceil(w' / 16), 256]`` for a resized image of
+    ``h' x w'``. ``no_mem_embed`` (a constant vector the
     decoder path adds) is not added: it would only shift every cosine similarity.
     """
 
@@ -197,7 +198,7 @@ class Sam2Backbone:
     def __init__(self, model: UnSAMv2Model) -> None:
         self.model = model
         self.image_size = int(model.image_size)
-        self.patch_size = self.image_size // 64
+        self.patch_size = 16  # the stride of SAM 2's image embedding at any input size
 
     def features(self, image: np.ndarray) -> np.ndarray:
         import torch
@@ -218,7 +219,7 @@ class Sam2Backbone:
         std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         x = F.pad((x - mean) / std, (0, size - rw, 0, size - rh))
         with inference_context(device):
-            feats = self.model.sam.forward_image(x)["vision_features"]  # [1, 256, 64, 64]
+            feats = self.model.sam.forward_image(x)["vision_features"]  # [1, 256, size / 16, size / 16]
         gh, gw = math.ceil(rh / self.patch_size), math.ceil(rw / self.patch_size)
         grid = feats[0, :, :gh, :gw].permute(1, 2, 0).float().cpu().numpy()
         return np.ascontiguousarray(grid, dtype=np.float32)

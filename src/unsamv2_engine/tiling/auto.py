@@ -26,7 +26,7 @@ import numpy as np
 from unsamv2_engine.automatic.segmenter import AutomaticSegmenter, Cancelled
 from unsamv2_engine.automatic.settings import AutoSettings
 from unsamv2_engine.prompts import check_granularity
-from unsamv2_engine.tiling.grid import DEFAULT_OVERLAP, Tile, tile_grid
+from unsamv2_engine.tiling.grid import Tile, default_overlap, tile_grid
 from unsamv2_engine.tiling.source import ImageSource
 from unsamv2_engine.tiling.stitch import Piece, SpatialIndex, intersect, overlap_pixels, paint, pieces_of_tile, stitch
 
@@ -95,7 +95,7 @@ class TiledResult:
 
 
 def segment_tiled(model, image, granularities: Sequence[float | None], *, settings: AutoSettings | None = None,
-                  tile_size: int | None = None, overlap: int = DEFAULT_OVERLAP,
+                  tile_size: int | None = None, overlap: int | None = None,
                   contrast_limits: tuple[float, float] | None = None, hierarchy: bool = False,
                   containment: float = 0.5, progress: TileProgress | None = None,
                   cancel: Callable[[], bool] | None = None, segmenter: AutomaticSegmenter | None = None,
@@ -113,6 +113,7 @@ def segment_tiled(model, image, granularities: Sequence[float | None], *, settin
     source = image if isinstance(image, ImageSource) else ImageSource(image, contrast_limits=contrast_limits)
     seg = segmenter or AutomaticSegmenter(model, settings or AutoSettings.cpu())
     size = int(tile_size or model.image_size)
+    overlap = default_overlap(size) if overlap is None else int(overlap)
     grid = tile_grid(source.shape_hw, size, overlap)
     pieces: list[list[Piece]] = [[] for _ in levels]
     done = 0

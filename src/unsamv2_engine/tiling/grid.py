@@ -2,8 +2,9 @@
 
 A tile is ``tile_size`` x ``tile_size`` pixels (the model input, 1024 for SAM 2.1, so the model sees
 the image at its native resolution); neighbouring tiles overlap by ``overlap`` pixels (default
-:data:`DEFAULT_OVERLAP` = 256: objects up to ~256 px across that cross a border are whole in one of
-the two tiles). The last tile of a row or column is shifted back so that it ends on the image border
+:func:`default_overlap`: a quarter of the tile, :data:`DEFAULT_OVERLAP` = 256 px for 1024-px tiles;
+objects up to about that size that cross a border are whole in one of the two tiles). The last tile
+of a row or column is shifted back so that it ends on the image border
 (tiles never leave the image, unless the image is smaller than one tile). Each tile has a *core*:
 the overlap is split at its middle, so the cores of all tiles partition the image exactly; an object
 is owned by the tile whose core holds its centre.
@@ -14,6 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_OVERLAP = 256
+
+
+def default_overlap(tile_size: int) -> int:
+    """The overlap used when none is given: a quarter of the tile (256 px for the 1024-px tiles of SAM 2.1)."""
+    return int(tile_size) // 4
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,10 @@ def _cores(starts: list[int], tile: int, length: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def tile_grid(image_hw: tuple[int, int], tile_size: int = 1024, overlap: int = DEFAULT_OVERLAP) -> list[Tile]:
-    """Tiles covering an image of ``image_hw`` = (H, W), row by row."""
+def tile_grid(image_hw: tuple[int, int], tile_size: int = 1024, overlap: int | None = None) -> list[Tile]:
+    """Tiles covering an image of ``image_hw`` = (H, W), row by row (overlap None: :func:`default_overlap`)."""
     h, w = int(image_hw[0]), int(image_hw[1])
+    overlap = default_overlap(tile_size) if overlap is None else int(overlap)
     if tile_size < 32:
         raise ValueError(f"tile size {tile_size} is too small: use at least 32 px (the model input, e.g. 1024, is "
                          "best)")

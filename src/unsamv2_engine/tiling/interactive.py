@@ -26,7 +26,7 @@ import numpy as np
 from unsamv2_engine.model.decoding import ImageFeatures
 from unsamv2_engine.prompts import check_points
 from unsamv2_engine.session import ImageSession, Prediction
-from unsamv2_engine.tiling.grid import DEFAULT_OVERLAP, Tile, tile_grid
+from unsamv2_engine.tiling.grid import Tile, tile_grid
 from unsamv2_engine.tiling.source import ImageSource
 
 FeatureLookup = Callable[[Tile], ImageFeatures | None]
@@ -97,13 +97,13 @@ class TiledSession:
 
     image: any 2D array-like (numpy, memmap, zarr, dask); contrast_limits: the global intensity map
     (see :class:`ImageSource`); tile_size: side of a view in pixels (default: the model input, 1024);
-    overlap: of the grid tiles; max_step: the coarsest reduction tried (None: until the view is the
-    whole image); features: an optional lookup of cached grid-tile embeddings
+    overlap: of the grid tiles (default: a quarter of the tile size); max_step: the coarsest reduction
+    tried (None: until the view is the whole image); features: an optional lookup of cached grid-tile embeddings
     (:meth:`unsamv2_engine.tiling.cache.EmbeddingCache.lookup`); keep: embeddings kept in memory.
     """
 
     def __init__(self, model, image, *, contrast_limits: tuple[float, float] | None = None, rgb: bool | None = None,
-                 tile_size: int | None = None, overlap: int = DEFAULT_OVERLAP, max_step: int | None = None,
+                 tile_size: int | None = None, overlap: int | None = None, max_step: int | None = None,
                  features: FeatureLookup | None = None, keep: int = 6, mask_threshold: float = 0.0) -> None:
         self.source = image if isinstance(image, ImageSource) else ImageSource(image, contrast_limits=contrast_limits,
                                                                                rgb=rgb)
