@@ -24,7 +24,7 @@ from unsamv2_engine import protocol as p
 log = logging.getLogger(__name__)
 Callback = Callable[[p.Reply], None]
 _FINAL = (p.ModelLoaded, p.ImageEmbedded, p.Decoded, p.SweepDecoded, p.Segmented, p.HierarchyBuilt, p.Failure,
-          p.Stopped, p.Propagated)
+          p.Stopped, p.Propagated, p.FineTuned)
 
 
 #: ``Failure.kind`` of the requests pending when the engine process ended (crashed, killed, out of memory).

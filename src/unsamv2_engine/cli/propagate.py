@@ -33,6 +33,7 @@ from unsamv2_engine.cli.loading import (
 from unsamv2_engine.cli.options import (
     add_common_options,
     add_model_options,
+    add_server_option,
     finite_float,
     parse_contrast_limits,
     parse_point,
@@ -145,6 +146,7 @@ def register(subparsers: Any) -> None:
                      help="also write per-slice scores (slice, object, predicted IoU, object score) as CSV")
     out.add_argument("--json", metavar="META.json", help="also write the run's metadata as JSON ('-': stdout)")
     add_model_options(parser)
+    add_server_option(parser)
     add_common_options(parser)
     parser.set_defaults(func=run)
 
@@ -212,11 +214,15 @@ def run(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"-o": args.output, "--scores": args.scores, "--json": args.json},
                           inputs={"STACK": args.stack})
     from unsamv2_engine.io import read_image
-    from unsamv2_engine.video.frames import stack_layout
+    from unsamv2_engine.video.layout import stack_layout
 
     stack = read_image(args.stack)
     layout = stack_layout(stack.shape, args.axis, args.channel_axis)
     _check_prompts_cheaply(prompts, layout)
+    if args.server:
+        from unsamv2_engine.cli import remote
+
+        return remote.propagate(args, stack, layout, prompts)
     loaded = load_model_from_args(args)
     model, path, source, device, load_s = loaded.model, loaded.checkpoint, loaded.source, loaded.device, loaded.load_s
     if not model.has_granularity:
@@ -240,12 +246,13 @@ def run(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         result, propagate_s = timed(lambda: session.propagate(args.direction, progress=progress), device)
-    _write_outputs(args, result, layout, source, path, model, device, {"load_s": load_s, "propagate_s": propagate_s})
+    write_outputs(args, result, layout, source, path, model, device, {"load_s": load_s, "propagate_s": propagate_s})
     return EXIT_OK
 
 
-def _write_outputs(args: argparse.Namespace, result: Any, layout: Any, source: str, path: Any, model: Any,
-                   device: Any, timings: dict[str, float]) -> None:
+def write_outputs(args: argparse.Namespace, result: Any, layout: Any, source: str, path: Any, model: Any,
+                  device: Any, timings: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+    """Write the label volume, the scores CSV and the JSON of a propagation (local or ``--server``)."""
     import numpy as np
 
     from unsamv2_engine.io import write_labels, write_table_csv
@@ -266,10 +273,11 @@ def _write_outputs(args: argparse.Namespace, result: Any, layout: Any, source: s
                     for object_id in result.object_ids],
         "model": model.info.label,
         "model_family": model.info.family,
-        "checkpoint": str(path),
+        "checkpoint": None if path is None else str(path),
         "device": str(device),
         "frames_embedded": result.frames_embedded,
         "timings": {**timings, "seconds_per_slice": timings["propagate_s"] / max(1, layout.n_frames)},
+        **(extra or {}),
     }
     from unsamv2_engine.outputs import staged_outputs
 
