@@ -164,6 +164,8 @@ class FineTune:
     lr: float = 1e-4
     seed: int = 0
     val_fraction: float = 0.1
+    max_masks: int = 30
+    correction_clicks: int = 3
     resume: bool = False
     backbone: str | None = None
     request_id: int = field(default_factory=next_request_id)
