@@ -107,3 +107,34 @@ def test_model_options_and_tiles_are_refused_with_server(monkeypatch, served, tm
                  str(tmp_path / "p.tif"), "--server", url, "--device", "cpu"]) == 2
     assert "--device cannot be used with --server" in capsys.readouterr().err
     assert not any(tmp_path.glob("*.tif"))
+
+
+_TORCH_FREE_CLI = """
+import sys
+for name in ("torch", "sam2", "torchvision"):
+    sys.modules[name] = None  # the laptop: no torch, no sam2
+from unsamv2_engine.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_commands_run_through_the_server_without_torch(served, tmp_path):
+    """The light install (torch and sam2 unimportable) runs auto, hierarchy and propagate with --server."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, url, folder = served
+    env = {**os.environ, "UNSAMV2_TOKEN": TOKEN}
+    for argv in (["auto", f"{folder}/cells.png", "-g", "0.5", "--points-per-side", "4", "-o", f"{tmp_path}/a.tif",
+                  "--json", f"{tmp_path}/a.json"],
+                 ["hierarchy", f"{folder}/cells.png", "--granularities", "0.3,1.0", "--points-per-side", "4", "-o",
+                  f"{tmp_path}/h.tif", "--json", f"{tmp_path}/h.json"],
+                 ["propagate", f"{folder}/stack.tif", "--point", "0,40,40", "-g", "0.6", "--direction", "forward",
+                  "-o", f"{tmp_path}/p.tif"]):
+        out = subprocess.run([sys.executable, "-c", _TORCH_FREE_CLI, *argv, "--server", url, "-q"],
+                             capture_output=True, text=True, env=env, timeout=300,
+                             cwd=Path(__file__).resolve().parents[1])
+        assert out.returncode == 0, (argv[0], out.stderr)
+    assert all((tmp_path / name).exists() for name in ("a.tif", "a.json", "h.tif", "h.json", "p.tif"))
