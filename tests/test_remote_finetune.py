@@ -140,3 +140,18 @@ def test_cancel_stops_a_remote_finetuning_run(server, data):
         assert client.call(p.LoadModel(model_name="x"), timeout=30).size == "tiny"
     finally:
         client.close()
+
+
+def test_a_local_engine_answers_finetune_with_a_message():
+    from unsamv2_engine.service import EngineService
+
+    reply = EngineService().handle(p.FineTune("images", "x.pt"))
+    assert isinstance(reply, p.Failure) and reply.user_error and "--data-root" in reply.message
+
+
+def test_serve_refuses_a_missing_data_root(tmp_path, capsys):
+    from unsamv2_engine.cli import main
+
+    assert main(["serve", "--data-root", str(tmp_path / "nope"), "--checkpoint", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "--data-root" in err and "no such folder" in err

@@ -66,6 +66,10 @@ class EngineService:
                 return self._propagate(request, emit)
             if isinstance(request, p.Shutdown):
                 return p.Stopped(request.request_id)
+            if isinstance(request, p.FineTune):
+                raise EngineStateError("fine-tuning requests are run by an 'unsamv2 serve' server started with "
+                                       "--data-root; on this computer run 'unsamv2 finetune' (or the widget's "
+                                       "panel with the local engine)")
             raise TypeError(f"unknown request {type(request).__name__}")
         except Exception as exc:  # every failure becomes a reply; the engine keeps serving
             return failure_reply(getattr(request, "request_id", -1), exc)
