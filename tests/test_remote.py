@@ -499,3 +499,48 @@ def test_a_cut_network_fails_the_request_within_the_ping_timeout(tiny_model):
     finally:
         forwarder.close()
         srv.stop()
+
+
+def test_sessions_leave_no_objects_or_tensors_behind():
+    """Clients come, embed, decode and go, twice: afterwards no session object is alive and the tensors held
+    by the process do not grow from one round to the next (what stays in RSS is the allocator's, see
+    docs/benchmarks.md).
+    """
+    import gc
+    import threading
+
+    import torch
+
+    from unsamv2_engine.model import build_model
+    from unsamv2_engine.remote_server import _ClientSession
+
+    srv = EngineServer(build_model("tiny", seed=0, image_size=256), port=0)
+    srv.start()
+    image = make_cells_image()
+
+    def client(i: int) -> None:
+        c = connect_url(srv.url)
+        c.call(p.SetImage(f"img{i}", np.roll(image, 5 * i, axis=1)), timeout=300)
+        c.call(p.Predict(f"img{i}", POINTS, LABELS, 0.5, want_logits=False), timeout=300)
+        c.close()
+
+    def held() -> tuple[int, int]:
+        gc.collect()
+        objects = gc.get_objects()
+        sessions = sum(type(o) in (_ClientSession, EngineService) for o in objects)
+        return sessions, sum(o.numel() * o.element_size() for o in objects if type(o) is torch.Tensor)
+
+    try:
+        tensor_bytes = []
+        for _ in range(2):
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(300)
+            assert wait_until(lambda: srv.n_sessions == 0, 30)
+            assert wait_until(lambda: held()[0] == 0, 30), "a session outlived its client"  # its thread is ending
+            tensor_bytes.append(held()[1])
+        assert tensor_bytes[1] <= tensor_bytes[0], tensor_bytes
+    finally:
+        srv.stop()
