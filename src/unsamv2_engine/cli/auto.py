@@ -8,7 +8,8 @@
 
 both with the model options of ``segment`` (``--checkpoint/--model/--adapter/--device/--download/
 --allow-base-mismatch``), ``--preset authors|cpu`` and the settings overrides (``--points-per-side``,
-``--pred-iou-thresh`` ...). See ``docs/whole-image.md`` and ``docs/cli.md``.
+``--pred-iou-thresh`` ...), or ``--server URL`` (computed by an ``unsamv2 serve`` engine,
+:mod:`unsamv2_engine.cli.remote`). See ``docs/whole-image.md`` and ``docs/cli.md``.
 
 Wiring: :func:`register` adds both commands, with the shared option groups of
 :mod:`unsamv2_engine.cli.options`. This module imports the standard library only (``unsamv2 auto

@@ -7,10 +7,11 @@
         [--scores SCORES.csv] [--json META.json]
 
 with the model options of ``segment`` (``--checkpoint/--model/--adapter/--device/--download/
---allow-base-mismatch``). Z is the slice index along ``--axis``, X the column and Y the row of the
-remaining 2D frame. Points belong to object 1 unless ``@ID`` names another object (ids >= 1 become
-label values). ``--granularity G`` sets every object's g; ``--granularity ID=G`` (repeatable) sets
-one object's, and overrides a plain G for that object. See ``docs/propagation.md``.
+--allow-base-mismatch``), or ``--server URL`` (an ``unsamv2 serve`` engine). Z is the slice index
+along ``--axis``, X the column and Y the row of the remaining 2D frame. Points belong to object 1
+unless ``@ID`` names another object (ids >= 1 become label values). ``--granularity G`` sets every
+object's g; ``--granularity ID=G`` (repeatable) sets one object's, and overrides a plain G for that
+object. See ``docs/propagation.md``.
 
 This module imports the standard library only (``unsamv2 propagate --help`` never loads torch); the
 engine is imported inside :func:`run`. User errors are ``CliError`` / ``ValueError`` /

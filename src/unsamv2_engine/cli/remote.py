@@ -1,10 +1,12 @@
-"""``--server URL`` of the CLI's image commands: the same command, computed by an ``unsamv2 serve`` engine.
+"""``--server URL`` of the CLI's image commands (``segment``, ``sweep``, ``auto``, ``hierarchy``, ``propagate``):
+the same command, computed by an ``unsamv2 serve`` engine.
 
-The image is read and checked here (the same checks as the local path, before any network traffic),
+The image (or stack) is read and checked here (the same checks as the local path, before any network traffic),
 sent once, compressed, and the outputs are written here in the same formats. The token comes from the
 ``UNSAMV2_TOKEN`` variable (never from the command line, where other users could read it). The
-model is the server's: ``--model/--checkpoint/--adapter/--device`` are refused with ``--server``.
-Standard library + numpy: works on a machine without torch.
+model is the server's: ``--model/--checkpoint/--adapter/--device`` are refused with ``--server``. Long jobs
+show the server's progress; Ctrl-C cancels them on the server. Standard library + numpy: works on a machine
+without torch.
 """
 
 from __future__ import annotations
