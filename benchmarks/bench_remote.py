@@ -1,7 +1,7 @@
 """Remote engine on 127.0.0.1: dial-move-to-mask latency and bytes per decode (issue 16 benchmark).
 
     .venv/bin/python benchmarks/bench_remote.py [--size tiny] [--image-size 1024] [--moves 60] \
-        [--clients 8] [--seconds 30] [--device cpu] [--threads N] [--json out.json]
+        [--clients 8] [--seconds 30] [--rounds 2] [--settle 20] [--device cpu] [--threads N] [--json out.json]
 
 Builds a RANDOM-weight model (hiera-tiny by default; timings are the architecture's) and a
 1024x1024 synthetic fluorescence image. Then:
@@ -15,8 +15,10 @@ Builds a RANDOM-weight model (hiera-tiny by default; timings are the architectur
 2. load: ``--clients`` clients (threads of this process, one WebSocket each) embed their own
    image and decode in a loop for ``--seconds``; failures are counted. The server's resident memory
    (and GPU memory where nvidia-smi exists) is read at a cold start, after one client has come and
-   gone (the baseline: what a process keeps after its first use), at the end of the load, and
-   after the clients disconnect and the server has closed their sessions.
+   gone (the baseline: what a process keeps after its first use), at the end of the load, 3 s
+   after the clients disconnect (the server has closed their sessions), and ``--settle`` s later.
+   ``--rounds`` load rounds run on the same server: memory that grows from round to round would be
+   a leak of the sessions; memory that stays level is what the allocator keeps.
 
 Targets (issue 16): remote p50 <= 1.3x local p50; < 64 KiB per decode; no failures under load;
 memory back to baseline after the clients leave.
@@ -95,6 +97,59 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def load_round(args: argparse.Namespace, url: str, image: np.ndarray, pid: int) -> dict:
+    """One load round: ``--clients`` clients embed, decode for ``--seconds`` and leave; the server's memory
+    under load, 3 s after the clients left, and ``--settle`` s later.
+    """
+    from unsamv2_engine import protocol as p
+    from unsamv2_engine.client import EngineClient, RemoteTransport
+
+    counts, failures, errors = [0] * args.clients, [0] * args.clients, []
+    ready = threading.Barrier(args.clients + 1)
+    stop = threading.Event()
+
+    def worker(i: int) -> None:
+        try:
+            client = EngineClient(RemoteTransport(url))
+            rng = np.random.default_rng(i)
+            client.call(p.SetImage(f"img{i}", np.roll(image, 37 * i, axis=1)), timeout=900)
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            failures[i] += 1
+            errors.append(f"client {i}: {type(exc).__name__}: {exc}")
+            ready.wait()
+            return
+        ready.wait()
+        while not stop.is_set():
+            xy = np.array([[rng.uniform(0, args.image_size), rng.uniform(0, args.image_size)]])
+            try:
+                client.call(p.Predict(f"img{i}", xy, np.array([1]), float(rng.uniform(0.1, 1.0)),
+                                      want_logits=False), timeout=300)
+                counts[i] += 1
+            except Exception as exc:  # noqa: BLE001
+                failures[i] += 1
+                errors.append(f"client {i}: {type(exc).__name__}: {exc}")
+        client.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.clients)]
+    t_embed = time.perf_counter()
+    for t in threads:
+        t.start()
+    ready.wait()
+    t_embed = time.perf_counter() - t_embed
+    time.sleep(args.seconds)
+    loaded = {"rss_mib": rss_mib(pid), "gpu_mib": gpu_mib(pid)}
+    stop.set()
+    for t in threads:
+        t.join(600)
+    time.sleep(3.0)  # the server notices the closed connections and frees the sessions
+    after = {"rss_mib": rss_mib(pid), "gpu_mib": gpu_mib(pid)}
+    time.sleep(args.settle)
+    settled = {"rss_mib": rss_mib(pid), "gpu_mib": gpu_mib(pid)}
+    return {"embed_all_s": t_embed, "decodes": sum(counts), "decodes_per_s": sum(counts) / args.seconds,
+            "failures": sum(failures), "errors": errors[:5], "under_load": loaded, "after": after,
+            "settled": settled}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="tiny")
@@ -102,6 +157,9 @@ def main() -> None:
     parser.add_argument("--moves", type=int, default=60)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=2, help="load rounds on the same server (default: 2; memory "
+                        "that grows round after round is a leak, memory that stays is the allocator's)")
+    parser.add_argument("--settle", type=float, default=20.0, help="seconds more before the settled reading")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch threads of both engines (default: torch's); on a "
                         "shared, oversubscribed CPU use 1, or OpenMP's spinning makes either side 10x slower at random")
@@ -155,45 +213,7 @@ def main() -> None:
     first.close()
     time.sleep(3.0)
     baseline = {"rss_mib": rss_mib(server.pid), "gpu_mib": gpu_mib(server.pid)}
-    counts, failures, errors = [0] * args.clients, [0] * args.clients, []
-    ready = threading.Barrier(args.clients + 1)
-    stop = threading.Event()
-
-    def worker(i: int) -> None:
-        try:
-            client = EngineClient(RemoteTransport(url))
-            rng = np.random.default_rng(i)
-            client.call(p.SetImage(f"img{i}", np.roll(image, 37 * i, axis=1)), timeout=900)
-        except Exception as exc:  # noqa: BLE001 - counted and reported
-            failures[i] += 1
-            errors.append(f"client {i}: {type(exc).__name__}: {exc}")
-            ready.wait()
-            return
-        ready.wait()
-        while not stop.is_set():
-            xy = np.array([[rng.uniform(0, args.image_size), rng.uniform(0, args.image_size)]])
-            try:
-                client.call(p.Predict(f"img{i}", xy, np.array([1]), float(rng.uniform(0.1, 1.0)),
-                                      want_logits=False), timeout=300)
-                counts[i] += 1
-            except Exception as exc:  # noqa: BLE001
-                failures[i] += 1
-                errors.append(f"client {i}: {type(exc).__name__}: {exc}")
-        client.close()
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.clients)]
-    t_embed = time.perf_counter()
-    for t in threads:
-        t.start()
-    ready.wait()
-    t_embed = time.perf_counter() - t_embed
-    time.sleep(args.seconds)
-    loaded = {"rss_mib": rss_mib(server.pid), "gpu_mib": gpu_mib(server.pid)}
-    stop.set()
-    for t in threads:
-        t.join(600)
-    time.sleep(3.0)  # the server notices the closed connections and frees the sessions
-    after = {"rss_mib": rss_mib(server.pid), "gpu_mib": gpu_mib(server.pid)}
+    rounds = [load_round(args, url, image, server.pid) for _ in range(args.rounds)]
     server.terminate()
     server.wait(60)
 
@@ -208,10 +228,8 @@ def main() -> None:
         "model": f"hiera-{args.size} (random weights)", "image": f"{args.image_size}x{args.image_size}",
         "latency": lat, "p50_ratio": ratio,
         "bytes_per_decode": {"request": sent, "reply": received, "total_kib": per_decode_kib},
-        "load": {"clients": args.clients, "seconds": args.seconds, "embed_all_s": t_embed,
-                 "decodes": sum(counts), "decodes_per_s": sum(counts) / args.seconds,
-                 "failures": sum(failures), "errors": errors[:5],
-                 "memory": {"cold": cold, "baseline": baseline, "under_load": loaded, "after": after}},
+        "load": {"clients": args.clients, "seconds": args.seconds, "memory": {"cold": cold, "baseline": baseline},
+                 "rounds": rounds},
     }
     print(f"\n{results['model']}, image {results['image']}, {results['machine']}")
     print("| transport | p50 | p95 | decodes |\n|---|---|---|---|")
@@ -221,12 +239,17 @@ def main() -> None:
     print(f"bytes per decode: request {sent:.0f} B + reply {received:.0f} B = {per_decode_kib:.1f} KiB "
           f"(target < 64 KiB: {'PASS' if per_decode_kib < 64 else 'MISSED'})")
     mem = results["load"]["memory"]
-    print(f"load: {args.clients} clients x {args.seconds:g} s: {sum(counts)} decodes "
-          f"({sum(counts) / args.seconds:.1f}/s), {sum(failures)} failures; embedding all images took {t_embed:.1f} s")
     print(f"server RSS: cold start {mem['cold']['rss_mib']:.0f} MiB, after one client came and went (baseline) "
-          f"{mem['baseline']['rss_mib']:.0f} MiB, under load {mem['under_load']['rss_mib']:.0f} "
-          f"MiB, after the clients left {mem['after']['rss_mib']:.0f} MiB; GPU: {mem['baseline']['gpu_mib']} / "
-          f"{mem['under_load']['gpu_mib']} / {mem['after']['gpu_mib']} MiB")
+          f"{mem['baseline']['rss_mib']:.0f} MiB; GPU baseline {mem['baseline']['gpu_mib']} MiB")
+    errors = []
+    for k, r in enumerate(rounds, 1):
+        errors += r["errors"]
+        print(f"round {k}: {args.clients} clients x {args.seconds:g} s: {r['decodes']} decodes "
+              f"({r['decodes_per_s']:.1f}/s), {r['failures']} failures; embedding took {r['embed_all_s']:.1f} s; "
+              f"RSS under load {r['under_load']['rss_mib']:.0f} MiB, 3 s after the clients left "
+              f"{r['after']['rss_mib']:.0f} MiB, {args.settle:g} s later {r['settled']['rss_mib']:.0f} MiB "
+              f"(baseline {mem['baseline']['rss_mib']:.0f}); GPU {r['under_load']['gpu_mib']} / "
+              f"{r['settled']['gpu_mib']} MiB")
     for e in errors[:5]:
         print("  ", e)
     if args.json:

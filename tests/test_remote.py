@@ -398,3 +398,149 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path):
     out = subprocess.run([sys.executable, "-m", "unsamv2_engine", "serve", "--host", "0.0.0.0", "--checkpoint",
                           str(tmp_path / "none.pt")], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert out.returncode == 2 and "without a token" in out.stderr
+
+
+# ------------------------------------------------------------------------ a cut network
+class PausableForwarder:
+    """A TCP forwarder on 127.0.0.1 (a free port) to ``target``; :meth:`pause` stops forwarding in both
+    directions without closing any socket (a cut cable, a suspended VPN), :meth:`close` ends it.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.target = target
+        self.forwarding = threading.Event()
+        self.forwarding.set()
+        self.stopped = threading.Event()
+        self.sockets: list = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.stopped.is_set():
+            try:
+                near, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            far = socket.create_connection(self.target)
+            self.sockets += [near, far]
+            for src, dst in ((near, far), (far, near)):
+                thread = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+                self.threads.append(thread)
+                thread.start()
+
+    def _pump(self, src, dst) -> None:
+        import select
+
+        while not self.stopped.is_set():
+            if not self.forwarding.is_set():
+                time.sleep(0.05)  # nothing read, nothing sent, nothing closed
+                continue
+            try:
+                ready, _, _ = select.select([src], [], [], 0.1)
+                if not ready:
+                    continue
+                data = src.recv(65536)
+                if not data:
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def pause(self) -> None:
+        self.forwarding.clear()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(5)
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_a_cut_network_fails_the_request_within_the_ping_timeout(tiny_model):
+    """Forwarding stops, the sockets stay open: keepalive pings (1 s here) notice it, the waiting request fails
+    with the lost-connection message in bounded time, later requests fail at once, and the server frees the
+    session on its own pings.
+    """
+    srv = EngineServer(tiny_model, port=0, limits=ServerLimits(ping_interval_s=0.5, ping_timeout_s=1.0))
+    srv.start()
+    forwarder = PausableForwarder(("127.0.0.1", srv.port))
+    try:
+        client = EngineClient(RemoteTransport(f"ws://127.0.0.1:{forwarder.port}", token=None, ping_interval=0.5,
+                                              ping_timeout=1.0))
+        client.call(p.SetImage("img", make_cells_image()), timeout=120)
+        assert client.call(p.Predict("img", POINTS, LABELS, 0.5), timeout=60).mask.shape == (96, 128)
+        forwarder.pause()
+        done = []
+        start = time.monotonic()
+        client.submit(p.Predict("img", POINTS, LABELS, 0.3), lambda r: done.append((r, time.monotonic() - start)))
+        assert wait_until(lambda: bool(done), 15), "the client waited on a cut network"
+        reply, seconds = done[0]
+        assert isinstance(reply, p.Failure) and reply.kind == "ConnectionLost", reply
+        assert "lost the connection" in reply.message and seconds < 10
+        with pytest.raises(EngineRequestError, match="lost the connection"):
+            client.call(p.Predict("img", POINTS, LABELS, 0.5), timeout=5)
+        closing = time.monotonic()
+        client.close()
+        assert time.monotonic() - closing < 10, "closing hung"
+        assert wait_until(lambda: srv.n_sessions == 0, 30), "the server kept the cut client's session"
+    finally:
+        forwarder.close()
+        srv.stop()
+
+
+def test_sessions_leave_no_objects_or_tensors_behind():
+    """Clients come, embed, decode and go, twice: afterwards no session object is alive and the tensors held
+    by the process do not grow from one round to the next (what stays in RSS is the allocator's, see
+    docs/benchmarks.md).
+    """
+    import gc
+    import threading
+
+    import torch
+
+    from unsamv2_engine.model import build_model
+    from unsamv2_engine.remote_server import _ClientSession
+
+    srv = EngineServer(build_model("tiny", seed=0, image_size=256), port=0)
+    srv.start()
+    image = make_cells_image()
+
+    def client(i: int) -> None:
+        c = connect_url(srv.url)
+        c.call(p.SetImage(f"img{i}", np.roll(image, 5 * i, axis=1)), timeout=300)
+        c.call(p.Predict(f"img{i}", POINTS, LABELS, 0.5, want_logits=False), timeout=300)
+        c.close()
+
+    def held() -> tuple[int, int]:
+        gc.collect()
+        objects = gc.get_objects()
+        sessions = sum(type(o) in (_ClientSession, EngineService) for o in objects)
+        return sessions, sum(o.numel() * o.element_size() for o in objects if type(o) is torch.Tensor)
+
+    try:
+        tensor_bytes = []
+        for _ in range(2):
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(300)
+            assert wait_until(lambda: srv.n_sessions == 0, 30)
+            assert wait_until(lambda: held()[0] == 0, 30), "a session outlived its client"  # its thread is ending
+            tensor_bytes.append(held()[1])
+        assert tensor_bytes[1] <= tensor_bytes[0], tensor_bytes
+    finally:
+        srv.stop()

@@ -87,3 +87,43 @@ def test_a_wrong_token_or_no_server_is_a_message(widget, server, qtbot):
     widget.load_model()
     assert "give the server's URL" in widget.status_label.text()
     assert server.n_sessions == 0
+
+
+def test_the_finetune_panel_runs_on_the_server_folder(widget, tmp_path, qtbot):
+    """With the server engine, the panel sends FineTune with server paths (relative to --data-root) instead of
+    starting a local process; the adapter is written on the server and the panel says so.
+    """
+    from napari_unsamv2._finetune_job import RemoteFinetuneJob
+    from tests.test_finetune import write_pseudo_labels
+    from unsamv2_engine.model import build_model
+    from unsamv2_engine.model.checkpoint import load_checkpoint, save_checkpoint
+
+    root = tmp_path / "root"
+    write_pseudo_labels(root)
+    base = save_checkpoint(build_model("tiny", seed=0, image_size=256), tmp_path / "base.pt", kind="unsamv2")
+    srv = EngineServer(load_checkpoint(base, device="cpu"), port=0, token=TOKEN, data_root=root, checkpoint=base)
+    srv.start()
+    try:
+        panel = widget.finetune_panel
+        assert "on the server" in panel.where_label.text()
+        widget.server_edit.setText(srv.url)
+        widget.token_edit.setText(TOKEN)
+        panel.images_edit.setText("images")
+        panel.labels_edit.setText("labels")
+        panel.steps_spin.setValue(1)
+        results = []
+        panel.job_finished.connect(results.append)
+        job = panel.start()
+        assert isinstance(job, RemoteFinetuneJob) and job.request().images == "images"
+        qtbot.waitUntil(lambda: bool(results), timeout=WAIT)
+        assert results[0].status == "done", results[0].message
+        assert results[0].adapter == str(root / "images" / "unsamv2_adapter.pt")
+        assert (root / "images" / "unsamv2_adapter.pt").exists()
+        assert "adapter written on the server" in panel.status_label.text()
+        panel.images_edit.setText("../outside")
+        results.clear()
+        panel.start()
+        qtbot.waitUntil(lambda: bool(results), timeout=WAIT)
+        assert results[0].status == "failed" and "outside the server's data root" in results[0].message
+    finally:
+        srv.stop()

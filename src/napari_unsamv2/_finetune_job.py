@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FinetuneOptions", "FinetuneJob", "JobResult"]
+__all__ = ["FinetuneOptions", "FinetuneJob", "JobResult", "RemoteFinetuneJob"]
 
 Event = dict[str, Any]
 
@@ -166,6 +166,88 @@ class FinetuneJob:
                              "tick 'resume' and start again to continue)")
         detail = self._error or _last_error_line(self._stderr_tail) or f"exit code {returncode}"
         return JobResult("failed", returncode, None, f"fine-tuning failed: {detail}")
+
+
+class RemoteFinetuneJob:
+    """One fine-tuning run on an ``unsamv2 serve`` server (started with ``--data-root``), with the interface of
+    :class:`FinetuneJob`.
+
+    ``options.images``, ``pseudo_labels`` and ``output`` are paths **on the server** (absolute, or relative to
+    its data root); ``base`` and ``device`` are the server's (its model's checkpoint and device) and ignored
+    here. The run gets its own connection to ``url``, so the widget's session keeps decoding meanwhile;
+    ``cancel()`` asks the server to save a checkpoint after the current step.
+    """
+
+    def __init__(self, options: FinetuneOptions, url: str, token: str | None, *,
+                 on_event: Callable[[Event], None] | None = None,
+                 on_exit: Callable[[JobResult], None] | None = None) -> None:
+        self.options = options
+        self.url, self.token = url, token
+        self._on_event = on_event or (lambda event: None)
+        self._on_exit = on_exit or (lambda result: None)
+        self._client = None
+        self._done = threading.Event()
+        self._cancelled = False
+        self.result: JobResult | None = None
+        self.events: list[Event] = []
+
+    @property
+    def running(self) -> bool:
+        return self._client is not None and not self._done.is_set()
+
+    def request(self):
+        """The :class:`~unsamv2_engine.protocol.FineTune` request of these options."""
+        from unsamv2_engine import protocol as p
+
+        return p.FineTune(self.options.images, self.options.output, pseudo_labels=self.options.pseudo_labels,
+                          max_steps=self.options.max_steps, trainable=self.options.trainable,
+                          resume="--resume" in self.options.extra)
+
+    def start(self) -> None:
+        """Connect and send the request (returns at once); raises RemoteEngineError when no server answers."""
+        from unsamv2_engine.client import EngineClient, RemoteTransport
+
+        if self._client is not None:
+            raise RuntimeError("this fine-tuning job was already started; create a new one")
+        self._client = EngineClient(RemoteTransport(self.url, self.token))
+        self._client.submit(self.request(), self._on_reply)
+
+    def cancel(self) -> None:
+        """Ask the server to stop the run (it saves a checkpoint after the current step)."""
+        if self.running:
+            self._cancelled = True
+            self._client.cancel()
+
+    def wait(self, timeout: float | None = None) -> JobResult | None:
+        """Block until the run has ended and its result is known (tests, scripts)."""
+        self._done.wait(timeout)
+        return self.result
+
+    def _on_reply(self, reply) -> None:
+        from unsamv2_engine import protocol as p
+
+        if isinstance(reply, p.FineTuneEvent):
+            self.events.append(reply.event)
+            self._on_event(reply.event)
+            return
+        if isinstance(reply, p.Progress):
+            return
+        if isinstance(reply, p.FineTuned):
+            if reply.cancelled:
+                result = JobResult("cancelled", 130, None, f"fine-tuning cancelled at step {reply.steps} (checkpoint "
+                                   f"{reply.checkpoint} on the server; tick 'resume' and start again to continue)")
+            else:
+                loss = f", final loss {reply.final_loss:.4f}" if reply.final_loss is not None else ""
+                result = JobResult("done", 0, reply.adapter, f"adapter written on the server: {reply.adapter} "
+                                   f"({reply.steps} steps{loss})")
+        elif isinstance(reply, p.Failure):
+            result = JobResult("failed", 1, None, f"fine-tuning failed on the server: {reply.message}")
+        else:
+            return
+        self.result = result
+        self._done.set()
+        threading.Thread(target=self._client.close, daemon=True, name="finetune-close").start()
+        self._on_exit(result)
 
 
 def _parse_event(line: str) -> Event | None:

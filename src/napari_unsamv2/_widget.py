@@ -203,7 +203,8 @@ class UnSAMv2Widget(QWidget):
 
         from napari_unsamv2._finetune_panel import FinetunePanel
 
-        self.finetune_panel = FinetunePanel(self._finetune_base, self._load_adapter, self._notify)
+        self.finetune_panel = FinetunePanel(self._finetune_base, self._load_adapter, self._notify,
+                                            server=self._finetune_server)
         layout.addWidget(self.finetune_panel)
         self.propagate_panel = PropagatePanel(self)
         self.propagate_panel.object_spin.valueChanged.connect(self._on_object_changed)
@@ -243,6 +244,7 @@ class UnSAMv2Widget(QWidget):
             widget.setEnabled(not server)
         self._on_model_choice(self.model_combo.currentText())
         self.load_button.setText("Connect to server" if server else "Load model")
+        self.finetune_panel.set_remote(server)
 
     # ================================================================== viewer wiring
     def _connect_viewer(self) -> None:
@@ -374,6 +376,12 @@ class UnSAMv2Widget(QWidget):
         choice = self.model_combo.currentText()
         base = self.checkpoint_edit.text().strip() if choice == CHECKPOINT_CHOICE else choice
         return base or None, self.device_combo.currentText()
+
+    def _finetune_server(self) -> tuple[str, str | None] | None:
+        """(URL, token) of the server engine for a fine-tuning run, or None with a local engine."""
+        if not self.uses_server:
+            return None
+        return self.server_edit.text().strip(), self.token_edit.text().strip() or None
 
     def _load_adapter(self, path: str) -> None:
         """Load a freshly fine-tuned adapter on top of the chosen base model."""

@@ -1,7 +1,8 @@
 """Lazy package exports (PEP 562): names load from their submodule on first use.
 
-Used by :mod:`unsamv2_engine.video` only: the protocol imports ``video.data`` (numpy only) and must
-not load torch through the package's session and predictor exports.
+Used by :mod:`unsamv2_engine.video` (the protocol imports ``video.data``, numpy only, and must not load
+torch through the package's session and predictor exports) and :mod:`unsamv2_engine.automatic` (the CLI's
+``--server`` path uses ``automatic.settings`` without torch).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from unsamv2_engine import protocol as p
 log = logging.getLogger(__name__)
 Callback = Callable[[p.Reply], None]
 _FINAL = (p.ModelLoaded, p.ImageEmbedded, p.Decoded, p.SweepDecoded, p.Segmented, p.HierarchyBuilt, p.Failure,
-          p.Stopped, p.Propagated)
+          p.Stopped, p.Propagated, p.FineTuned)
 
 
 #: ``Failure.kind`` of the requests pending when the engine process ended (crashed, killed, out of memory).
@@ -294,11 +294,18 @@ class RemoteTransport:
     ``ping_timeout`` s) answers every request still waiting with a Failure of kind ``ConnectionLost``,
     and later requests get the same at once: nothing waits forever. :attr:`welcome` holds the server's
     version, device, model and limits.
+
+    ping_interval / ping_timeout: keepalive pings every ``ping_interval`` s; no pong within ``ping_timeout``
+    s counts as a cut network (default: the ``UNSAMV2_PING_INTERVAL`` / ``UNSAMV2_PING_TIMEOUT`` variables,
+    else 10 and 20 s).
     """
 
     def __init__(self, url: str, token: str | None = None, *, open_timeout: float = 10.0,
-                 ping_interval: float = 10.0, ping_timeout: float = 20.0) -> None:
+                 ping_interval: float | None = None, ping_timeout: float | None = None) -> None:
         import os
+
+        ping_interval = ping_interval if ping_interval is not None else _env_seconds("UNSAMV2_PING_INTERVAL", 10.0)
+        ping_timeout = ping_timeout if ping_timeout is not None else _env_seconds("UNSAMV2_PING_TIMEOUT", 20.0)
 
         if not url.startswith(("ws://", "wss://")):
             raise RemoteEngineError(f"server URL {url!r} must start with ws:// (or wss:// behind a TLS proxy), "
@@ -490,6 +497,19 @@ class RemoteTransport:
                 pass
         if self._reader is not None:
             self._reader.join(timeout)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the variable ``name`` (unset or invalid: ``default``)."""
+    import os
+
+    try:
+        value = float(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    if not value > 0:
+        return default
+    return value
 
 
 def _reason(exc: BaseException) -> str:

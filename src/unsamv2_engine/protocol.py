@@ -90,22 +90,30 @@ class SweepRequest:
 class SegmentAll:
     """Whole-image segmentation of an embedded image at one granularity.
 
-    settings: :class:`~unsamv2_engine.automatic.AutoSettings` fields to override (e.g. a preset's).
+    settings: :class:`~unsamv2_engine.automatic.AutoSettings` fields to override (e.g. a preset's), plus
+    ``preset`` (the starting settings, default ``cpu``) and ``decode_batch`` (prompts per decoder call; default:
+    8 on a CPU, else the settings' points_per_batch). want_masks: also return every mask (overlaps kept),
+    its stability and grid point (``unsamv2 auto --json`` writes them as COCO).
     """
 
     image_key: str
     granularity: float | None
     settings: dict = field(default_factory=dict)
+    want_masks: bool = False
     request_id: int = field(default_factory=next_request_id)
 
 
 @dataclass
 class BuildHierarchy:
-    """Whole-image segmentation at several granularities, nested into one label hierarchy."""
+    """Whole-image segmentation at several granularities, nested into one label hierarchy.
+
+    settings: as :class:`SegmentAll`'s; containment: share of an object its parent must cover.
+    """
 
     image_key: str
     granularities: list[float]
     settings: dict = field(default_factory=dict)
+    containment: float = 0.5
     request_id: int = field(default_factory=next_request_id)
 
 
@@ -135,13 +143,43 @@ class Propagate:
 
 
 @dataclass
+class FineTune:
+    """Fine-tune the served model's base checkpoint on a folder **of the server** (``unsamv2 serve --data-root``).
+
+    Every path is a server path, absolute or relative to the server's data root, and must lie inside it:
+    images (folder), pseudo_labels (folder; None: made first, into ``<workdir>/pseudo-labels``), output (the
+    adapter ``.pt`` to write), workdir (checkpoints and log; None: ``<output stem>_work`` next to the output).
+    The other fields are those of ``unsamv2 finetune``. Progress comes as :class:`FineTuneEvent` messages (the
+    trainer's events); the client's cancel saves a checkpoint after the current step and the reply then has
+    ``cancelled=True`` (``resume=True`` continues it).
+    """
+
+    images: str
+    output: str
+    pseudo_labels: str | None = None
+    workdir: str | None = None
+    max_steps: int = 200
+    trainable: str = "granularity"
+    batch_size: int = 2
+    lr: float = 1e-4
+    seed: int = 0
+    val_fraction: float = 0.1
+    max_masks: int = 30
+    correction_clicks: int = 3
+    resume: bool = False
+    backbone: str | None = None
+    request_id: int = field(default_factory=next_request_id)
+
+
+@dataclass
 class Shutdown:
     """Stop the engine (answered with :class:`Stopped`)."""
 
     request_id: int = field(default_factory=next_request_id)
 
 
-Request = LoadModel | SetImage | Predict | SweepRequest | SegmentAll | BuildHierarchy | Propagate | Shutdown
+Request = (LoadModel | SetImage | Predict | SweepRequest | SegmentAll | BuildHierarchy | Propagate | FineTune
+           | Shutdown)
 
 
 # ------------------------------------------------------------------------------------ replies
@@ -203,7 +241,10 @@ class SweepDecoded:
 
 @dataclass
 class Segmented:
-    """labels ``[H, W]`` (1..N, larger objects painted first); scores, areas ``[N]`` by label - 1."""
+    """labels ``[H, W]`` (1..N, larger objects painted first); scores, areas, stability ``[N]`` by label - 1.
+
+    With ``want_masks``: masks bool ``[N, H, W]`` (overlaps kept) and points ``[N, 2]`` (x, y grid point of each).
+    """
 
     request_id: int
     image_key: str
@@ -212,11 +253,16 @@ class Segmented:
     scores: np.ndarray
     areas: np.ndarray
     seconds: float
+    stability: np.ndarray | None = None
+    masks: np.ndarray | None = None
+    points: np.ndarray | None = None
 
 
 @dataclass
 class HierarchyBuilt:
-    """labels ``[L, H, W]`` nested, ids unique across levels; table rows label/level/granularity/parent/area/score."""
+    """labels ``[L, H, W]`` nested, ids unique across levels; table rows label/level/granularity/parent/area/score;
+    masks_per_level: masks found per level before nesting.
+    """
 
     request_id: int
     image_key: str
@@ -224,6 +270,7 @@ class HierarchyBuilt:
     labels: np.ndarray
     table: list[dict]
     seconds: float
+    masks_per_level: list[int] | None = None
 
 
 @dataclass
@@ -244,6 +291,35 @@ class Propagated:
     axis: int
     cancelled: bool
     seconds: float
+
+
+@dataclass
+class FineTuned:
+    """A fine-tuning run ended. adapter: the server path written (None when cancelled); steps of max_steps;
+    final_loss; val: the last validation record (or None); checkpoint: the last checkpoint (resume from it);
+    workdir: the run's folder on the server.
+    """
+
+    request_id: int
+    adapter: str | None
+    steps: int
+    max_steps: int
+    final_loss: float | None
+    val: dict | None
+    checkpoint: str | None
+    workdir: str
+    cancelled: bool
+    seconds: float
+
+
+@dataclass
+class FineTuneEvent:
+    """Progress of a :class:`FineTune` run: one event of the trainer (``{"event": "step", "step", "max_steps",
+    "loss", ...}``, ``stage``, ``val``, ``checkpoint``; see ``docs/fine-tuning.md``), as plain JSON values.
+    """
+
+    request_id: int
+    event: dict
 
 
 @dataclass
@@ -277,8 +353,8 @@ class Stopped:
     request_id: int
 
 
-Reply = (ModelLoaded | ImageEmbedded | Decoded | SweepDecoded | Segmented | HierarchyBuilt | Propagated | Progress
-         | Failure | Stopped)
+Reply = (ModelLoaded | ImageEmbedded | Decoded | SweepDecoded | Segmented | HierarchyBuilt | Propagated | FineTuned
+         | FineTuneEvent | Progress | Failure | Stopped)
 
 
 def describe(message: Any) -> str:

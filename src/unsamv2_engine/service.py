@@ -66,6 +66,10 @@ class EngineService:
                 return self._propagate(request, emit)
             if isinstance(request, p.Shutdown):
                 return p.Stopped(request.request_id)
+            if isinstance(request, p.FineTune):
+                raise EngineStateError("fine-tuning requests are run by an 'unsamv2 serve' server started with "
+                                       "--data-root; on this computer run 'unsamv2 finetune' (or the widget's "
+                                       "panel with the local engine)")
             raise TypeError(f"unknown request {type(request).__name__}")
         except Exception as exc:  # every failure becomes a reply; the engine keeps serving
             return failure_reply(getattr(request, "request_id", -1), exc)
@@ -157,9 +161,10 @@ class EngineService:
 
         self._activate(request.image_key)
         features, hw, image, contrast = self._embeddings[request.image_key]
+        extra = {"preset", "decode_batch"}
         settings = AutoSettings.preset(request.settings.get("preset", "cpu")).with_(
-            **{k: v for k, v in request.settings.items() if k != "preset"})
-        segmenter = AutomaticSegmenter(self.model, settings)
+            **{k: v for k, v in request.settings.items() if k not in extra})
+        segmenter = AutomaticSegmenter(self.model, settings, decode_batch=request.settings.get("decode_batch"))
         stage = "segment" if isinstance(request, p.SegmentAll) else "hierarchy"
         self.cancel_event.clear()
         start = time.perf_counter()
@@ -169,11 +174,14 @@ class EngineService:
             cancel=self.cancel_event.is_set, contrast_limits=contrast, features=(features, hw))
         if isinstance(request, p.SegmentAll):
             level = levels[0]
+            masks = (level.masks, level.points) if request.want_masks else (None, None)
             return p.Segmented(request.request_id, request.image_key, level.granularity, level.label_image(),
-                               level.scores, level.areas, time.perf_counter() - start)
-        hierarchy = levels_to_hierarchy(levels)
+                               level.scores, level.areas, time.perf_counter() - start, stability=level.stability,
+                               masks=masks[0], points=masks[1])
+        hierarchy = levels_to_hierarchy(levels, containment=request.containment)
         return p.HierarchyBuilt(request.request_id, request.image_key, list(hierarchy.granularities), hierarchy.labels,
-                                hierarchy.table, time.perf_counter() - start)
+                                hierarchy.table, time.perf_counter() - start,
+                                masks_per_level=[len(level) for level in levels])
 
     def _propagate(self, request: p.Propagate, emit: Emit) -> p.Propagated:
         from unsamv2_engine.video.session import VideoSession

@@ -28,7 +28,8 @@ from unsamv2_engine import protocol as p
 from unsamv2_engine.video.data import ObjectPrompt
 
 #: Bumped whenever a message or field changes; client and server must agree.
-PROTOCOL_VERSION = 2  # 2: SweepRequest.nest, SweepDecoded.labels/table
+PROTOCOL_VERSION = 3  # 2: SweepRequest.nest, SweepDecoded.labels/table; 3: FineTune, FineTuned, FineTuneEvent,
+#: SegmentAll.want_masks, Segmented.stability/masks/points, BuildHierarchy.containment, HierarchyBuilt.masks_per_level
 _ALLOWED_DTYPES = {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "uint64", "float16",
                    "float32", "float64"}
 _HEADER = struct.Struct(">I")
@@ -77,9 +78,9 @@ class Cancel:
 
 
 _TYPES: dict[str, type] = {cls.__name__: cls for cls in (
-    p.LoadModel, p.SetImage, p.Predict, p.SweepRequest, p.SegmentAll, p.BuildHierarchy, p.Propagate, p.Shutdown,
-    p.ModelLoaded, p.ImageEmbedded, p.Decoded, p.SweepDecoded, p.Segmented, p.HierarchyBuilt, p.Propagated,
-    p.Progress, p.Failure, p.Stopped, Hello, Welcome, Refused, Cancel, ObjectPrompt)}
+    p.LoadModel, p.SetImage, p.Predict, p.SweepRequest, p.SegmentAll, p.BuildHierarchy, p.Propagate, p.FineTune,
+    p.Shutdown, p.ModelLoaded, p.ImageEmbedded, p.Decoded, p.SweepDecoded, p.Segmented, p.HierarchyBuilt, p.Propagated,
+    p.FineTuned, p.FineTuneEvent, p.Progress, p.Failure, p.Stopped, Hello, Welcome, Refused, Cancel, ObjectPrompt)}
 
 
 # ------------------------------------------------------------------------ encoding

@@ -8,7 +8,8 @@
 
 both with the model options of ``segment`` (``--checkpoint/--model/--adapter/--device/--download/
 --allow-base-mismatch``), ``--preset authors|cpu`` and the settings overrides (``--points-per-side``,
-``--pred-iou-thresh`` ...). See ``docs/whole-image.md`` and ``docs/cli.md``.
+``--pred-iou-thresh`` ...), or ``--server URL`` (computed by an ``unsamv2 serve`` engine,
+:mod:`unsamv2_engine.cli.remote`). See ``docs/whole-image.md`` and ``docs/cli.md``.
 
 Wiring: :func:`register` adds both commands, with the shared option groups of
 :mod:`unsamv2_engine.cli.options`. This module imports the standard library only (``unsamv2 auto
@@ -39,6 +40,7 @@ from unsamv2_engine.cli.options import (
     add_common_options,
     add_image_options,
     add_model_options,
+    add_server_option,
     finite_float,
     fraction,
     non_negative_int,
@@ -117,6 +119,7 @@ def register(subparsers: Any) -> None:
     add_tiling_options(auto)
     add_batch_options(auto)
     add_model_options(auto)
+    add_server_option(auto)
     add_common_options(auto)
     auto.set_defaults(func=run_auto)
 
@@ -147,6 +150,7 @@ def register(subparsers: Any) -> None:
     add_tiling_options(tree)
     add_batch_options(tree)
     add_model_options(tree)
+    add_server_option(tree)
     add_common_options(tree)
     tree.set_defaults(func=run_hierarchy)
 
@@ -189,6 +193,13 @@ def run_auto(args: argparse.Namespace) -> int:
     from unsamv2_engine.prompts import check_granularity
 
     granularity = check_granularity(args.granularity)
+    if args.server:
+        from unsamv2_engine.cli import remote
+
+        remote.check_whole_image_options(args)
+        check_output_suffix(args.output, "output", TIFF_SUFFIXES)
+        check_command_outputs(args, {"-o": args.output, "--json": args.json})
+        return remote.auto(args, granularity)
     from unsamv2_engine.cli.batch import run_batch  # a folder or glob of images
 
     if (code := run_batch(args, "auto")) is not None:
@@ -244,7 +255,7 @@ def run_hierarchy(args: argparse.Namespace) -> int:
     granularities = check_granularities(args.granularities)
     from unsamv2_engine.cli.batch import run_batch  # a folder or glob of images
 
-    if (code := run_batch(args, "hierarchy")) is not None:
+    if not args.server and (code := run_batch(args, "hierarchy")) is not None:
         return code
     check_output_suffix(args.output, "output", HIERARCHY_SUFFIXES)
     if args.table:
@@ -252,6 +263,10 @@ def run_hierarchy(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"-o": args.output, "--table": args.table, "--json": args.json})
     if len(set(granularities)) < len(granularities):
         warn("some granularities are repeated: their pages will hold the same objects")
+    if args.server:
+        from unsamv2_engine.cli import remote
+
+        return remote.hierarchy(args, granularities)
     from unsamv2_engine.cli.embed import run_tiled, wants_tiles  # large images: tile by tile
 
     if wants_tiles(args):

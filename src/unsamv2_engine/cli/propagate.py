@@ -7,10 +7,11 @@
         [--scores SCORES.csv] [--json META.json]
 
 with the model options of ``segment`` (``--checkpoint/--model/--adapter/--device/--download/
---allow-base-mismatch``). Z is the slice index along ``--axis``, X the column and Y the row of the
-remaining 2D frame. Points belong to object 1 unless ``@ID`` names another object (ids >= 1 become
-label values). ``--granularity G`` sets every object's g; ``--granularity ID=G`` (repeatable) sets
-one object's, and overrides a plain G for that object. See ``docs/propagation.md``.
+--allow-base-mismatch``), or ``--server URL`` (an ``unsamv2 serve`` engine). Z is the slice index
+along ``--axis``, X the column and Y the row of the remaining 2D frame. Points belong to object 1
+unless ``@ID`` names another object (ids >= 1 become label values). ``--granularity G`` sets every
+object's g; ``--granularity ID=G`` (repeatable) sets one object's, and overrides a plain G for that
+object. See ``docs/propagation.md``.
 
 This module imports the standard library only (``unsamv2 propagate --help`` never loads torch); the
 engine is imported inside :func:`run`. User errors are ``CliError`` / ``ValueError`` /
@@ -33,6 +34,7 @@ from unsamv2_engine.cli.loading import (
 from unsamv2_engine.cli.options import (
     add_common_options,
     add_model_options,
+    add_server_option,
     finite_float,
     parse_contrast_limits,
     parse_point,
@@ -145,6 +147,7 @@ def register(subparsers: Any) -> None:
                      help="also write per-slice scores (slice, object, predicted IoU, object score) as CSV")
     out.add_argument("--json", metavar="META.json", help="also write the run's metadata as JSON ('-': stdout)")
     add_model_options(parser)
+    add_server_option(parser)
     add_common_options(parser)
     parser.set_defaults(func=run)
 
@@ -212,11 +215,15 @@ def run(args: argparse.Namespace) -> int:
     check_command_outputs(args, {"-o": args.output, "--scores": args.scores, "--json": args.json},
                           inputs={"STACK": args.stack})
     from unsamv2_engine.io import read_image
-    from unsamv2_engine.video.frames import stack_layout
+    from unsamv2_engine.video.layout import stack_layout
 
     stack = read_image(args.stack)
     layout = stack_layout(stack.shape, args.axis, args.channel_axis)
     _check_prompts_cheaply(prompts, layout)
+    if args.server:
+        from unsamv2_engine.cli import remote
+
+        return remote.propagate(args, stack, layout, prompts)
     loaded = load_model_from_args(args)
     model, path, source, device, load_s = loaded.model, loaded.checkpoint, loaded.source, loaded.device, loaded.load_s
     if not model.has_granularity:
@@ -240,12 +247,13 @@ def run(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         result, propagate_s = timed(lambda: session.propagate(args.direction, progress=progress), device)
-    _write_outputs(args, result, layout, source, path, model, device, {"load_s": load_s, "propagate_s": propagate_s})
+    write_outputs(args, result, layout, source, path, model, device, {"load_s": load_s, "propagate_s": propagate_s})
     return EXIT_OK
 
 
-def _write_outputs(args: argparse.Namespace, result: Any, layout: Any, source: str, path: Any, model: Any,
-                   device: Any, timings: dict[str, float]) -> None:
+def write_outputs(args: argparse.Namespace, result: Any, layout: Any, source: str, path: Any, model: Any,
+                  device: Any, timings: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+    """Write the label volume, the scores CSV and the JSON of a propagation (local or ``--server``)."""
     import numpy as np
 
     from unsamv2_engine.io import write_labels, write_table_csv
@@ -266,10 +274,11 @@ def _write_outputs(args: argparse.Namespace, result: Any, layout: Any, source: s
                     for object_id in result.object_ids],
         "model": model.info.label,
         "model_family": model.info.family,
-        "checkpoint": str(path),
+        "checkpoint": None if path is None else str(path),
         "device": str(device),
         "frames_embedded": result.frames_embedded,
         "timings": {**timings, "seconds_per_slice": timings["propagate_s"] / max(1, layout.n_frames)},
+        **(extra or {}),
     }
     from unsamv2_engine.outputs import staged_outputs
 

@@ -27,6 +27,7 @@ UNSAMV2_TOKEN variable or the widget's token field. For TLS put a reverse proxy 
 examples:
   unsamv2 serve --model unsamv2-plus --device cuda
   UNSAMV2_TOKEN=$(openssl rand -hex 16) unsamv2 serve --host 0.0.0.0 --port 8765 --checkpoint ckpt.pt
+  unsamv2 serve --model unsamv2-plus --data-root /data/lab   # clients may fine-tune on /data/lab/...
 """
 
 
@@ -43,6 +44,10 @@ def register(subparsers: Any) -> None:
     net.add_argument("--token", metavar="TOKEN",
                      help="secret every client must send (default: the UNSAMV2_TOKEN variable; required unless "
                           "--host is a loopback address)")
+    net.add_argument("--data-root", metavar="DIR",
+                     help="let clients fine-tune on image folders inside DIR and write adapters there (the "
+                          "widget's fine-tune panel; paths outside DIR are refused); default: fine-tuning "
+                          "from clients is off")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-image-pixels", type=positive_int, default=8192 * 8192, metavar="N",
                         help="largest 2D image (or stack slice) accepted, in pixels (default: 67108864 = 8192^2)")
@@ -69,11 +74,20 @@ def run(args: argparse.Namespace) -> int:
                        "UNSAMV2_TOKEN (clients then need the same), or keep the default --host 127.0.0.1")
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be 0..65535, got {args.port}")
-    model = load_model_from_args(args).model
+    data_root = None
+    if args.data_root:
+        from pathlib import Path
+
+        data_root = Path(args.data_root).expanduser()
+        if not data_root.is_dir():
+            raise CliError(f"--data-root {args.data_root}: no such folder")
+    loaded = load_model_from_args(args)
+    model = loaded.model
     limits = ServerLimits(max_image_pixels=args.max_image_pixels,
                           max_request_bytes=int(args.max_request_mb * 2**20),
                           max_frame_bytes=int(args.max_frame_mb * 2**20), idle_timeout_s=args.idle_timeout)
-    server = EngineServer(model, host=args.host, port=args.port, token=token, limits=limits)
+    server = EngineServer(model, host=args.host, port=args.port, token=token, limits=limits, data_root=data_root,
+                          checkpoint=loaded.checkpoint)
     try:
         server.start()
     except OSError as exc:
@@ -81,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                        "server using the port? try --port 0 for a free one)") from None
     # one line, always printed (scripts and tests wait for it): where, what, whether a token is needed
     print(f"unsamv2 serve: listening on {server.url} (model {model.info.label} on {model.device}; token "
-          f"{'required' if token else 'not required'}); Ctrl-C stops", file=sys.stderr, flush=True)
+          f"{'required' if token else 'not required'}; fine-tuning "
+          f"{f'in {data_root.resolve()}' if data_root else 'off'}); Ctrl-C stops", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ from unsamv2_engine._lazy import lazy_exports
 _EXPORTS = {
     "DEFAULT_MASK_THRESHOLD": "data", "DIRECTIONS": "data", "ObjectPrompt": "data", "Propagation": "data",
     "check_direction": "data",
-    "StackFrames": "frames", "stack_layout": "frames",
+    "StackFrames": "frames", "StackLayout": "layout", "stack_layout": "layout",
     "GranularityVideoPredictor": "predictor",
     "DEFAULT_MAX_CACHED_FRAMES": "session", "VideoSession": "session", "propagate": "session",
 }
