@@ -290,22 +290,12 @@ def test_m2m_masks_are_the_sessions_second_pass_masks(model):
 def test_crop_layers_masks_in_image_coordinates(model, monkeypatch):
     """crop_n_layers=1: every kept mask is, pixel for pixel, a mask of its crop pasted at the crop's offset.
 
-    Two shortcuts keep this fast and meaningful with random weights: the crops reuse the full
-    image's embedding (what is under test is the crop geometry, not the encoder), and the
-    crop-edge filter (sam2's own `is_box_near_crop_edge`) is off, since the random model's masks always
-    reach the crop edges and would leave only full-image masks.
+    The crop-edge filter (sam2's own `is_box_near_crop_edge`) is off, since the random model's masks
+    always reach the crop edges and would leave only full-image masks.
     """
     from unsamv2_engine.automatic import segmenter as segmenter_module
 
     image = make_cells_image()
-    session = ImageSession(model)
-    session.set_image(image)
-    full = session.features
-
-    def same_features(self, crop, **kw):
-        self.set_features(full, crop.shape[:2])
-
-    monkeypatch.setattr(ImageSession, "set_image", same_features)
     monkeypatch.setattr(segmenter_module, "is_box_near_crop_edge",
                         lambda boxes, *a, **k: torch.zeros(len(boxes), dtype=bool))
     settings = replace(SMALL, points_per_side=2, crop_n_layers=1, box_nms_thresh=1.0)

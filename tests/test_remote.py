@@ -453,6 +453,10 @@ class PausableForwarder:
                 data = src.recv(65536)
                 if not data:
                     return
+                while not self.forwarding.is_set() and not self.stopped.is_set():
+                    time.sleep(0.05)  # bytes read while (or just before) pausing are held, never sent
+                if self.stopped.is_set():
+                    return
                 dst.sendall(data)
             except OSError:
                 return
