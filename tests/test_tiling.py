@@ -243,3 +243,15 @@ def test_tiled_auto_with_the_real_model_runs_on_a_uint16_image(tiny_model):
     assert result.complete and result.tiles_total == 4
     labels = result.label_image(0)
     assert labels.shape == img.shape and labels.max() == len(result.levels[0])
+
+
+def test_pieces_keep_their_masks_at_one_bit_a_pixel():
+    rng = np.random.default_rng(0)
+    mask = rng.random((37, 101)) > 0.5
+    piece = Piece((5, 7, 106, 44), mask, 0.5)
+    np.testing.assert_array_equal(piece.mask, mask)
+    assert piece.area == int(mask.sum()) and piece.nbytes == 37 * 13  # 101 bits -> 13 bytes a row
+    piece.mask[:] = False  # a copy: the piece is unchanged
+    assert piece.area == int(mask.sum()) and np.array_equal(piece.mask, mask)
+    piece.mask = np.zeros_like(mask)
+    assert piece.area == 0 and not piece.mask.any()
