@@ -50,7 +50,7 @@ from unsamv2_engine.cli.options import (
     positive_int,
     subparser,
 )
-from unsamv2_engine.cli.output import EXIT_OK, CliError, engine_version, say, summary, warn
+from unsamv2_engine.cli.output import EXIT_OK, CliError, engine_version, say, summarise_hierarchy, summary, warn
 
 __all__ = ["MAX_LEVELS", "PRESETS", "register", "run_auto", "run_hierarchy"]
 
@@ -293,12 +293,7 @@ def run_hierarchy(args: argparse.Namespace) -> int:
 
             _emit_coco(out.path(args.json), hierarchy_to_coco(hierarchy, file_name=str(args.image),
                                                               info=hierarchy.metadata))
-    per_level = [sum(1 for row in hierarchy.table if row["level"] == i) for i in range(len(granularities))]
-    outputs = [p for p in (args.table, args.json if args.json != "-" else None) if p]
-    summary(args, f"wrote {args.output} ({len(granularities)} levels, {len(hierarchy.table)} objects)"
-            + "".join(f" and {p}" for p in outputs))
-    for i, g in enumerate(granularities):
-        summary(args, f"  level {i:>2}  g {g:<6g} objects {per_level[i]:>6}  (of {len(levels[i])} masks)")
+    summarise_hierarchy(args, hierarchy.table, list(granularities), [len(level) for level in levels])
     return EXIT_OK
 
 

@@ -39,6 +39,17 @@ def summary(args: argparse.Namespace, line: str) -> None:
     print(line, file=sys.stderr if getattr(args, "json", None) == "-" else sys.stdout, flush=True)
 
 
+def summarise_hierarchy(args: argparse.Namespace, table: list[dict[str, Any]], granularities: list[float],
+                        masks_per_level: list[int]) -> None:
+    """The result lines of ``hierarchy``: what was written, then objects (of masks) per level."""
+    per_level = [sum(1 for row in table if row["level"] == i) for i in range(len(granularities))]
+    outputs = [name for name in (args.table, args.json if args.json != "-" else None) if name]
+    summary(args, f"wrote {args.output} ({len(granularities)} levels, {len(table)} objects)"
+            + "".join(f" and {name}" for name in outputs))
+    for i, g in enumerate(granularities):
+        summary(args, f"  level {i:>2}  g {g:<6g} objects {per_level[i]:>6}  (of {masks_per_level[i]} masks)")
+
+
 def emit_json(path: str | None, document: dict[str, Any]) -> None:
     """Write ``document`` to ``path`` (``-``: stdout); nothing when ``path`` is None."""
     if path is None:

@@ -16,7 +16,16 @@ import time
 from typing import Any
 
 from unsamv2_engine.cli.loading import prompt_arrays, read_image
-from unsamv2_engine.cli.output import EXIT_OK, CliError, emit_json, engine_version, say, summary, warn
+from unsamv2_engine.cli.output import (
+    EXIT_OK,
+    CliError,
+    emit_json,
+    engine_version,
+    say,
+    summarise_hierarchy,
+    summary,
+    warn,
+)
 from unsamv2_engine.cli.sweep import print_pages
 
 _MODEL_OPTIONS = ("checkpoint", "model", "adapter")
@@ -365,12 +374,7 @@ def hierarchy(args: argparse.Namespace, granularities: list[float]) -> int:
         write_hierarchy(out.path(args.output), result, table_csv=out.path(args.table) if args.table else None)
         if args.json:
             _emit_hierarchy_coco(out.path(args.json), result, str(args.image))
-    per_level = [sum(1 for row in result.table if row["level"] == i) for i in range(len(granularities))]
-    outputs = [name for name in (args.table, args.json if args.json != "-" else None) if name]
-    summary(args, f"wrote {args.output} ({len(granularities)} levels, {len(result.table)} objects)"
-            + "".join(f" and {name}" for name in outputs))
-    for i, g in enumerate(granularities):
-        summary(args, f"  level {i:>2}  g {g:<6g} objects {per_level[i]:>6}  (of {per_level_masks[i]} masks)")
+    summarise_hierarchy(args, result.table, list(granularities), per_level_masks)
     return EXIT_OK
 
 
