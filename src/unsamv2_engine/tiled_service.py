@@ -109,7 +109,8 @@ class TiledImage:
 def hierarchy_of(result) -> tuple[np.ndarray, list[dict]]:
     """A nested :class:`~unsamv2_engine.tiling.auto.TiledResult` as the protocol's hierarchy: labels uint32
     ``[L, H, W]`` with ids unique across levels (level ``l``'s objects follow those of levels ``< l``) and
-    table rows label/level/granularity/parent/area/score (parent: the id of the parent, 0 = none).
+    table rows label/level/granularity/parent/area/score (parent: the id of the parent, 0 = none; area: the
+    object's pixels in the label image, where a smaller object of the same level painted over it does not count).
     """
     offsets = np.cumsum([0] + [len(lev) for lev in result.levels]).tolist()
     order = sorted(range(len(result.levels)), key=lambda i: -1.0 if result.levels[i].granularity is None
@@ -121,11 +122,12 @@ def hierarchy_of(result) -> tuple[np.ndarray, list[dict]]:
     for li, lev in enumerate(result.levels):
         block = result.paint_block((0, 0, w, h), li)
         labels[li] = np.where(block > 0, block + offsets[li], 0)
+        painted = np.bincount(block.ravel(), minlength=len(lev) + 1)  # an object partly under a smaller one
         for i, obj in enumerate(lev.objects):
             parent = lev.parents[i] if lev.parents else 0
             table.append({"label": offsets[li] + i + 1, "level": li, "granularity": lev.granularity,
                           "parent": offsets[coarser[li]] + parent if parent and li in coarser else 0,
-                          "area": obj.area, "score": float(obj.score)})
+                          "area": int(painted[i + 1]), "score": float(obj.score)})
     return labels, table
 
 
