@@ -22,12 +22,39 @@ def spatial_ndim(image_ndim: int, rgb: bool) -> int:
     return image_ndim - 1 if rgb else image_ndim
 
 
-def plane_of(data: np.ndarray, leading: tuple[int, ...], rgb: bool) -> np.ndarray:
-    """The 2D plane (``[H, W]`` or ``[H, W, C]``) at ``leading`` indices of an nD image."""
-    n_lead = spatial_ndim(data.ndim, rgb) - 2
+def level0(layer) -> object:
+    """The full-resolution array of an image layer: ``data`` (numpy, dask, zarr ...), or level 0 of a multiscale
+    layer. Never converted: slice it to read only what is needed.
+    """
+    data = layer.data
+    return data[0] if getattr(layer, "multiscale", False) else data
+
+
+def plane_of(data, leading: tuple[int, ...], rgb: bool) -> np.ndarray:
+    """The 2D plane (``[H, W]`` or ``[H, W, C]``) at ``leading`` indices of an nD image (any array-like:
+    only that plane is read from a dask or zarr array).
+    """
+    ndim = len(data.shape)
+    n_lead = spatial_ndim(ndim, rgb) - 2
     if len(leading) != n_lead:
-        raise ValueError(f"expected {n_lead} leading indices for a {data.ndim}-D image, got {leading}")
-    return np.asarray(data[tuple(leading)])
+        raise ValueError(f"expected {n_lead} leading indices for a {ndim}-D image, got {leading}")
+    plane = data[tuple(leading)] if leading else data
+    return np.asarray(plane)
+
+
+def is_lazy(data) -> bool:
+    """Whether layer data is read on demand (dask, zarr, memmap-like wrappers) rather than a numpy array."""
+    return not isinstance(data, np.ndarray)
+
+
+def box_index(leading: tuple[int, ...], box: tuple[int, int, int, int] | None) -> tuple:
+    """Index of a mask's window in an nD labels array: ``leading`` + the rows and columns of ``box`` =
+    (x0, y0, x1, y1) (None: the whole plane).
+    """
+    if box is None:
+        return tuple(leading)
+    x0, y0, x1, y1 = box
+    return (*leading, slice(y0, y1), slice(x0, x1))
 
 
 def leading_indices(current_step: Sequence[int], image_ndim: int, rgb: bool) -> tuple[int, ...]:
@@ -58,6 +85,14 @@ def plane_signature(plane: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def file_signature(path: str, frame: int | None) -> str:
+    """Content key of a file's plane without reading it: path, size, modification time (ns) and frame."""
+    import os
+
+    st = os.stat(path)
+    return f"file:{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}:{frame}"
+
+
 def prompt_from_points(points: np.ndarray, polarity: Sequence[str],
                        leading: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Points on the current plane as engine prompts.
@@ -78,10 +113,45 @@ def prompt_from_points(points: np.ndarray, polarity: Sequence[str],
     return rc[:, ::-1].astype(np.float32), labels
 
 
-def plane_indices(mask: np.ndarray, leading: tuple[int, ...]) -> tuple[np.ndarray, ...]:
-    """Fancy indices of the True pixels of a 2D mask inside an nD label array (for ``data_setitem``)."""
+def plane_indices(mask: np.ndarray, leading: tuple[int, ...],
+                  box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, ...]:
+    """Fancy indices of the True pixels of a 2D mask inside an nD label array (for ``data_setitem``); a mask
+    over ``box`` = (x0, y0, x1, y1) image pixels (a tiled image's decode) is placed there.
+    """
     rows, cols = np.nonzero(mask)
+    if box is not None:
+        rows, cols = rows + box[1], cols + box[0]
     return tuple(np.full(rows.shape, i, dtype=np.intp) for i in leading) + (rows, cols)
+
+
+def file_plane(path: str | None, layer_data, leading: tuple[int, ...], rgb: bool, *, samples: int = 3,
+               side: int = 32) -> tuple[str, int | None] | None:
+    """``(path, frame)`` when the engine can read the plane at ``leading`` from the layer's file itself (lazily:
+    :func:`unsamv2_engine.io.omezarr.open_lazy_image`), else None.
+
+    Checked cheaply, without reading the plane: the file opens lazily, its plane has the layer plane's shape
+    and dtype, and ``samples`` windows of ``side`` px (corner, centre, far corner) are equal. At most one
+    leading axis (the file's stack axis, ``frame``).
+    """
+    from unsamv2_engine.io.omezarr import open_lazy_image
+
+    if not path or len(leading) > 1:
+        return None
+    frame = int(leading[0]) if leading else None
+    try:
+        lazy = open_lazy_image(path, frame=frame)
+    except Exception:  # noqa: BLE001 - any unreadable / other layout: send the pixels instead
+        return None
+    want = tuple(int(s) for s in layer_data.shape[len(leading):])
+    if tuple(int(s) for s in lazy.shape) != want or np.dtype(lazy.dtype) != np.dtype(layer_data.dtype):
+        return None
+    h, w = want[:2]
+    for fy, fx in [(0, 0), (0.5, 0.5), (1, 1)][:samples]:
+        y, x = int(max(0, (h - side) * fy)), int(max(0, (w - side) * fx))
+        window = (slice(y, y + side), slice(x, x + side))
+        if not np.array_equal(np.asarray(lazy[window]), np.asarray(layer_data[tuple(leading) + window])):
+            return None
+    return str(path), frame
 
 
 def parent_label(labels_plane: np.ndarray, mask: np.ndarray, *, containment: float = 0.5) -> int:

@@ -100,7 +100,7 @@ class PropagatePanel(QGroupBox):
     def refresh_axes(self) -> None:
         """List the leading axes of the chosen image (last one preselected: z of a t,z,y,x layer)."""
         image = self._host.image_layer()
-        axes = L.propagation_axes(image.data.ndim, image.rgb) if image is not None else ()
+        axes = L.propagation_axes(len(L.level0(image).shape), image.rgb) if image is not None else ()
         current = self.axis_combo.currentData()
         labels = list(self._host.viewer.dims.axis_labels)
         offset = len(labels) - len(axes) - 2
@@ -130,7 +130,7 @@ class PropagatePanel(QGroupBox):
         if image is None:
             host._notify("add a z-stack or time-lapse image layer and choose it above", "info")
             return None
-        if not L.propagation_axes(image.data.ndim, image.rgb):
+        if not L.propagation_axes(len(L.level0(image).shape), image.rgb):
             host._notify(f"'{image.name}' is a single 2D image: Propagate needs a z-stack or time-lapse (a 3D or 4D "
                          f"layer). Segment a 2D image with clicks and Commit, or Segment all", "info")
             return None
@@ -150,9 +150,10 @@ class PropagatePanel(QGroupBox):
             host._notify(str(exc), "warning")
             return None
         index = L.substack_index(leading, axis)
-        key = L.stack_key(image.name, id(image), leading, axis, L.data_signature(image.data))
-        stack = None if key == self._sent_key else np.ascontiguousarray(image.data[index])
-        contrast = None if image.data.dtype == np.uint8 else tuple(float(c) for c in image.contrast_limits)
+        data = L.level0(image)  # a multiscale layer: full resolution; only the sub-stack is read
+        key = L.stack_key(image.name, id(image), leading, axis, L.data_signature(data))
+        stack = None if key == self._sent_key else np.ascontiguousarray(data[index])
+        contrast = None if np.dtype(data.dtype) == np.uint8 else tuple(float(c) for c in image.contrast_limits)
         direction = self.direction_combo.currentText()
         threshold = float(host.threshold_spin.value())
         request = p.Propagate(key, prompts, stack=stack, axis=0, channel_axis=3 if image.rgb else None,

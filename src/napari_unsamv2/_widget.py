@@ -64,6 +64,7 @@ class UnSAMv2Widget(QWidget):
     model_loaded = Signal(object)
     sweep_added = Signal(list)         # the Labels layers of a sweep
     whole_image_added = Signal(list)   # the Labels layers of "segment all" / "build hierarchy"
+    job_progress = Signal(object)      # each Progress of a whole-image job (a large image: one per tile)
 
     def __init__(self, napari_viewer: napari.Viewer, *, engine: Any = None) -> None:
         super().__init__()
@@ -81,6 +82,7 @@ class UnSAMv2Widget(QWidget):
         self._object_granularity: dict[int, float] = {}  # object id -> g, for propagation
         self._current_object = 1
         self._watched: set[int] = set()
+        self._plane_memo: tuple | None = None  # ((id(data), leading), signature) of a lazy layer's plane
         self._reembed_timer = QTimer(self)
         self._reembed_timer.setSingleShot(True)
         self._reembed_timer.setInterval(REEMBED_DELAY_MS)
@@ -283,6 +285,7 @@ class UnSAMv2Widget(QWidget):
         source = getattr(event, "source", None)
         if source is not None and source is not self.image_layer():
             return
+        self._plane_memo = None
         self._reembed_timer.start()
 
     def _refresh_images(self) -> None:
@@ -300,8 +303,10 @@ class UnSAMv2Widget(QWidget):
 
     def _plane(self, layer) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(leading indices of the plane shown now, spatial shape of the layer without its RGB axis)."""
-        leading = L.leading_indices(self.viewer.dims.current_step, layer.data.ndim, layer.rgb)
-        return leading, tuple(layer.data.shape[:-1] if layer.rgb else layer.data.shape)
+        data = L.level0(layer)
+        shape = tuple(int(s) for s in data.shape)
+        leading = L.leading_indices(self.viewer.dims.current_step, len(shape), layer.rgb)
+        return leading, shape[:-1] if layer.rgb else shape
 
     def image_layer(self):
         name = self.image_combo.currentText()
@@ -391,22 +396,54 @@ class UnSAMv2Widget(QWidget):
 
     def _ensure_embedding(self) -> None:
         from unsamv2_engine import protocol as p
+        from unsamv2_engine.tiling.grid import wants_tiles
 
         layer = self.image_layer()
         if not self._model_ready or layer is None:
             return
-        leading = self._plane(layer)[0]
-        plane = L.plane_of(layer.data, leading, layer.rgb)
-        contrast = None if plane.dtype == np.uint8 else tuple(float(c) for c in layer.contrast_limits)
+        leading, shape = self._plane(layer)
+        data = L.level0(layer)
+        contrast = None if np.dtype(data.dtype) == np.uint8 else tuple(float(c) for c in layer.contrast_limits)
+        # the file the layer came from: the engine reads a large plane from it itself (a local engine only) and
+        # uses the IMAGE.embeddings.zarr beside it
+        path = None if self.uses_server else getattr(layer.source, "path", None)
+        from_file = L.file_plane(path, data, leading, layer.rgb) if path and wants_tiles(shape[-2:]) else None
+        plane = None
+        if from_file is not None:
+            content = L.file_signature(*from_file)
+        else:
+            content, plane = self._plane_content(layer, data, leading)
         # what the model sees: the pixels and the intensity mapping (not only the layer and the plane)
-        key = L.image_key(layer.name, id(layer), leading, content=L.plane_signature(plane), contrast=contrast)
+        key = L.image_key(layer.name, id(layer), leading, content=content, contrast=contrast)
         if key in (self._embedded_key, self._embedding_key):
             if key == self._embedded_key:
                 self.request_preview()
             return
+        if plane is None and from_file is None:
+            plane = L.plane_of(data, leading, layer.rgb)
+        self._plane_memo = None  # the pixels go to the engine now: do not keep a copy here
         self._embedding_key = key
-        self._busy(f"computing the image embedding of {layer.name}…")
-        self._submit(p.SetImage(key, np.ascontiguousarray(plane), contrast_limits=contrast, rgb=layer.rgb), "embed")
+        h, w = shape[-2:]
+        self._busy(f"preparing the large image {layer.name} ({w}x{h}, tiled)…" if wants_tiles((h, w)) else
+                   f"computing the image embedding of {layer.name}…")
+        self._submit(p.SetImage(key, None if plane is None else np.ascontiguousarray(plane), contrast_limits=contrast,
+                                rgb=layer.rgb, image_path=str(path) if path and len(leading) <= 1 else None,
+                                frame=int(leading[0]) if path and len(leading) == 1 else None), "embed")
+
+    def _plane_content(self, layer, data, leading) -> tuple[str, np.ndarray | None]:
+        """(content signature, the plane or None) of the plane at ``leading``. A numpy plane is hashed each time
+        (a view: cheap); a lazy one (dask, zarr) is read once per data object and plane, not at every event.
+        """
+        if not L.is_lazy(data):
+            plane = L.plane_of(data, leading, layer.rgb)
+            return L.plane_signature(plane), plane
+        memo_key = (id(data), tuple(leading))
+        if self._plane_memo is not None and self._plane_memo[0] == memo_key:
+            return self._plane_memo[1], None
+        plane = L.plane_of(data, leading, layer.rgb)
+        signature = L.plane_signature(plane)
+        self._plane_memo = (memo_key, signature)
+        return signature, plane
 
     @property
     def granularity(self) -> float:
@@ -430,7 +467,7 @@ class UnSAMv2Widget(QWidget):
         if layer is None or points is None or len(points.data) == 0:
             return None
         data = np.array([layer.world_to_data(points.data_to_world(pt)) for pt in points.data])
-        spatial = L.spatial_ndim(layer.data.ndim, layer.rgb)
+        spatial = L.spatial_ndim(len(L.level0(layer).shape), layer.rgb)
         features = points.features
         objects = [int(o) for o in features[L.OBJECT]] if L.OBJECT in features else \
             [self.propagate_panel.object_id] * len(data)
@@ -506,7 +543,8 @@ class UnSAMv2Widget(QWidget):
         elif isinstance(reply, p.ImageEmbedded):
             if reply.image_key == self._embedding_key:
                 self._embedded_key, self._embedding_key = reply.image_key, None
-                self._idle(f"image ready ({reply.image_hw[1]}x{reply.image_hw[0]}, {reply.seconds:.1f} s)")
+                self._idle(f"image ready: {reply.note}" if reply.tiled else
+                           f"image ready ({reply.image_hw[1]}x{reply.image_hw[0]}, {reply.seconds:.1f} s)")
                 self.request_preview()
         elif isinstance(reply, p.Decoded):
             if reply.image_key == self._embedded_key and reply.request_id >= self._stale_before:
@@ -514,11 +552,12 @@ class UnSAMv2Widget(QWidget):
         elif isinstance(reply, p.SweepDecoded):
             self._add_sweep(reply)
         elif isinstance(reply, p.Segmented):
-            self._job_done(f"{int(reply.labels.max())} objects at g={reply.granularity:.2f} in {reply.seconds:.1f} s")
+            self._job_done(f"{len(reply.scores)} objects at g={reply.granularity:.2f} in {reply.seconds:.1f} s"
+                           + _tiles_text(reply))
             self._add_segmented(reply)
         elif isinstance(reply, p.HierarchyBuilt):
             self._job_done(f"hierarchy of {len(reply.granularities)} levels, {len(reply.table)} objects "
-                           f"in {reply.seconds:.1f} s")
+                           f"in {reply.seconds:.1f} s" + _tiles_text(reply))
             self._add_hierarchy_reply(reply)
         elif isinstance(reply, p.Propagated):
             self.propagate_panel.show_result(reply)
@@ -532,7 +571,7 @@ class UnSAMv2Widget(QWidget):
         preview = self._labels_layer(PREVIEW_LAYER, shape, layer, opacity=0.5)
         data = np.zeros(shape, np.uint8) if preview.data.shape != tuple(shape) else preview.data
         data[...] = 0
-        data[tuple(leading)] = reply.mask.astype(np.uint8)
+        data[L.box_index(leading, reply.box)] = reply.mask.astype(np.uint8)
         preview.data = data
         self.preview_updated.emit(reply)
 
@@ -540,7 +579,7 @@ class UnSAMv2Widget(QWidget):
     def ensure_prompts_layer(self):
         """The prompts layer, created for the chosen image's dimensions (re-created if they changed)."""
         image = self.image_layer()
-        ndim = L.spatial_ndim(image.data.ndim, image.rgb) if image is not None else 2
+        ndim = L.spatial_ndim(len(L.level0(image).shape), image.rgb) if image is not None else 2
         layer = self._prompts_layer()
         if layer is not None and (image is None or layer.ndim == ndim):
             return layer
@@ -629,8 +668,8 @@ class UnSAMv2Widget(QWidget):
         leading, shape = self._plane(image)
         objects = self._labels_layer(OBJECTS_LAYER, shape, image, dtype=np.uint32)
         label = int(objects.data.max()) + 1
-        parent = L.parent_label(np.asarray(objects.data[tuple(leading)]), reply.mask)
-        objects.data_setitem(L.plane_indices(reply.mask, leading), label)
+        parent = L.parent_label(np.asarray(objects.data[L.box_index(leading, reply.box)]), reply.mask)
+        objects.data_setitem(L.plane_indices(reply.mask, leading, reply.box), label)
         features = {k: list(v) for k, v in objects.features.to_dict("list").items()} if len(objects.features) else {}
         objects.features = L.append_row(features, {
             "index": label, "granularity": reply.granularity, "score": float(reply.score), "parent": parent,
@@ -791,7 +830,10 @@ class UnSAMv2Widget(QWidget):
         if reply.total:
             self.progress_bar.setRange(0, 1000)
             self.progress_bar.setValue(int(1000 * reply.done / reply.total))
-        self.status_label.setText(f"{reply.stage}…")
+        # a large image is segmented tile by tile: one message per finished tile
+        self.status_label.setText(f"tile {reply.done} of {reply.total} done…" if reply.stage == "tiles" else
+                                  f"{reply.stage}…")
+        self.job_progress.emit(reply)
 
     def _notify(self, message: str, level: str) -> None:
         from napari.utils import notifications
@@ -837,3 +879,13 @@ class UnSAMv2Widget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.close_engine()
         super().closeEvent(event)
+
+
+def _tiles_text(reply) -> str:
+    """What a tiled whole-image job covered: all tiles, or those finished before a cancel (their objects kept)."""
+    if reply.tiles_total is None:
+        return ""
+    if reply.tiles_done < reply.tiles_total:
+        return (f"; cancelled after {reply.tiles_done} of {reply.tiles_total} tiles: the objects of the finished "
+                "tiles are kept")
+    return f" ({reply.tiles_total} tiles)"

@@ -40,12 +40,30 @@ class LoadModel:
 
 @dataclass
 class SetImage:
-    """Embed a 2D image under a key (e.g. ``"<layer>@<slice index>"``); kept in a small cache."""
+    """Embed a 2D image under a key (e.g. ``"<layer>@<slice index>"``); kept in a small cache.
+
+    A large image (a side above :data:`~unsamv2_engine.tiling.grid.TILE_ABOVE` px, or ``tiled=True``) is
+    not embedded up front: it gets a :class:`~unsamv2_engine.tiling.interactive.TiledSession` (prompts are
+    decoded on full-resolution tiles of ``tile_size`` px, default the model input, overlapping by ``overlap``,
+    default a quarter tile) and whole-image requests run tile by tile.
+
+    image: ``[H, W]`` or ``[H, W, 3|4]``; None: the engine reads the plane itself, lazily, from
+    ``image_path`` (zarr / OME-Zarr level 0, TIFF; ``frame``: the slice of a stack), which only a local
+    engine can (a server refuses: send the pixels). image_path: the file the image came from; with a tiled
+    image, ``IMAGE.embeddings.zarr`` beside it (``unsamv2 embed``'s default output) is used when it exists
+    and its key (pixels, contrast limits, tiling, model) matches; a mismatching cache is left untouched
+    and not used. tiled: None = the engine's rule by size.
+    """
 
     image_key: str
-    image: np.ndarray
+    image: np.ndarray | None
     contrast_limits: tuple[float, float] | None = None
     rgb: bool | None = None
+    image_path: str | None = None
+    frame: int | None = None
+    tiled: bool | None = None
+    tile_size: int | None = None
+    overlap: int | None = None
     request_id: int = field(default_factory=next_request_id)
 
 
@@ -197,18 +215,32 @@ class ModelLoaded:
 
 @dataclass
 class ImageEmbedded:
-    """An image is embedded and kept under ``image_key``."""
+    """An image is embedded and kept under ``image_key``.
+
+    tiled: a large image kept as a tiled session (nothing embedded yet); tiles: its grid's tile count;
+    tile_size: px; note: what the engine did about it (the embedding cache used, or why not).
+    """
 
     request_id: int
     image_key: str
     image_hw: tuple[int, int]
     seconds: float
     cached: bool
+    tiled: bool = False
+    tiles: int = 0
+    tile_size: int = 0
+    note: str = ""
 
 
 @dataclass
 class Decoded:
-    """mask bool ``[H, W]``; low_res_logits ``[256, 256]`` float32 (None if the request had want_logits=False)."""
+    """mask bool ``[H, W]``; low_res_logits ``[256, 256]`` float32 (None if the request had want_logits=False).
+
+    On a tiled image: mask bool ``[y1 - y0, x1 - x0]`` at full resolution over ``box`` = (x0, y0, x1, y1)
+    image pixels (empty outside it; None: the mask is the whole image); step: the reduction of the view it
+    was decoded on (1 = full resolution); note: what happened; views_embedded: views embedded for this
+    request (0 when every view came from memory or the on-disk cache).
+    """
 
     request_id: int
     image_key: str
@@ -217,6 +249,10 @@ class Decoded:
     score: float
     granularity: float | None
     seconds: float
+    box: tuple[int, int, int, int] | None = None
+    step: int = 1
+    note: str = ""
+    views_embedded: int = 0
 
 
 @dataclass
@@ -244,6 +280,8 @@ class Segmented:
     """labels ``[H, W]`` (1..N, larger objects painted first); scores, areas, stability ``[N]`` by label - 1.
 
     With ``want_masks``: masks bool ``[N, H, W]`` (overlaps kept) and points ``[N, 2]`` (x, y grid point of each).
+    A tiled image: tiles_done of tiles_total (fewer after a cancel: the finished tiles' objects are kept);
+    stability None; ``want_masks`` is refused.
     """
 
     request_id: int
@@ -256,12 +294,15 @@ class Segmented:
     stability: np.ndarray | None = None
     masks: np.ndarray | None = None
     points: np.ndarray | None = None
+    tiles_done: int | None = None
+    tiles_total: int | None = None
 
 
 @dataclass
 class HierarchyBuilt:
     """labels ``[L, H, W]`` nested, ids unique across levels; table rows label/level/granularity/parent/area/score;
-    masks_per_level: masks found per level before nesting.
+    masks_per_level: masks found per level before nesting (a tiled image: objects per level after
+    stitching); tiles_done / tiles_total: as :class:`Segmented`'s.
     """
 
     request_id: int
@@ -271,6 +312,8 @@ class HierarchyBuilt:
     table: list[dict]
     seconds: float
     masks_per_level: list[int] | None = None
+    tiles_done: int | None = None
+    tiles_total: int | None = None
 
 
 @dataclass

@@ -201,7 +201,7 @@ class _ClientSession:
 
         self.server, self.connection = server, connection
         self.cancel_event = threading.Event()
-        self.service = EngineService(server.model, cancel_event=self.cancel_event)
+        self.service = EngineService(server.model, cancel_event=self.cancel_event, allow_paths=False)
         self._requests: queue.Queue = queue.Queue()
         self._busy = threading.Event()
         self._send_lock = threading.Lock()

@@ -16,8 +16,11 @@ import numpy as np
 
 from unsamv2_engine import protocol as p
 from unsamv2_engine.errors import EngineError, is_user_error
+from unsamv2_engine.tiled_service import TiledImage
 
 EMBEDDING_CACHE_SIZE = 4
+#: Large images kept as tiled sessions (each holds a few view embeddings and a lazy view of its image).
+TILED_CACHE_SIZE = 2
 #: Stacks kept with their propagation session (each holds up to its cap of frame embeddings).
 VIDEO_SESSION_CACHE_SIZE = 1
 Emit = Callable[[p.Reply], None]
@@ -34,11 +37,17 @@ class EngineService:
     (whole-image segmentation, hierarchy) between batches; it is cleared when such a job starts.
     """
 
-    def __init__(self, model=None, *, cache_size: int = EMBEDDING_CACHE_SIZE, cancel_event=None) -> None:
+    def __init__(self, model=None, *, cache_size: int = EMBEDDING_CACHE_SIZE, cancel_event=None,
+                 allow_paths: bool = True) -> None:
         import threading
 
         self.model = model
         self.cache_size = cache_size
+        # SetImage(image=None, image_path=...): read the plane from a file of this computer (False on a server:
+        # the path names a file of the client)
+        self.allow_paths = allow_paths
+        # image key -> TiledImage: large images, decoded tile by tile (tiling/interactive.py)
+        self._tiled: OrderedDict[str, TiledImage] = OrderedDict()
         self.cancel_event = cancel_event if cancel_event is not None else threading.Event()
         # image key -> (features, (H, W), the 2D image, its contrast limits)
         self._embeddings: OrderedDict[str, tuple[object, tuple[int, int], np.ndarray, object]] = OrderedDict()
@@ -81,6 +90,7 @@ class EngineService:
         self.model = model
         self._session = ImageSession(model)
         self._embeddings.clear()
+        self._tiled.clear()
         self._videos.clear()
 
     def _load(self, request: p.LoadModel, emit: Emit) -> p.ModelLoaded:
@@ -108,22 +118,49 @@ class EngineService:
         return p.ModelLoaded(request_id, m.info.label, m.info.family, m.info.size, m.has_granularity, str(m.device))
 
     def _set_image(self, request: p.SetImage) -> p.ImageEmbedded:
+        from unsamv2_engine.tiling.grid import wants_tiles
+
         session = self._require_session()
         if request.image_key in self._embeddings:
             self._embeddings.move_to_end(request.image_key)
             hw = self._embeddings[request.image_key][1]
             return p.ImageEmbedded(request.request_id, request.image_key, hw, 0.0, True)
+        if request.image_key in self._tiled:
+            self._tiled.move_to_end(request.image_key)
+            return self._tiled[request.image_key].reply(request.request_id, request.image_key, 0.0, True)
         start = time.perf_counter()
-        session.set_image(request.image, contrast_limits=request.contrast_limits, rgb=request.rgb)
-        self._embeddings[request.image_key] = (session.features, session.image_hw, request.image,
-                                               request.contrast_limits)
+        image = request.image if request.image is not None else self._read_path(request)
+        hw = tuple(int(s) for s in image.shape[:2])
+        if request.tiled or (request.tiled is None and wants_tiles(hw)):
+            tiled = TiledImage.open(self.model, image, request)
+            self._tiled[request.image_key] = tiled
+            while len(self._tiled) > TILED_CACHE_SIZE:
+                self._tiled.popitem(last=False)
+            return tiled.reply(request.request_id, request.image_key, time.perf_counter() - start, False)
+        image = np.asarray(image)
+        session.set_image(image, contrast_limits=request.contrast_limits, rgb=request.rgb)
+        self._embeddings[request.image_key] = (session.features, session.image_hw, image, request.contrast_limits)
         while len(self._embeddings) > self.cache_size:
             self._embeddings.popitem(last=False)
         return p.ImageEmbedded(request.request_id, request.image_key, session.image_hw,
                                time.perf_counter() - start, False)
 
+    def _read_path(self, request: p.SetImage):
+        """The plane of ``request.image_path`` as a lazy array-like (read window by window when tiled)."""
+        from unsamv2_engine.io.omezarr import open_lazy_image
+
+        if not request.image_path:
+            raise ValueError(f"SetImage {request.image_key!r} has neither an image nor an image_path")
+        if not self.allow_paths:
+            raise EngineStateError("this engine server cannot read files of the client's computer: send the "
+                                   "image's pixels (SetImage.image)")
+        return open_lazy_image(request.image_path, frame=request.frame)
+
     def _activate(self, image_key: str):
         session = self._require_session()
+        if image_key in self._tiled:
+            raise EngineStateError("sweeps are not available on a large (tiled) image yet: click and turn the dial, "
+                                   "or crop the region into a layer of its own and sweep there")
         if image_key not in self._embeddings:
             raise EngineStateError(f"image {image_key!r} is not embedded (send SetImage first)")
         self._embeddings.move_to_end(image_key)
@@ -132,6 +169,9 @@ class EngineService:
         return session
 
     def _predict(self, request: p.Predict) -> p.Decoded:
+        if request.image_key in self._tiled:
+            self._tiled.move_to_end(request.image_key)
+            return self._tiled[request.image_key].predict(request)
         session = self._activate(request.image_key)
         start = time.perf_counter()
         pred = session.predict(request.points_xy, request.labels, request.granularity, m2m=request.m2m,
@@ -159,12 +199,16 @@ class EngineService:
         from unsamv2_engine.automatic import AutomaticSegmenter, AutoSettings
         from unsamv2_engine.automatic.hierarchy import levels_to_hierarchy
 
-        self._activate(request.image_key)
-        features, hw, image, contrast = self._embeddings[request.image_key]
         extra = {"preset", "decode_batch"}
         settings = AutoSettings.preset(request.settings.get("preset", "cpu")).with_(
             **{k: v for k, v in request.settings.items() if k not in extra})
         segmenter = AutomaticSegmenter(self.model, settings, decode_batch=request.settings.get("decode_batch"))
+        if request.image_key in self._tiled:
+            self._require_model()
+            self.cancel_event.clear()
+            return self._tiled[request.image_key].whole_image(request, segmenter, emit, self.cancel_event.is_set)
+        self._activate(request.image_key)
+        features, hw, image, contrast = self._embeddings[request.image_key]
         stage = "segment" if isinstance(request, p.SegmentAll) else "hierarchy"
         self.cancel_event.clear()
         start = time.perf_counter()

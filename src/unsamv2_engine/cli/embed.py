@@ -10,7 +10,8 @@
 ``auto`` / ``hierarchy`` take the tiled path when ``--tile-size`` or ``--embeddings`` is given, when the
 output is an ``.ome.zarr`` folder, or when the image is larger than :data:`AUTO_TILE_ABOVE` px on a side;
 the image is then read lazily (zarr / OME-Zarr, memory-mapped or tile-wise TIFF) and never whole.
-This module imports the standard library only; the engine is imported inside the functions.
+This module imports the standard library only (and the engine's tiling rule, :mod:`unsamv2_engine.tiling.grid`,
+which is standard library only); the engine is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from typing import Any
 from unsamv2_engine.cli.loading import TIFF_SUFFIXES, check_output_suffix, load_model_from_args, prompt_arrays, timed
 from unsamv2_engine.cli.options import add_common_options, add_model_options, parse_contrast_limits, subparser
 from unsamv2_engine.cli.output import EXIT_OK, CliError, emit_json, engine_version, say, summary, warn
+from unsamv2_engine.tiling.grid import TILE_ABOVE  # standard library only
+from unsamv2_engine.tiling.grid import wants_tiles as _wants_tiles
 
 __all__ = ["AUTO_TILE_ABOVE", "add_tiling_options", "register", "run", "run_tiled", "run_tiled_segment",
            "wants_tiles"]
 
-#: Images with a side above this are segmented tile by tile even without --tile-size (the squashed
-#: path would shrink them more than 2x into the 1024-px model input).
-AUTO_TILE_ABOVE = 2048
+#: Images with a side above this are segmented tile by tile even without --tile-size: the engine's rule
+#: (:data:`unsamv2_engine.tiling.grid.TILE_ABOVE`, shared with the napari widget).
+AUTO_TILE_ABOVE = TILE_ABOVE
 
 _EMBED_EPILOG = """\
 The cache is keyed by the image's pixels (a data signature), the contrast limits, the tiling and the
@@ -95,7 +98,7 @@ def wants_tiles(args: argparse.Namespace) -> bool:
         shape = open_lazy_image(args.image, frame=args.frame).shape if Path(args.image).exists() else (0, 0)
     except Exception:  # noqa: BLE001 - the regular path reports unreadable images
         return False
-    return max(int(s) for s in shape[:2]) > AUTO_TILE_ABOVE
+    return _wants_tiles(shape)
 
 
 # ============================================================================ shared

@@ -73,7 +73,8 @@ def _prepare(args: argparse.Namespace):
     client, transport = connect(args)
     say(args, f"sending {args.image} ({rgb8.shape[1]}x{rgb8.shape[0]}) ...")
     start = time.perf_counter()
-    call(client, p.SetImage("cli", rgb8), args, "embedding")
+    # tiled=False: this path writes whole-image masks; large images are tiled by the local CLI only
+    call(client, p.SetImage("cli", rgb8, tiled=False), args, "embedding")
     embed_s = time.perf_counter() - start
     return image, points, labels, client, transport, embed_s
 
@@ -209,7 +210,7 @@ class _RemoteWholeImage:
         args = self.args
         say(args, f"sending {args.image} ({self.hw[1]}x{self.hw[0]}) ...")
         start = time.perf_counter()
-        call(self.client, p.SetImage("cli", self.rgb8), args, "embedding")
+        call(self.client, p.SetImage("cli", self.rgb8, tiled=False), args, "embedding")  # as _prepare
         self.timings["embed_s"] = time.perf_counter() - start
 
     def run(self, request, stage: str):

@@ -10,6 +10,6 @@
 * :mod:`.auto` whole-image segmentation and hierarchies tile by tile.
 """
 
-from unsamv2_engine.tiling.grid import DEFAULT_OVERLAP, Tile, default_overlap, tile_grid
+from unsamv2_engine.tiling.grid import DEFAULT_OVERLAP, TILE_ABOVE, Tile, default_overlap, tile_grid, wants_tiles
 
-__all__ = ["DEFAULT_OVERLAP", "Tile", "default_overlap", "tile_grid"]
+__all__ = ["DEFAULT_OVERLAP", "TILE_ABOVE", "Tile", "default_overlap", "tile_grid", "wants_tiles"]

@@ -123,6 +123,34 @@ class EmbeddingCache:
         group = root.require_group(f"plane_{plane}")
         return cls(path, group, key, tiles, reason)
 
+    @staticmethod
+    def mismatch(path: str | Path, key: dict, *, plane: int = 0) -> str | None:
+        """Why the cache at ``path`` cannot serve ``key`` (read only: nothing is written or deleted), or None
+        when it can. A missing folder, a folder that is not a cache, or a cache of another image, intensity
+        mapping, tiling or model gives the reason, naming the fields that differ.
+        """
+        path = Path(path)
+        if not path.exists():
+            return f"{path} does not exist"
+        try:
+            stored = dict(_open_group(path, "r").attrs.get(KEY_ATTR, {}))
+        except Exception:  # noqa: BLE001 - not a zarr group
+            stored = {}
+        if not stored:
+            return f"{path} is not an embedding cache (made by 'unsamv2 embed')"
+        plane_key = stored.get(f"plane_{plane}")
+        if plane_key is None:
+            return f"{path} holds no embeddings of plane {plane} (run 'unsamv2 embed --frame {plane}')"
+        want = _jsonable(key)
+        diff = sorted(k for k in set(plane_key) | set(want) if plane_key.get(k) != want.get(k))
+        if diff:
+            text = f"{path} was made for another {', '.join(diff)}"
+            if "contrast_limits" in diff and plane_key.get("contrast_limits") is not None:
+                lo, hi = plane_key["contrast_limits"]
+                text += f" (it was made with contrast limits {lo:g}, {hi:g}: set these to use it)"
+            return text
+        return None
+
     # ------------------------------------------------------------------ tiles
     def done(self) -> np.ndarray:
         """Bool ``[T]``: tiles already stored."""

@@ -15,6 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_OVERLAP = 256
+#: Images with a side above this many pixels take the tiled path (``unsamv2 auto`` / ``segment`` / ``hierarchy``,
+#: the engine service, the napari widget): the squashed path would shrink them more than 2x into the 1024-px
+#: model input.
+TILE_ABOVE = 2048
+
+
+def wants_tiles(image_hw: tuple[int, ...], threshold: int | None = None) -> bool:
+    """Whether an image of ``image_hw`` = (H, W, ...) px takes the tiled path: a side above ``threshold``
+    (None: :data:`TILE_ABOVE`, 2048 px).
+    """
+    limit = TILE_ABOVE if threshold is None else int(threshold)
+    return max(int(s) for s in tuple(image_hw)[:2]) > limit
 
 
 def default_overlap(tile_size: int) -> int:

@@ -99,12 +99,15 @@ class TiledSession:
     (see :class:`ImageSource`); tile_size: side of a view in pixels (default: the model input, 1024);
     overlap: of the grid tiles (default: a quarter of the tile size); max_step: the coarsest reduction
     tried (None: until the view is the whole image); features: an optional lookup of cached grid-tile embeddings
-    (:meth:`unsamv2_engine.tiling.cache.EmbeddingCache.lookup`); keep: embeddings kept in memory.
+    (:meth:`unsamv2_engine.tiling.cache.EmbeddingCache.lookup`); store(tile, features): called with each grid
+    tile embedded fresh (e.g. :meth:`~unsamv2_engine.tiling.cache.EmbeddingCache.put`, to fill a cache);
+    keep: embeddings kept in memory.
     """
 
     def __init__(self, model, image, *, contrast_limits: tuple[float, float] | None = None, rgb: bool | None = None,
                  tile_size: int | None = None, overlap: int | None = None, max_step: int | None = None,
-                 features: FeatureLookup | None = None, keep: int = 6, mask_threshold: float = 0.0) -> None:
+                 features: FeatureLookup | None = None, store: Callable[[Tile, ImageFeatures], None] | None = None,
+                 keep: int = 6, mask_threshold: float = 0.0) -> None:
         self.source = image if isinstance(image, ImageSource) else ImageSource(image, contrast_limits=contrast_limits,
                                                                                rgb=rgb)
         self.session = ImageSession(model, mask_threshold=mask_threshold)
@@ -112,6 +115,7 @@ class TiledSession:
         self.grid = tile_grid(self.source.shape_hw, self.tile_size, overlap)
         self.max_step = max_step
         self.lookup = features
+        self.store = store
         self._memory: OrderedDict[tuple, ImageFeatures] = OrderedDict()
         self._keep = max(1, int(keep))
         self.embedded = 0  # views embedded by this session (cache and memory hits excluded)
@@ -160,6 +164,8 @@ class TiledSession:
             self.session.set_image(self.source.window(box, step))
             feats = self.session.features
             self.embedded += 1
+            if tile is not None and self.store is not None:
+                self.store(tile, feats)
         self._memory[key] = feats
         while len(self._memory) > self._keep:
             self._memory.popitem(last=False)
