@@ -193,3 +193,38 @@ def test_cli_refuses_other_settings_without_overwrite(tmp_path, capsys):
     assert main(["pseudo-label", str(images), "-o", str(out), "-q", "--no-overlays", "--thetas", "0.8",
                  "--overwrite"]) == 0
     assert "wrote 3 pseudo-label file(s)" in capsys.readouterr().out
+
+
+def test_proposal_crops_round_trip_to_full_masks():
+    from unsamv2_engine.pseudo.classical import Proposal
+
+    mask = np.zeros((40, 50), bool)
+    mask[5:9, 10:20] = True
+    mask[12, 30] = True
+    p = Proposal.from_mask(mask, "otsu-cc")
+    assert p.box == (5, 13, 10, 31) and p.area == int(mask.sum()) and p.local.shape == (8, 21)
+    assert np.array_equal(p.mask, mask)
+    assert np.array_equal(p.within((0, 40, 0, 50)), mask)
+    assert np.array_equal(p.within((6, 20, 0, 15)), mask[6:20, 0:15])  # a box cutting through the mask
+    assert not p.within((30, 40, 40, 50)).any()  # a box that misses it
+    assert Proposal.from_mask(np.zeros((4, 4), bool), "blob-bright") is None
+
+
+def test_maskcut_products_are_single_threaded_and_deterministic():
+    from unsamv2_engine.pseudo.divide import _single_thread_matvec, maskcut
+
+    rng = np.random.default_rng(1)
+    m = rng.random((900, 900))
+    v = rng.random(900)
+    assert np.array_equal(_single_thread_matvec(m, v), np.array([row @ v for row in m]))
+    np.testing.assert_allclose(_single_thread_matvec(m, v), m @ v, rtol=1e-12)
+    feats = np.zeros((20, 20, 4))
+    feats[...] = [0, 0, 1, 0]
+    feats[2:7, 2:7] = [1, 0, 0, 0]
+    feats[11:17, 12:18] = [0, 1, 0, 0.2]
+    counts = set()
+    keep = []
+    for i in range(8):  # arrays at other memory offsets must not change the cuts of a degenerate graph
+        keep.append(np.zeros(13 * i + 1))
+        counts.add(len(maskcut(feats, n_instances=5)))
+    assert counts == {2}
