@@ -216,8 +216,10 @@ def test_maskcut_products_are_single_threaded_and_deterministic():
     rng = np.random.default_rng(1)
     m = rng.random((900, 900))
     v = rng.random(900)
-    assert np.array_equal(_single_thread_matvec(m, v), np.array([row @ v for row in m]))
     np.testing.assert_allclose(_single_thread_matvec(m, v), m @ v, rtol=1e-12)
+    shifted = np.empty(m.size + 1)[1:].reshape(m.shape)  # the same matrix at another alignment
+    shifted[:] = m
+    assert np.array_equal(_single_thread_matvec(shifted, v), _single_thread_matvec(m, v))
     feats = np.zeros((20, 20, 4))
     feats[...] = [0, 0, 1, 0]
     feats[2:7, 2:7] = [1, 0, 0, 0]
