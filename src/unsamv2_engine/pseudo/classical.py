@@ -413,25 +413,42 @@ def classical_proposals(f: np.ndarray, *, min_area: int = 16, max_fraction: floa
     found = (threshold_instances(f, min_area=min_area, max_area=max_area)
              + seeded_cells(f, min_area=min_area, max_area=max_area)
              + blob_instances(f, min_area=max(8, min_area // 2), max_area=max_area))
-    areas = [p.area for p in found]
+    areas = np.array([p.area for p in found], np.int64)
+    boxes = np.array([p.box for p in found], np.int64).reshape(-1, 4)
     by_area = np.argsort(areas, kind="stable")
-    kept: list[Proposal] = []
-    kept_areas: list[int] = []
+    kept: list[int] = []
     for i, p in enumerate(found):
         if not _contrast_ok_crop(f, p, sigma, k=contrast_k):
             continue
         if p.source in INNER_SOURCES:
-            parent = _smallest_container(i, found, areas, by_area)
+            parent = _smallest_container(i, found, areas, boxes, by_area)
             if parent is None and p.source == "blob-dark":
                 continue  # a dark spot alone is background between objects, not an object
             if parent is not None:
                 whole = found[parent]
                 if nested_contrast(f[whole.slices], p.within(whole.box), whole.local) < inner_contrast:
                     continue
-        if not any(_iou(p, q, areas[i], qa) > duplicate_iou for q, qa in zip(kept, kept_areas)):
-            kept.append(p)
-            kept_areas.append(areas[i])
-    return kept
+        if not _has_duplicate(i, kept, found, areas, boxes, duplicate_iou):
+            kept.append(i)
+    return [found[i] for i in kept]
+
+
+def _touching(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Bool ``[N]``: which of ``boxes`` (int ``[N, 4]`` rows ``(y0, y1, x0, x1)``) overlap ``box``."""
+    return ((boxes[:, 0] < box[1]) & (box[0] < boxes[:, 1]) & (boxes[:, 2] < box[3]) & (box[2] < boxes[:, 3]))
+
+
+def _has_duplicate(i: int, kept: Sequence[int], found: Sequence[Proposal], areas: np.ndarray, boxes: np.ndarray,
+                   duplicate_iou: float) -> bool:
+    """Whether ``found[i]`` has IoU > ``duplicate_iou`` with one of ``found[kept]`` (only overlapping boxes and
+    areas within the ratio ``duplicate_iou`` can: IoU <= smaller / larger area).
+    """
+    if not kept:
+        return False
+    idx = np.asarray(kept)
+    a = areas[idx]
+    near = _touching(boxes[idx], boxes[i]) & (np.minimum(a, areas[i]) > duplicate_iou * np.maximum(a, areas[i]))
+    return any(_iou(found[i], found[j], int(areas[i]), int(areas[j])) > duplicate_iou for j in idx[near])
 
 
 def _contrast_ok_crop(f: np.ndarray, p: Proposal, sigma: float, *, k: float, ring: int = 2) -> bool:
@@ -462,11 +479,14 @@ def _iou(p: Proposal, q: Proposal, area_p: int, area_q: int) -> float:
     return inter / (area_p + area_q - inter) if inter else 0.0
 
 
-def _smallest_container(i: int, found: Sequence[Proposal], areas: Sequence[int], by_area: np.ndarray) -> int | None:
-    """Index of the smallest proposal at least 15 % larger than ``found[i]`` holding > 80 % of it, or None."""
-    for j in by_area:
-        if areas[j] <= 1.15 * areas[i]:
-            continue
+def _smallest_container(i: int, found: Sequence[Proposal], areas: np.ndarray, boxes: np.ndarray,
+                        by_area: np.ndarray) -> int | None:
+    """Index of the smallest proposal at least 15 % larger than ``found[i]`` holding > 80 % of it, or None.
+
+    ``areas`` int ``[N]`` px, ``boxes`` int ``[N, 4]``, ``by_area`` the indices by increasing area (stable).
+    """
+    candidates = by_area[(areas[by_area] > 1.15 * areas[i]) & _touching(boxes[by_area], boxes[i])]
+    for j in candidates:
         if _overlap(found[i], found[j]) > 0.8 * areas[i]:
             return int(j)
     return None
