@@ -63,7 +63,7 @@ def normalized_cut(features: np.ndarray, *, valid: np.ndarray | None = None, tau
         return eigvec.reshape(h, w), side.reshape(h, w)
     x = feats.reshape(-1, c)[idx]
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    affinity = np.where(x @ x.T > tau, 1.0, _EPS_AFFINITY)
+    affinity = np.where(_single_thread_gram(x) > tau, 1.0, _EPS_AFFINITY)
     degree = affinity.sum(axis=1)
     # Normalized Laplacian I - D^-1/2 A D^-1/2: its 2nd smallest eigenvector u gives x = D^-1/2 u.
     inv_sqrt = 1.0 / np.sqrt(degree)
@@ -97,6 +97,18 @@ def _second_eigenvector(normalized: np.ndarray) -> np.ndarray:
 
     _, vecs = eigh(normalized, subset_by_index=[n - 2, n - 1])
     return vecs[:, 0]  # ascending order: column 0 is the 2nd largest
+
+
+def _single_thread_gram(x: np.ndarray, *, max_block: int = 200_000) -> np.ndarray:
+    """``x @ x.T`` (float64 ``[n, C]`` -> ``[n, n]``) in row blocks small enough (``rows * n * C`` below
+    OpenBLAS's ~260 000) to run on the calling thread (see :func:`_single_thread_matvec`).
+    """
+    n, c = x.shape
+    rows = max(1, max_block // max(n * c, 1))
+    out = np.empty((n, n))
+    for a in range(0, n, rows):
+        out[a:a + rows] = x[a:a + rows] @ x.T
+    return out
 
 
 def _single_thread_matvec(matrix: np.ndarray, v: np.ndarray, *, max_block: int = 8192) -> np.ndarray:
