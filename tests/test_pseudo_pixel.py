@@ -142,7 +142,7 @@ def test_settings_are_recorded_and_other_settings_are_refused_or_redone(tmp_path
     first = pseudo_label_folder(images, out, overlays=False)
     assert sorted(first.done) == ["cells_0.png", "cells_1.png"]
     info = json.loads((out / "cells_0.json").read_text())["info"]
-    assert info["settings"]["proposals"] == "pixel" and info["proposals"] == "classical+maskcut"
+    assert info["settings"]["proposals"] == "pixel" and info["proposals"] == "classical"
     assert info["settings"]["thetas"] == [0.9, 0.8, 0.7, 0.6, 0.5]
 
     other = PseudoLabelSettings(thetas=(0.9, 0.7))
@@ -230,3 +230,32 @@ def test_maskcut_products_are_single_threaded_and_deterministic():
         keep.append(np.zeros(13 * i + 1))
         counts.add(len(maskcut(feats, n_instances=5)))
     assert counts == {2}
+
+
+def test_maskcut_is_off_by_default_only_for_the_weight_free_backbone():
+    s = PseudoLabelSettings()
+    assert s.maskcut_instances is None
+    assert s.maskcut_cuts("classical") == 0 and s.maskcut_cuts("sam2") == 3 and s.maskcut_cuts("dino") == 3
+    assert PseudoLabelSettings(maskcut_instances=2).maskcut_cuts("classical") == 2
+    with pytest.raises(ValueError):
+        PseudoLabelSettings(maskcut_instances=-1)
+
+
+def test_parts_of_a_solid_instance_must_stand_out_in_it():
+    from unsamv2_engine.pseudo.pixel import _parts_of_solid
+
+    yy, xx = np.mgrid[:64, :96]
+    rng = np.random.default_rng(0)
+    f = 0.1 + 0.01 * rng.standard_normal((64, 96))
+    disk = (yy - 32) ** 2 + (xx - 30) ** 2 < 20 ** 2  # one round object
+    f[disk] = 0.6 + 0.01 * rng.standard_normal(int(disk.sum()))
+    spot = (yy - 30) ** 2 + (xx - 25) ** 2 < 5 ** 2  # a bright spot in it: stands out
+    f[spot] = 0.9
+    half = disk & (xx >= 34)  # a piece cut out of it (away from the spot): does not
+    kept = _parts_of_solid(f, disk, [half, spot], min_solidity=0.9, min_contrast=3.0)
+    assert len(kept) == 1 and kept[0] is spot
+    assert len(_parts_of_solid(f, disk, [half, spot], min_solidity=1.01, min_contrast=3.0)) == 2  # off
+    pair = disk | ((yy - 32) ** 2 + (xx - 66) ** 2 < 14 ** 2)  # two touching objects: not solid
+    pair[30:34, 48:54] = True
+    f[pair & ~disk] = 0.6
+    assert len(_parts_of_solid(f, pair, [disk, spot], min_solidity=0.9, min_contrast=3.0)) == 2
