@@ -259,3 +259,19 @@ def test_parts_of_a_solid_instance_must_stand_out_in_it():
     pair[30:34, 48:54] = True
     f[pair & ~disk] = 0.6
     assert len(_parts_of_solid(f, pair, [disk, spot], min_solidity=0.9, min_contrast=3.0)) == 2
+
+
+def test_an_inner_part_may_stand_out_against_the_band_around_it():
+    from unsamv2_engine.pseudo.classical import Proposal, _stands_out, band_contrast, nested_contrast
+
+    yy, xx = np.mgrid[:60, :120]
+    rng = np.random.default_rng(0)
+    f = 0.3 + 0.01 * rng.standard_normal((60, 120))  # a cluster: dim cytoplasm ...
+    cluster = (np.abs(yy - 30) < 25) & (np.abs(xx - 60) < 55)
+    nuclei = [((yy - 30) ** 2 + (xx - cx) ** 2 < 8 ** 2) for cx in (20, 45, 70, 95)]
+    for n in nuclei:
+        f[n] = 0.9  # ... with bright nuclei that make the spread of the rest large
+    part, whole = nuclei[0], cluster
+    assert nested_contrast(f, part, whole) < 3 <= band_contrast(f, part, whole, 4)
+    p, w = Proposal.from_mask(part, "blob-bright"), Proposal.from_mask(whole, "otsu-cc")
+    assert _stands_out(f, p, w, 3.0, ring=4) and not _stands_out(f, p, w, 3.0, ring=0)

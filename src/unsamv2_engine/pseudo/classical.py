@@ -400,12 +400,15 @@ INNER_SOURCES = ("blob-bright", "blob-dark", "multiotsu-high-cc", "multiotsu-hig
 
 
 def classical_proposals(f: np.ndarray, *, min_area: int = 16, max_fraction: float = 0.9,
-                        duplicate_iou: float = 0.9, contrast_k: float = 4.0, inner_contrast: float = 3.0
-                        ) -> list[Proposal]:
+                        duplicate_iou: float = 0.9, contrast_k: float = 4.0, inner_contrast: float = 3.0,
+                        inner_ring: int = 4) -> list[Proposal]:
     """Every classical proposal of ``f [H, W]``: thresholds + watershed, seeded cells, LoG blobs.
 
     Masks smaller than ``min_area`` px or larger than ``max_fraction`` of the image, or that fail
     :func:`contrast_ok`, are dropped; a mask with IoU > ``duplicate_iou`` to an earlier one is a duplicate.
+    A mask of an inner source (:data:`INNER_SOURCES`) inside another proposal must stand out in the
+    smallest one holding it by ``inner_contrast`` (against its rest or the ``inner_ring``-px band around
+    the mask: :func:`_stands_out`).
     Every test runs on bounding-box crops (the same pixels as on full masks, so the same decisions).
     """
     max_area = int(max_fraction * f.size)
@@ -426,7 +429,7 @@ def classical_proposals(f: np.ndarray, *, min_area: int = 16, max_fraction: floa
                 continue  # a dark spot alone is background between objects, not an object
             if parent is not None:
                 whole = found[parent]
-                if nested_contrast(f[whole.slices], p.within(whole.box), whole.local) < inner_contrast:
+                if not _stands_out(f, p, whole, inner_contrast, inner_ring):
                     continue
         if not _has_duplicate(i, kept, found, areas, boxes, duplicate_iou):
             kept.append(i)
@@ -449,6 +452,35 @@ def _has_duplicate(i: int, kept: Sequence[int], found: Sequence[Proposal], areas
     a = areas[idx]
     near = _touching(boxes[idx], boxes[i]) & (np.minimum(a, areas[i]) > duplicate_iou * np.maximum(a, areas[i]))
     return any(_iou(found[i], found[j], int(areas[i]), int(areas[j])) > duplicate_iou for j in idx[near])
+
+
+def _stands_out(f: np.ndarray, part: Proposal, whole: Proposal, min_contrast: float, ring: int) -> bool:
+    """Whether ``part`` stands out in its container ``whole`` by ``min_contrast``: against the rest of
+    ``whole`` (:func:`nested_contrast`), or, with ``ring`` > 0, against the band of ``whole`` within ``ring``
+    px around ``part`` (:func:`band_contrast`).
+
+    The band serves the two cases where the rest of the container is a poor reference: a container that
+    is the same nucleus with a rim of cytoplasm, and a container that is a cluster, whose other nuclei
+    make the spread of its rest large.
+    """
+    vals = f[whole.slices]
+    local = part.within(whole.box)
+    if nested_contrast(vals, local, whole.local) >= min_contrast:
+        return True
+    return ring > 0 and band_contrast(vals, local, whole.local, ring) >= min_contrast
+
+
+def band_contrast(f: np.ndarray, part: np.ndarray, whole: np.ndarray, ring: int) -> float:
+    """``|mean(part) - mean(band)| / std(band)`` on ``f`` (all ``[H, W]``; ``part``, ``whole`` bool), the band
+    being the pixels of ``whole`` outside ``part`` within ``ring`` px of it (inf when it has < 4 pixels).
+    """
+    from scipy import ndimage as ndi
+
+    inside = f[part & whole]
+    band = f[ndi.binary_dilation(part, iterations=ring) & whole & ~part]
+    if band.size < 4 or inside.size == 0:
+        return float("inf")
+    return abs(float(inside.mean()) - float(band.mean())) / max(float(band.std()), 1e-6)
 
 
 def _contrast_ok_crop(f: np.ndarray, p: Proposal, sigma: float, *, k: float, ring: int = 2) -> bool:

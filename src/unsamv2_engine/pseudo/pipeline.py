@@ -67,7 +67,8 @@ class PseudoLabelSettings:
     weight-free ``classical`` backbone, whose cuts matched few objects and lowered the precision on
     real nuclei, 3 with the ``sam2`` and ``dino`` backbones; :meth:`maskcut_cuts`), ``contrast_k``
     (noise standard errors a mask must stand out from its surroundings by) and ``inner_contrast``
-    (how clearly an inner part stands out in its container, see :func:`.classical.classical_proposals`),
+    (how clearly an inner part stands out in its container, see :func:`.classical.classical_proposals`;
+    ``inner_ring`` px: also against the band of the container that wide around the part, 0: off),
     ``conquer_contrast`` (how clearly a merged superpixel part stands out in its instance),
     ``solid_instance`` (an instance at least this solid, area / convex-hull area, is one object: its
     divide parts are kept only when they stand out in it by ``conquer_contrast``, like its merged parts;
@@ -108,6 +109,7 @@ class PseudoLabelSettings:
     maskcut_instances: int | None = None
     contrast_k: float = 4.0
     inner_contrast: float = 3.0
+    inner_ring: int = 4
     conquer_contrast: float = 3.0
     solid_instance: float = 0.9
 
@@ -133,7 +135,7 @@ class PseudoLabelSettings:
             raise ValueError(f"proposals must be 'pixel' or 'maskcut', got {self.proposals!r}")
         if self.superpixel_size < 4:
             raise ValueError(f"superpixel_size must be at least 4 pixels, got {self.superpixel_size}")
-        for name in ("min_instance_area", "maskcut_instances"):
+        for name in ("min_instance_area", "maskcut_instances", "inner_ring"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("contrast_k", "inner_contrast", "conquer_contrast", "solid_instance"):

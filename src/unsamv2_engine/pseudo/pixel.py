@@ -64,7 +64,7 @@ def pixel_hierarchies(rgb: np.ndarray, backbone: Backbone, settings: Any, *, mod
     sigma = noise_sigma(f)
     labels = superpixels(f, size=s.superpixel_size)
     found = classical_proposals(f, min_area=s.min_part_area, contrast_k=s.contrast_k,
-                                inner_contrast=s.inner_contrast)
+                                inner_contrast=s.inner_contrast, inner_ring=s.inner_ring)
     masks = [p.mask for p in found]
     sources = [p.source for p in found]
     n_cuts = s.maskcut_cuts(backbone.name)
