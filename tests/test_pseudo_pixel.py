@@ -142,7 +142,7 @@ def test_settings_are_recorded_and_other_settings_are_refused_or_redone(tmp_path
     first = pseudo_label_folder(images, out, overlays=False)
     assert sorted(first.done) == ["cells_0.png", "cells_1.png"]
     info = json.loads((out / "cells_0.json").read_text())["info"]
-    assert info["settings"]["proposals"] == "pixel" and info["proposals"] == "classical+maskcut"
+    assert info["settings"]["proposals"] == "pixel" and info["proposals"] == "classical"
     assert info["settings"]["thetas"] == [0.9, 0.8, 0.7, 0.6, 0.5]
 
     other = PseudoLabelSettings(thetas=(0.9, 0.7))
@@ -193,3 +193,85 @@ def test_cli_refuses_other_settings_without_overwrite(tmp_path, capsys):
     assert main(["pseudo-label", str(images), "-o", str(out), "-q", "--no-overlays", "--thetas", "0.8",
                  "--overwrite"]) == 0
     assert "wrote 3 pseudo-label file(s)" in capsys.readouterr().out
+
+
+def test_proposal_crops_round_trip_to_full_masks():
+    from unsamv2_engine.pseudo.classical import Proposal
+
+    mask = np.zeros((40, 50), bool)
+    mask[5:9, 10:20] = True
+    mask[12, 30] = True
+    p = Proposal.from_mask(mask, "otsu-cc")
+    assert p.box == (5, 13, 10, 31) and p.area == int(mask.sum()) and p.local.shape == (8, 21)
+    assert np.array_equal(p.mask, mask)
+    assert np.array_equal(p.within((0, 40, 0, 50)), mask)
+    assert np.array_equal(p.within((6, 20, 0, 15)), mask[6:20, 0:15])  # a box cutting through the mask
+    assert not p.within((30, 40, 40, 50)).any()  # a box that misses it
+    assert Proposal.from_mask(np.zeros((4, 4), bool), "blob-bright") is None
+
+
+def test_maskcut_products_are_single_threaded_and_deterministic():
+    from unsamv2_engine.pseudo.divide import _single_thread_matvec, maskcut
+
+    rng = np.random.default_rng(1)
+    m = rng.random((900, 900))
+    v = rng.random(900)
+    np.testing.assert_allclose(_single_thread_matvec(m, v), m @ v, rtol=1e-12)
+    shifted = np.empty(m.size + 1)[1:].reshape(m.shape)  # the same matrix at another alignment
+    shifted[:] = m
+    assert np.array_equal(_single_thread_matvec(shifted, v), _single_thread_matvec(m, v))
+    feats = np.zeros((20, 20, 4))
+    feats[...] = [0, 0, 1, 0]
+    feats[2:7, 2:7] = [1, 0, 0, 0]
+    feats[11:17, 12:18] = [0, 1, 0, 0.2]
+    counts = set()
+    keep = []
+    for i in range(8):  # arrays at other memory offsets must not change the cuts of a degenerate graph
+        keep.append(np.zeros(13 * i + 1))
+        counts.add(len(maskcut(feats, n_instances=5)))
+    assert counts == {2}
+
+
+def test_maskcut_is_off_by_default_only_for_the_weight_free_backbone():
+    s = PseudoLabelSettings()
+    assert s.maskcut_instances is None
+    assert s.maskcut_cuts("classical") == 0 and s.maskcut_cuts("sam2") == 3 and s.maskcut_cuts("dino") == 3
+    assert PseudoLabelSettings(maskcut_instances=2).maskcut_cuts("classical") == 2
+    with pytest.raises(ValueError):
+        PseudoLabelSettings(maskcut_instances=-1)
+
+
+def test_parts_of_a_solid_instance_must_stand_out_in_it():
+    from unsamv2_engine.pseudo.pixel import _parts_of_solid
+
+    yy, xx = np.mgrid[:64, :96]
+    rng = np.random.default_rng(0)
+    f = 0.1 + 0.01 * rng.standard_normal((64, 96))
+    disk = (yy - 32) ** 2 + (xx - 30) ** 2 < 20 ** 2  # one round object
+    f[disk] = 0.6 + 0.01 * rng.standard_normal(int(disk.sum()))
+    spot = (yy - 30) ** 2 + (xx - 25) ** 2 < 5 ** 2  # a bright spot in it: stands out
+    f[spot] = 0.9
+    half = disk & (xx >= 34)  # a piece cut out of it (away from the spot): does not
+    kept = _parts_of_solid(f, disk, [half, spot], min_solidity=0.9, min_contrast=3.0)
+    assert len(kept) == 1 and kept[0] is spot
+    assert len(_parts_of_solid(f, disk, [half, spot], min_solidity=1.01, min_contrast=3.0)) == 2  # off
+    pair = disk | ((yy - 32) ** 2 + (xx - 66) ** 2 < 14 ** 2)  # two touching objects: not solid
+    pair[30:34, 48:54] = True
+    f[pair & ~disk] = 0.6
+    assert len(_parts_of_solid(f, pair, [disk, spot], min_solidity=0.9, min_contrast=3.0)) == 2
+
+
+def test_an_inner_part_may_stand_out_against_the_band_around_it():
+    from unsamv2_engine.pseudo.classical import Proposal, _stands_out, band_contrast, nested_contrast
+
+    yy, xx = np.mgrid[:60, :120]
+    rng = np.random.default_rng(0)
+    f = 0.3 + 0.01 * rng.standard_normal((60, 120))  # a cluster: dim cytoplasm ...
+    cluster = (np.abs(yy - 30) < 25) & (np.abs(xx - 60) < 55)
+    nuclei = [((yy - 30) ** 2 + (xx - cx) ** 2 < 8 ** 2) for cx in (20, 45, 70, 95)]
+    for n in nuclei:
+        f[n] = 0.9  # ... with bright nuclei that make the spread of the rest large
+    part, whole = nuclei[0], cluster
+    assert nested_contrast(f, part, whole) < 3 <= band_contrast(f, part, whole, 4)
+    p, w = Proposal.from_mask(part, "blob-bright"), Proposal.from_mask(whole, "otsu-cc")
+    assert _stands_out(f, p, w, 3.0, ring=4) and not _stands_out(f, p, w, 3.0, ring=0)

@@ -33,10 +33,62 @@ __all__ = ["Proposal", "SignalReport", "blob_instances", "classical_proposals", 
 
 @dataclass
 class Proposal:
-    """A candidate object: bool ``[H, W]`` mask and the source that found it (``"otsu"``, ``"blob"``, ...)."""
+    """A candidate object, stored as its bounding-box crop: most proposals are small and most are dropped,
+    so a full ``[H, W]`` mask is only made for the kept ones (:attr:`mask`).
 
-    mask: np.ndarray
+    ``local`` bool ``[y1 - y0, x1 - x0]`` the mask inside ``box = (y0, y1, x0, x1)`` (tight: its first and
+    last rows and columns hold a pixel), ``shape`` the image's ``(H, W)``, ``source`` the source that
+    found it (``"otsu-cc"``, ``"blob-bright"``, ...).
+    """
+
+    local: np.ndarray
+    box: tuple[int, int, int, int]
+    shape: tuple[int, int]
     source: str
+
+    @classmethod
+    def from_crop(cls, local: np.ndarray, offset: tuple[int, int], shape: tuple[int, int], source: str
+                  ) -> Proposal | None:
+        """The proposal of bool ``local`` placed at ``offset = (y0, x0)`` in an image of ``shape``; None if empty."""
+        rows = np.flatnonzero(local.any(axis=1))
+        if rows.size == 0:
+            return None
+        cols = np.flatnonzero(local.any(axis=0))
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        box = (offset[0] + r0, offset[0] + r1, offset[1] + c0, offset[1] + c1)
+        return cls(np.ascontiguousarray(local[r0:r1, c0:c1]), box, (int(shape[0]), int(shape[1])), source)
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, source: str) -> Proposal | None:
+        """The proposal of a full bool ``[H, W]`` mask; None if empty."""
+        return cls.from_crop(np.asarray(mask, bool), (0, 0), mask.shape, source)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The full bool ``[H, W]`` mask (a new array)."""
+        out = np.zeros(self.shape, bool)
+        out[self.slices] = self.local
+        return out
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """``box`` as slices."""
+        return slice(self.box[0], self.box[1]), slice(self.box[2], self.box[3])
+
+    @property
+    def area(self) -> int:
+        """Pixels in the mask."""
+        return int(np.count_nonzero(self.local))
+
+    def within(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The mask cut to ``box`` (``(y0, y1, x0, x1)``, any box): bool ``[y1 - y0, x1 - x0]``."""
+        out = np.zeros((box[1] - box[0], box[3] - box[2]), bool)
+        y0, y1 = max(box[0], self.box[0]), min(box[1], self.box[1])
+        x0, x1 = max(box[2], self.box[2]), min(box[3], self.box[3])
+        if y0 < y1 and x0 < x1:
+            out[y0 - box[0]:y1 - box[0], x0 - box[2]:x1 - box[2]] = \
+                self.local[y0 - self.box[0]:y1 - self.box[0], x0 - self.box[2]:x1 - self.box[2]]
+        return out
 
 
 @dataclass(frozen=True)
@@ -120,8 +172,8 @@ def _split_touching(fg: np.ndarray, *, min_distance: int, h: float = 1.0) -> np.
     return watershed(-smooth, markers, mask=fg)
 
 
-def _masks_of(labels: np.ndarray, *, min_area: int, max_area: int) -> list[np.ndarray]:
-    """One bool mask per label of ``labels`` with ``min_area <= area <= max_area`` (crops kept cheap)."""
+def _masks_of(labels: np.ndarray, source: str, *, min_area: int, max_area: int) -> list[Proposal]:
+    """One proposal per label of ``labels`` (int ``[H, W]``) with ``min_area <= area <= max_area`` px."""
     from scipy import ndimage as ndi
 
     out = []
@@ -133,9 +185,7 @@ def _masks_of(labels: np.ndarray, *, min_area: int, max_area: int) -> list[np.nd
         area = int(local.sum())
         if not min_area <= area <= max_area:
             continue
-        m = np.zeros(labels.shape, bool)
-        m[sl] = local
-        out.append(m)
+        out.append(Proposal(local, (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop), labels.shape, source))
     return out
 
 
@@ -178,9 +228,9 @@ def threshold_instances(f: np.ndarray, *, min_area: int, max_area: int, min_dist
     for name, fg in foreground_levels(f):
         fg = _clean(fg, min_area)
         components, _ = ndi.label(fg)
-        out += [Proposal(m, f"{name}-cc") for m in _masks_of(components, min_area=min_area, max_area=max_area)]
+        out += _masks_of(components, f"{name}-cc", min_area=min_area, max_area=max_area)
         split = _split_touching(fg, min_distance=min_distance)
-        out += [Proposal(m, f"{name}-watershed") for m in _masks_of(split, min_area=min_area, max_area=max_area)]
+        out += _masks_of(split, f"{name}-watershed", min_area=min_area, max_area=max_area)
     return out
 
 
@@ -245,9 +295,7 @@ def seeded_cells(f: np.ndarray, *, min_area: int, max_area: int, min_seed_contra
                 continue
             if nested_contrast(smooth[sl], seed, cell) < min_seed_contrast:
                 continue
-            m = np.zeros(f.shape, bool)
-            m[sl] = cell
-            out.append(Proposal(m, name))
+            out.append(Proposal(cell, (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop), f.shape, name))
             cells_kept.append((sl, cell))
     for sl, cell in cells_kept:
         vals = smooth15[sl]
@@ -262,9 +310,7 @@ def seeded_cells(f: np.ndarray, *, min_area: int, max_area: int, min_seed_contra
         nucleus = comps == (int(np.argmax(sizes)) + 1)
         if not 0.08 * cell.sum() <= nucleus.sum() <= 0.7 * cell.sum() or nucleus.sum() < max(8, min_area // 2):
             continue
-        m = np.zeros(f.shape, bool)
-        m[sl] = nucleus
-        out.append(Proposal(m, "cell-otsu"))
+        out.append(Proposal.from_crop(nucleus, (sl[0].start, sl[1].start), f.shape, "cell-otsu"))
     return out
 
 
@@ -321,9 +367,7 @@ def blob_instances(f: np.ndarray, *, radii: Sequence[float] = (2.5, 4.0, 6.0, 9.
                 continue
             if local[0].any() or local[-1].any() or local[:, 0].any() or local[:, -1].any():
                 continue  # leaks out of its window: not a blob
-            m = np.zeros((h, w), bool)
-            m[y0:y1, x0:x1] = local
-            out.append(Proposal(m, f"blob-{polarity}"))
+            out.append(Proposal.from_crop(local, (y0, x0), (h, w), f"blob-{polarity}"))
     return out
 
 
@@ -356,66 +400,125 @@ INNER_SOURCES = ("blob-bright", "blob-dark", "multiotsu-high-cc", "multiotsu-hig
 
 
 def classical_proposals(f: np.ndarray, *, min_area: int = 16, max_fraction: float = 0.9,
-                        duplicate_iou: float = 0.9, contrast_k: float = 4.0, inner_contrast: float = 3.0
-                        ) -> list[Proposal]:
+                        duplicate_iou: float = 0.9, contrast_k: float = 4.0, inner_contrast: float = 3.0,
+                        inner_ring: int = 4) -> list[Proposal]:
     """Every classical proposal of ``f [H, W]``: thresholds + watershed, seeded cells, LoG blobs.
 
     Masks smaller than ``min_area`` px or larger than ``max_fraction`` of the image, or that fail
     :func:`contrast_ok`, are dropped; a mask with IoU > ``duplicate_iou`` to an earlier one is a duplicate.
+    A mask of an inner source (:data:`INNER_SOURCES`) inside another proposal must stand out in the
+    smallest one holding it by ``inner_contrast`` (against its rest or the ``inner_ring``-px band around
+    the mask: :func:`_stands_out`).
+    Every test runs on bounding-box crops (the same pixels as on full masks, so the same decisions).
     """
-    from unsamv2_engine.pseudo.nms import mask_iou
-
     max_area = int(max_fraction * f.size)
     sigma = noise_sigma(f)
     found = (threshold_instances(f, min_area=min_area, max_area=max_area)
              + seeded_cells(f, min_area=min_area, max_area=max_area)
              + blob_instances(f, min_area=max(8, min_area // 2), max_area=max_area))
-    areas = [int(p.mask.sum()) for p in found]
-    boxes_all = [_box(p.mask) for p in found]
+    areas = np.array([p.area for p in found], np.int64)
+    boxes = np.array([p.box for p in found], np.int64).reshape(-1, 4)
     by_area = np.argsort(areas, kind="stable")
-    kept: list[Proposal] = []
-    boxes: list[tuple[int, int, int, int]] = []
+    kept: list[int] = []
     for i, p in enumerate(found):
-        box = boxes_all[i]
-        if not contrast_ok(f, p.mask, sigma, k=contrast_k):
+        if not _contrast_ok_crop(f, p, sigma, k=contrast_k):
             continue
         if p.source in INNER_SOURCES:
-            parent = _smallest_container(i, found, areas, boxes_all, by_area)
+            parent = _smallest_container(i, found, areas, boxes, by_area)
             if parent is None and p.source == "blob-dark":
                 continue  # a dark spot alone is background between objects, not an object
-            if parent is not None and nested_contrast(f, p.mask, found[parent].mask) < inner_contrast:
-                continue
-        duplicate = False
-        for q, qb in zip(kept, boxes):
-            if _boxes_overlap(box, qb) and mask_iou(p.mask[_union(box, qb)], q.mask[_union(box, qb)]) > duplicate_iou:
-                duplicate = True
-                break
-        if not duplicate:
-            kept.append(p)
-            boxes.append(box)
-    return kept
+            if parent is not None:
+                whole = found[parent]
+                if not _stands_out(f, p, whole, inner_contrast, inner_ring):
+                    continue
+        if not _has_duplicate(i, kept, found, areas, boxes, duplicate_iou):
+            kept.append(i)
+    return [found[i] for i in kept]
 
 
-def _smallest_container(i: int, found: Sequence[Proposal], areas: Sequence[int],
-                        boxes: Sequence[tuple[int, int, int, int]], by_area: np.ndarray) -> int | None:
-    """Index of the smallest proposal at least 15 % larger than ``found[i]`` holding > 80 % of it, or None."""
-    for j in by_area:
-        if areas[j] <= 1.15 * areas[i] or not _boxes_overlap(boxes[i], boxes[j]):
-            continue
-        if np.count_nonzero(found[i].mask & found[j].mask) > 0.8 * areas[i]:
+def _touching(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Bool ``[N]``: which of ``boxes`` (int ``[N, 4]`` rows ``(y0, y1, x0, x1)``) overlap ``box``."""
+    return ((boxes[:, 0] < box[1]) & (box[0] < boxes[:, 1]) & (boxes[:, 2] < box[3]) & (box[2] < boxes[:, 3]))
+
+
+def _has_duplicate(i: int, kept: Sequence[int], found: Sequence[Proposal], areas: np.ndarray, boxes: np.ndarray,
+                   duplicate_iou: float) -> bool:
+    """Whether ``found[i]`` has IoU > ``duplicate_iou`` with one of ``found[kept]`` (only overlapping boxes and
+    areas within the ratio ``duplicate_iou`` can: IoU <= smaller / larger area).
+    """
+    if not kept:
+        return False
+    idx = np.asarray(kept)
+    a = areas[idx]
+    near = _touching(boxes[idx], boxes[i]) & (np.minimum(a, areas[i]) > duplicate_iou * np.maximum(a, areas[i]))
+    return any(_iou(found[i], found[j], int(areas[i]), int(areas[j])) > duplicate_iou for j in idx[near])
+
+
+def _stands_out(f: np.ndarray, part: Proposal, whole: Proposal, min_contrast: float, ring: int) -> bool:
+    """Whether ``part`` stands out in its container ``whole`` by ``min_contrast``: against the rest of
+    ``whole`` (:func:`nested_contrast`), or, with ``ring`` > 0, against the band of ``whole`` within ``ring``
+    px around ``part`` (:func:`band_contrast`).
+
+    The band serves the two cases where the rest of the container is a poor reference: a container that
+    is the same nucleus with a rim of cytoplasm, and a container that is a cluster, whose other nuclei
+    make the spread of its rest large.
+    """
+    vals = f[whole.slices]
+    local = part.within(whole.box)
+    if nested_contrast(vals, local, whole.local) >= min_contrast:
+        return True
+    return ring > 0 and band_contrast(vals, local, whole.local, ring) >= min_contrast
+
+
+def band_contrast(f: np.ndarray, part: np.ndarray, whole: np.ndarray, ring: int) -> float:
+    """``|mean(part) - mean(band)| / std(band)`` on ``f`` (all ``[H, W]``; ``part``, ``whole`` bool), the band
+    being the pixels of ``whole`` outside ``part`` within ``ring`` px of it (inf when it has < 4 pixels).
+    """
+    from scipy import ndimage as ndi
+
+    inside = f[part & whole]
+    band = f[ndi.binary_dilation(part, iterations=ring) & whole & ~part]
+    if band.size < 4 or inside.size == 0:
+        return float("inf")
+    return abs(float(inside.mean()) - float(band.mean())) / max(float(band.std()), 1e-6)
+
+
+def _contrast_ok_crop(f: np.ndarray, p: Proposal, sigma: float, *, k: float, ring: int = 2) -> bool:
+    """:func:`contrast_ok` of proposal ``p`` on the window of ``f`` it reads (its box grown by ``ring + 1``)."""
+    h, w = p.shape
+    win = (max(0, p.box[0] - ring - 1), min(h, p.box[1] + ring + 1), max(0, p.box[2] - ring - 1),
+           min(w, p.box[3] + ring + 1))
+    return contrast_ok(f[win[0]:win[1], win[2]:win[3]], p.within(win), sigma, k=k, ring=ring)
+
+
+def _intersection(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """The overlap of two boxes ``(y0, y1, x0, x1)``, or None."""
+    y0, y1, x0, x1 = max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3])
+    return (y0, y1, x0, x1) if y0 < y1 and x0 < x1 else None
+
+
+def _overlap(p: Proposal, q: Proposal) -> int:
+    """Pixels in both proposals."""
+    box = _intersection(p.box, q.box)
+    if box is None:
+        return 0
+    return int(np.count_nonzero(p.within(box) & q.within(box)))
+
+
+def _iou(p: Proposal, q: Proposal, area_p: int, area_q: int) -> float:
+    """IoU of two proposals of known areas (px)."""
+    inter = _overlap(p, q)
+    return inter / (area_p + area_q - inter) if inter else 0.0
+
+
+def _smallest_container(i: int, found: Sequence[Proposal], areas: np.ndarray, boxes: np.ndarray,
+                        by_area: np.ndarray) -> int | None:
+    """Index of the smallest proposal at least 15 % larger than ``found[i]`` holding > 80 % of it, or None.
+
+    ``areas`` int ``[N]`` px, ``boxes`` int ``[N, 4]``, ``by_area`` the indices by increasing area (stable).
+    """
+    candidates = by_area[(areas[by_area] > 1.15 * areas[i]) & _touching(boxes[by_area], boxes[i])]
+    for j in candidates:
+        if _overlap(found[i], found[j]) > 0.8 * areas[i]:
             return int(j)
     return None
-
-
-def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
-def _boxes_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
-
-
-def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[slice, slice]:
-    return slice(min(a[0], b[0]), max(a[1], b[1])), slice(min(a[2], b[2]), max(a[3], b[3]))

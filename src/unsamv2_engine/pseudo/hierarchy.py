@@ -46,40 +46,67 @@ def build_instances(masks: Sequence[np.ndarray], *, sources: Sequence[str] | Non
         if box is None:
             continue
         area = int(np.count_nonzero(m))
-        duplicate = False
-        for q, qb, qa in zip(props, boxes, areas):
-            if not (box[0] < qb[1] and qb[0] < box[1] and box[2] < qb[3] and qb[2] < box[3]):
-                continue
-            if min(area, qa) <= duplicate_iou * max(area, qa):
-                continue  # areas too different for IoU > duplicate_iou
-            sl = (slice(min(box[0], qb[0]), max(box[1], qb[1])), slice(min(box[2], qb[2]), max(box[3], qb[3])))
-            inter = int(np.count_nonzero(m[sl] & q[sl]))
-            if inter / (area + qa - inter) > duplicate_iou:
-                duplicate = True
-                break
-        if not duplicate:
+        if not _is_duplicate(m, box, area, props, boxes, areas, duplicate_iou):
             props.append(m)
             boxes.append(box)
             areas.append(area)
             kept_names.append(name)
-    n = len(props)
-    contained_in: list[list[int]] = [[] for _ in range(n)]  # i -> the proposals that contain i
-    for i in range(n):
-        bi = boxes[i]
-        for j in range(n):
-            if i == j or areas[j] < areas[i] or (areas[j] == areas[i] and j > i):
-                continue  # only a larger proposal (or an earlier one of equal area) contains i
-            bj = boxes[j]
-            if not (bi[0] < bj[1] and bj[0] < bi[1] and bi[2] < bj[3] and bj[2] < bi[3]):
-                continue
-            sl = (slice(bi[0], bi[1]), slice(bi[2], bi[3]))
-            if np.count_nonzero(props[i][sl] & props[j][sl]) > contain_thresh * areas[i]:
-                contained_in[i].append(j)
+    contained_in = _containers(props, np.array(boxes, np.int64).reshape(-1, 4), np.array(areas, np.int64),
+                               contain_thresh)
+    holds: list[list[int]] = [[] for _ in props]  # j -> the proposals j contains, in index order
+    for k, containers in enumerate(contained_in):
+        for j in containers:
+            holds[j].append(k)
     instances = []
-    for i in range(n):
+    for i in range(len(props)):
         if contained_in[i] or areas[i] < min_instance_area:
             continue
-        parts = [props[k] for k in range(n) if i in contained_in[k]]
+        parts = [props[k] for k in holds[i]]
         instances.append(DividedInstance(props[i], parts, kept_names[i]))
     instances.sort(key=lambda inst: -int(np.count_nonzero(inst.mask)))
     return instances
+
+
+def _touching(boxes: np.ndarray, box: Sequence[int]) -> np.ndarray:
+    """Bool ``[N]``: which of ``boxes`` (int ``[N, 4]``, rows ``(y0, y1, x0, x1)``) overlap ``box``."""
+    return (boxes[:, 0] < box[1]) & (box[0] < boxes[:, 1]) & (boxes[:, 2] < box[3]) & (box[2] < boxes[:, 3])
+
+
+def _is_duplicate(m: np.ndarray, box: tuple[int, int, int, int], area: int, props: Sequence[np.ndarray],
+                  boxes: Sequence[tuple[int, int, int, int]], areas: Sequence[int], duplicate_iou: float) -> bool:
+    """Whether bool ``[H, W]`` ``m`` (``box``, ``area`` px) has IoU > ``duplicate_iou`` with one of ``props``.
+
+    Only proposals whose boxes overlap and whose areas are within the ratio ``duplicate_iou`` are
+    compared (IoU <= smaller / larger area).
+    """
+    if not props:
+        return False
+    a = np.asarray(areas)
+    near = _touching(np.asarray(boxes), box) & (np.minimum(a, area) > duplicate_iou * np.maximum(a, area))
+    for k in np.flatnonzero(near):
+        qb, qa = boxes[k], areas[k]
+        sl = (slice(min(box[0], qb[0]), max(box[1], qb[1])), slice(min(box[2], qb[2]), max(box[3], qb[3])))
+        inter = int(np.count_nonzero(m[sl] & props[k][sl]))
+        if inter / (area + qa - inter) > duplicate_iou:
+            return True
+    return False
+
+
+def _containers(props: Sequence[np.ndarray], boxes: np.ndarray, areas: np.ndarray, contain_thresh: float
+                ) -> list[list[int]]:
+    """For each proposal ``i``, the indices ``j`` (increasing) of the proposals that contain it:
+    ``|i & j| > contain_thresh * |i|`` with ``j`` larger, or of equal area and earlier.
+
+    ``props`` bool ``[H, W]`` each, ``boxes`` int ``[N, 4]``, ``areas`` int ``[N]`` px.
+    """
+    n = len(props)
+    index = np.arange(n)
+    out: list[list[int]] = []
+    for i in range(n):
+        bi = boxes[i]
+        larger = (areas > areas[i]) | ((areas == areas[i]) & (index < i))
+        sl = (slice(bi[0], bi[1]), slice(bi[2], bi[3]))
+        need = contain_thresh * areas[i]
+        out.append([int(j) for j in np.flatnonzero(larger & _touching(boxes, bi))
+                    if np.count_nonzero(props[i][sl] & props[j][sl]) > need])
+    return out

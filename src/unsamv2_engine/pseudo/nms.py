@@ -50,18 +50,24 @@ def windowed_mask_nms(
     if n == 0:
         return []
     arrs = [np.asarray(m, dtype=bool) for m in masks]
-    areas = np.array([int(m.sum()) for m in arrs])
+    areas = np.array([int(np.count_nonzero(m)) for m in arrs])
     order = np.argsort(-areas, kind="stable")
     removed = np.zeros(n, dtype=bool)  # by sorted position
     for i in range(n):
         if removed[i]:
             continue
         for j in range(i + 1, min(i + step, n)):
-            if removed[j]:
+            if removed[j] or not _may_exceed(areas[order[i]], areas[order[j]], iou_thresh):
                 continue
             if mask_iou(arrs[order[i]], arrs[order[j]]) > iou_thresh:
                 removed[j] = True
     return [int(order[k]) for k in range(n) if not removed[k]]
+
+
+def _may_exceed(area_a: int, area_b: int, iou_thresh: float) -> bool:
+    """False when two masks of these areas (px) cannot have IoU > ``iou_thresh``: IoU <= min / max area."""
+    small, large = min(area_a, area_b), max(area_a, area_b)
+    return large > 0 and small > iou_thresh * large
 
 
 def protected_nms(
@@ -88,6 +94,8 @@ def protected_nms(
         among the rest. The caller's final hierarchy is ``[instance] + kept parts``.
     """
     inst = np.asarray(instance, dtype=bool)
-    survivors = [k for k, p in enumerate(parts) if mask_iou(inst, p) <= iou_thresh]
+    inst_area = int(np.count_nonzero(inst))
+    survivors = [k for k, p in enumerate(parts)
+                 if not _may_exceed(inst_area, int(np.count_nonzero(p)), iou_thresh) or mask_iou(inst, p) <= iou_thresh]
     kept = windowed_mask_nms([parts[k] for k in survivors], iou_thresh, step)
     return [survivors[k] for k in kept]

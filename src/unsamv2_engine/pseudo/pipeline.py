@@ -63,10 +63,16 @@ class PseudoLabelSettings:
     ``"maskcut"`` the patch-grid pipeline (MaskCut instances, patch merging), kept for comparison.
     Pixel pipeline only: ``superpixel_size`` (px per SLIC superpixel), ``min_instance_area`` (px,
     replaces the 5 % ``min_instance_fraction`` of natural images: a cell is 0.5 % of a microscopy
-    image), ``maskcut_instances`` normalized cuts added to the classical proposals, ``contrast_k``
+    image), ``maskcut_instances`` normalized cuts added to the classical proposals (None: none with the
+    weight-free ``classical`` backbone, whose cuts matched few objects and lowered the precision on
+    real nuclei, 3 with the ``sam2`` and ``dino`` backbones; :meth:`maskcut_cuts`), ``contrast_k``
     (noise standard errors a mask must stand out from its surroundings by) and ``inner_contrast``
-    (how clearly an inner part stands out in its container, see :func:`.classical.classical_proposals`),
-    ``conquer_contrast`` (how clearly a merged superpixel part stands out in its instance).
+    (how clearly an inner part stands out in its container, see :func:`.classical.classical_proposals`;
+    ``inner_ring`` px: also against the band of the container that wide around the part, 0: off),
+    ``conquer_contrast`` (how clearly a merged superpixel part stands out in its instance),
+    ``solid_instance`` (an instance at least this solid, area / convex-hull area, is one object: its
+    divide parts are kept only when they stand out in it by ``conquer_contrast``, like its merged parts;
+    above 1: off).
     Divide: ``divide_size`` (px) long side of the image given to the backbone for the normalized
     cuts (MaskCut's 480); ``max_instances`` cuts per image; ``affinity_tau`` cosine threshold of the
     affinity graph; ``min_instance_patches`` smallest cut kept; ``contain_thresh`` (0.8) and
@@ -100,10 +106,12 @@ class PseudoLabelSettings:
     nms_step: int = 5
     superpixel_size: float = 30.0
     min_instance_area: int = 64
-    maskcut_instances: int = 3
+    maskcut_instances: int | None = None
     contrast_k: float = 4.0
     inner_contrast: float = 3.0
+    inner_ring: int = 4
     conquer_contrast: float = 3.0
+    solid_instance: float = 0.9
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "thetas", tuple(float(t) for t in self.thetas))
@@ -113,16 +121,24 @@ class PseudoLabelSettings:
         """A copy with the non-None ``changes`` applied (validated)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def maskcut_cuts(self, backbone_name: str) -> int:
+        """Normalized cuts the pixel pipeline adds for a backbone: ``maskcut_instances``, or when it is None,
+        0 for ``"classical"`` and 3 for the others.
+        """
+        if self.maskcut_instances is not None:
+            return int(self.maskcut_instances)
+        return 0 if backbone_name == "classical" else 3
+
     def validate(self) -> None:
         """Raise ValueError naming the first setting out of range."""
         if self.proposals not in ("pixel", "maskcut"):
             raise ValueError(f"proposals must be 'pixel' or 'maskcut', got {self.proposals!r}")
         if self.superpixel_size < 4:
             raise ValueError(f"superpixel_size must be at least 4 pixels, got {self.superpixel_size}")
-        for name in ("min_instance_area", "maskcut_instances"):
-            if getattr(self, name) < 0:
+        for name in ("min_instance_area", "maskcut_instances", "inner_ring"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("contrast_k", "inner_contrast", "conquer_contrast"):
+        for name in ("contrast_k", "inner_contrast", "conquer_contrast", "solid_instance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_side", "divide_size", "local_size"):
@@ -440,13 +456,16 @@ def folder_info(backbone: Backbone, model: UnSAMv2Model | None, settings: Pseudo
             "engine_version": _engine_version(), "backbone": backbone.name,
             "backbone_patch_size": int(backbone.patch_size),
             "model": model.info.label if model is not None else None,
-            "proposals": _proposals_name(s, model),
+            "proposals": _proposals_name(s, model, backbone.name),
             "refinement": REFINEMENT_NOTE if s.proposals == "maskcut" else PIXEL_REFINEMENT_NOTE,
             "settings": {**asdict(s), "thetas": list(s.thetas)}}
 
 
-def _proposals_name(s: PseudoLabelSettings, model: UnSAMv2Model | None) -> str:
-    base = "classical+maskcut" if s.proposals == "pixel" else "maskcut"
+def _proposals_name(s: PseudoLabelSettings, model: UnSAMv2Model | None, backbone_name: str) -> str:
+    if s.proposals == "pixel":
+        base = "classical+maskcut" if s.maskcut_cuts(backbone_name) > 0 else "classical"
+    else:
+        base = "maskcut"
     return base + (f"+model@g={s.model_granularity:g}" if model is not None else "")
 
 

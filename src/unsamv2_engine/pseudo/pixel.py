@@ -64,13 +64,14 @@ def pixel_hierarchies(rgb: np.ndarray, backbone: Backbone, settings: Any, *, mod
     sigma = noise_sigma(f)
     labels = superpixels(f, size=s.superpixel_size)
     found = classical_proposals(f, min_area=s.min_part_area, contrast_k=s.contrast_k,
-                                inner_contrast=s.inner_contrast)
+                                inner_contrast=s.inner_contrast, inner_ring=s.inner_ring)
     masks = [p.mask for p in found]
     sources = [p.source for p in found]
-    if s.maskcut_instances > 0:
+    n_cuts = s.maskcut_cuts(backbone.name)
+    if n_cuts > 0:
         scale = s.divide_size / max(h, w)
         small = resize_rgb(rgb, (max(2, round(h * scale)), max(2, round(w * scale))))
-        cuts = maskcut(backbone.features(small), n_instances=s.maskcut_instances, tau=s.affinity_tau,
+        cuts = maskcut(backbone.features(small), n_instances=n_cuts, tau=s.affinity_tau,
                        min_patches=s.min_instance_patches)
         for cut in cuts:
             snapped = snap_to_superpixels(upsample_mask(cut, (h, w)), labels)
@@ -88,6 +89,8 @@ def pixel_hierarchies(rgb: np.ndarray, backbone: Backbone, settings: Any, *, mod
                                 duplicate_iou=s.duplicate_iou, min_instance_area=s.min_instance_area)
     out = []
     for inst in instances:
+        inst.parts = _parts_of_solid(f, inst.mask, inst.parts, min_solidity=s.solid_instance,
+                                     min_contrast=s.conquer_contrast)
         new = conquer_superpixels(f, inst.mask, labels, known=inst.parts, thetas=s.thetas, noise=sigma,
                                   min_part_area=s.min_part_area, min_contrast=s.conquer_contrast)
         candidates = [(m, True) for m in new] + [(np.asarray(m, bool), False) for m in inst.parts]
@@ -98,6 +101,30 @@ def pixel_hierarchies(rgb: np.ndarray, backbone: Backbone, settings: Any, *, mod
         kept = protected_nms(inst.mask[sl], [c[0][sl] for c in candidates], s.nms_iou, s.nms_step)
         out.append(Hierarchy(inst.mask, [candidates[k] for k in kept], inst.source))
     return out
+
+
+def _parts_of_solid(f: np.ndarray, instance: np.ndarray, parts: list[np.ndarray], *, min_solidity: float,
+                    min_contrast: float) -> list[np.ndarray]:
+    """The divide ``parts`` (bool ``[H, W]``) of ``instance`` worth keeping.
+
+    An instance of solidity (area / convex-hull area) >= ``min_solidity`` is one object (a nucleus, a
+    cell), not a cluster: its parts must be structures that stand out in it (a nucleus in its cell,
+    :func:`~unsamv2_engine.pseudo.classical.nested_contrast` >= ``min_contrast``, the rule its merged
+    superpixel parts follow), not pieces cut out of it by a seed or a threshold. A less solid instance
+    (a cluster, a tissue region) keeps every part: its pieces are its cells.
+    """
+    from skimage.morphology import convex_hull_image
+
+    from unsamv2_engine.pseudo.classical import nested_contrast
+
+    if not parts or min_solidity > 1.0:
+        return parts
+    sl = _union_box([instance])
+    inst = instance[sl]
+    if np.count_nonzero(inst) < min_solidity * np.count_nonzero(convex_hull_image(inst)):
+        return parts
+    vals = f[sl]
+    return [p for p in parts if nested_contrast(vals, p[sl], inst) >= min_contrast]
 
 
 def _union_box(masks: list[np.ndarray]) -> tuple[slice, slice]:
