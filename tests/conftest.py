@@ -40,6 +40,14 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory):
+    """``tiny_model`` saved as an UnSAMv2 checkpoint file (for the engine process, the widget, the CLI)."""
+    from unsamv2_engine.model.checkpoint import save_checkpoint
+
+    return save_checkpoint(tiny_model, tmp_path_factory.mktemp("tiny") / "tiny.pt", kind="unsamv2")
+
+
+@pytest.fixture(scope="session")
 def tiny_sam2_model():
     """A seeded random-weight plain SAM 2.1 hiera-tiny model at 256 px (no granularity module)."""
     from unsamv2_engine.model import build_model

@@ -14,12 +14,8 @@ WAIT = 60_000  # ms
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from unsamv2_engine.model import build_model
-    from unsamv2_engine.model.checkpoint import save_checkpoint
-
-    return save_checkpoint(build_model("tiny", seed=0, image_size=256), tmp_path_factory.mktemp("w") / "tiny.pt",
-                           kind="unsamv2")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def test_dead_engine_offers_a_restart(make_napari_viewer, qtbot, checkpoint, monkeypatch):
