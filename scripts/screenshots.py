@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 

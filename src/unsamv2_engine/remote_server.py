@@ -104,7 +104,8 @@ class EngineServer:
         self._server = serve(self._handle, self.host, self._port, process_request=self._check_token,
                              compression=None, max_size=self.limits.max_frame_bytes,
                              ping_interval=self.limits.ping_interval_s, ping_timeout=self.limits.ping_timeout_s,
-                             close_timeout=min(2.0, self.limits.ping_timeout_s), server_header=f"unsamv2/{__version__}", logger=log)
+                             close_timeout=min(2.0, self.limits.ping_timeout_s), server_header=f"unsamv2/{__version__}",
+                             logger=log)
         self._port = self._server.socket.getsockname()[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="unsamv2-serve", daemon=True)
         self._thread.start()
