@@ -1,8 +1,9 @@
 """DDP: ``torchrun`` with 2 gloo processes on the CPU gives the step of one process on the same global batch.
 
-Both runs go through the real command line (``python -m unsamv2_engine finetune``), one under
-``torchrun --nproc_per_node 2`` (each rank takes 1 of the 2 images of the global batch), the other as a
-single process; both with one thread per process, so the arithmetic is the same. Augmentation, clicks
+Both runs go through the real command line: ``python -m unsamv2_engine finetune`` under ``torchrun
+--nproc_per_node 2`` (each rank takes 1 of the 2 images of the global batch), and the same arguments
+given to ``unsamv2_engine.cli.main`` in this process as the single-process reference (one process start
+fewer); both with one torch thread per process, so the arithmetic is the same. Augmentation, clicks
 and dropout are seeded per sample, so the two runs see identical samples.
 """
 
@@ -40,7 +41,21 @@ def _run(cmd: list[str], env: dict[str, str]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process(tmp_path, tiny_model):
+def _run_here(args: list[str], capsys) -> list[dict]:
+    """The command's arguments (after ``-m unsamv2_engine``) run in this process with one torch thread."""
+    from unsamv2_engine.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        capsys.readouterr()
+        assert main(args[2:]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path, tiny_model, capsys):
     from unsamv2_engine.model.checkpoint import read_adapter, save_checkpoint
 
     images, labels = write_pseudo_labels(tmp_path / "data", n_images=2, masks_per_image=2)
@@ -49,7 +64,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tiny_model):
            "PYTHONWARNINGS": "ignore"}
     env.pop("WORLD_SIZE", None)
 
-    single = _run([sys.executable, *_finetune_args(images, labels, base, tmp_path / "single.pt")], env)
+    single = _run_here(_finetune_args(images, labels, base, tmp_path / "single.pt"), capsys)
     ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
                 *_finetune_args(images, labels, base, tmp_path / "ddp.pt")], env)
