@@ -2,9 +2,9 @@
 
 The request names folders **of the server**; they are interpreted here, and only inside the data root the
 operator gave (``unsamv2 serve --data-root DIR``): without one, fine-tuning from clients is off. The run is
-the one of ``unsamv2 finetune`` (:mod:`unsamv2_engine.cli.finetune`): the base checkpoint of the served
-model, loaded afresh (the served model is never trained in place), pseudo-labels made first unless given,
-embeddings cached with a frozen encoder, :func:`unsamv2_engine.train.trainer.finetune`. Its events reach
+the one of ``unsamv2 finetune`` (the steps of :mod:`unsamv2_engine.train.folder_run`): the base checkpoint
+of the served model, loaded afresh (the served model is never trained in place), pseudo-labels made
+first unless given, embeddings cached with a frozen encoder. Its events reach
 the client as :class:`~unsamv2_engine.protocol.FineTuneEvent` messages; the client's cancel saves a
 checkpoint after the current step.
 """
@@ -73,11 +73,9 @@ class RemoteFinetuner:
 
     def _train(self, request: p.FineTune, job: dict[str, Any], emit: Callable[[Any], None],
                cancel: threading.Event) -> p.FineTuned:
-        from unsamv2_engine.model.checkpoint import load_checkpoint
         from unsamv2_engine.outputs import check_output_dir, check_outputs
-        from unsamv2_engine.train.dataset import PseudoLabelDataset
-        from unsamv2_engine.train.trainer import FinetuneConfig, finetune
-        from unsamv2_engine.weights import sha256_file
+        from unsamv2_engine.train import folder_run
+        from unsamv2_engine.train.config import FinetuneConfig
 
         start = time.perf_counter()
         rid = request.request_id
@@ -88,29 +86,23 @@ class RemoteFinetuner:
         base = self.base_checkpoint
         check_outputs({"adapter": job["output"]}, {"the base checkpoint": base})
         check_output_dir("workdir", job["workdir"], inputs={"the base checkpoint": base, "adapter": job["output"]})
-        device_type = str(getattr(self.device, "type", self.device)).split(":")[0]
-        backbone = request.backbone or ("classical" if device_type == "cpu" else "sam2")
+        backbone = request.backbone or folder_run.default_backbone(self.device)
         report({"event": "stage", "stage": "load", "message": f"loading the base {base.name} on {self.device} ..."})
-        model = load_checkpoint(base, device=self.device, merge_lora=False, source=str(base))
-        model.info.base_sha256 = sha256_file(base)
+        model = folder_run.load_base(base, self.device)
         labels_dir = job["pseudo_labels"]
         if labels_dir is None:
-            labels_dir = _pseudo_label(job, model, backbone, report, cancel)
+            labels_dir = folder_run.make_pseudo_labels(job["images"], job["workdir"], model, backbone, report, cancel)
             if labels_dir is None:
                 return p.FineTuned(rid, None, 0, request.max_steps, None, None, None, str(job["workdir"]), True,
                                    time.perf_counter() - start)
-        cache = request.trainable != "all"
-        dataset = PseudoLabelDataset(job["images"], labels_dir, max_masks=request.max_masks, augment=None,
-                                     seed=request.seed, image_size=model.image_size)
-        for reason in dataset.skipped:
-            report({"event": "stage", "stage": "data", "message": f"skipped {reason}"})
         config = FinetuneConfig(max_steps=request.max_steps, batch_size=request.batch_size, lr=request.lr,
                                 min_lr=min(1e-5, request.lr), trainable=request.trainable,
                                 val_fraction=request.val_fraction, seed=request.seed, max_masks=request.max_masks,
-                                num_correction_clicks=request.correction_clicks, cache_embeddings=cache,
-                                augment=False)
-        result = finetune(model, dataset, config, workdir=job["workdir"], output=job["output"],
-                          resume=request.resume, progress=report, cancel=cancel)
+                                num_correction_clicks=request.correction_clicks,
+                                cache_embeddings=request.trainable != "all", augment=False)
+        result = folder_run.train_on_folder(model, job["images"], labels_dir, config, workdir=job["workdir"],
+                                            output=job["output"], report=report, cancel=cancel,
+                                            resume=request.resume)
         del model
         return p.FineTuned(rid, None if result.cancelled or result.output is None else str(result.output),
                            result.steps, result.max_steps, result.final_loss, result.val[-1] if result.val else None,
@@ -140,25 +132,3 @@ def _checked(request: p.FineTune, root: Path) -> dict[str, Any]:
     if not isinstance(request.max_steps, int) or request.max_steps < 1:
         raise InputError(f"max_steps must be a whole number >= 1, got {request.max_steps!r}")
     return {"images": images, "pseudo_labels": labels, "output": output, "workdir": workdir}
-
-
-def _pseudo_label(job: dict[str, Any], model: Any, backbone: str, report: Callable[[dict[str, Any]], None],
-                  cancel: threading.Event) -> Path | None:
-    """Pseudo-label the images into ``<workdir>/pseudo-labels`` (as ``unsamv2 finetune``); None if cancelled."""
-    from unsamv2_engine.pseudo.pipeline import pseudo_label_folder
-
-    out_dir = job["workdir"] / "pseudo-labels"
-    report({"event": "stage", "stage": "pseudo-labels", "message": f"making pseudo-labels ({backbone}) ..."})
-
-    def progress(done: int, total: int, name: str) -> None:
-        report({"event": "stage", "stage": "pseudo-labels", "done": int(done), "total": int(total), "image": name,
-                "message": f"pseudo-labelled {done}/{total}: {name}"})
-
-    summary = pseudo_label_folder(job["images"], out_dir, model=None if backbone == "classical" else model,
-                                  backbone=backbone, progress=progress, cancel=cancel, overwrite=True)
-    if summary.cancelled or cancel.is_set():
-        return None
-    report({"event": "stage", "stage": "pseudo-labels",
-            "message": f"pseudo-labels: {len(summary.done)} images done, {len(summary.failed)} failed, "
-                       f"{summary.n_masks} masks"})
-    return out_dir

@@ -22,7 +22,6 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -295,32 +294,30 @@ def _run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, base_path: Path, device: Any, ctx: Any, reporter: _Reporter,
            cancel: threading.Event) -> int:
-    from unsamv2_engine.model.checkpoint import load_checkpoint
+    from unsamv2_engine.train import folder_run
     from unsamv2_engine.train.augment import AugmentConfig
-    from unsamv2_engine.train.dataset import PseudoLabelDataset
-    from unsamv2_engine.train.trainer import FinetuneConfig, finetune
-    from unsamv2_engine.weights import sha256_file
+    from unsamv2_engine.train.config import FinetuneConfig
 
     workdir = _workdir(args)
     if args.backbone is None and args.pseudo_labels is None:
-        args.backbone = "classical" if torch_device_type(device) == "cpu" else "sam2"
+        args.backbone = folder_run.default_backbone(device)
         reporter({"event": "stage", "stage": "pseudo-labels",
-                  "message": f"pseudo-label backbone: {args.backbone} (the default on {torch_device_type(device)}; "
-                             f"choose with --backbone)"})
+                  "message": f"pseudo-label backbone: {args.backbone} (the default on "
+                             f"{folder_run.device_type(device)}; choose with --backbone)"})
     reporter({"event": "stage", "stage": "load", "message": f"loading {args.base} on {device} ..."})
     with reading_checkpoints(base_path):
-        model = load_checkpoint(base_path, device=device, merge_lora=False, source=str(args.base))
-    model.info.base_sha256 = sha256_file(base_path)
-    labels_dir = Path(args.pseudo_labels) if args.pseudo_labels else _make_pseudo_labels(args, model, workdir,
-                                                                                         reporter, cancel)
+        model = folder_run.load_base(base_path, device, source=str(args.base))
+    if args.pseudo_labels:
+        labels_dir = Path(args.pseudo_labels)
+    elif args.workers != 1 or args.scheduler:
+        labels_dir = _make_pseudo_labels_on_dask(args, workdir / "pseudo-labels", reporter, cancel)
+    else:
+        labels_dir = folder_run.make_pseudo_labels(args.images, workdir, model, args.backbone, reporter, cancel,
+                                                   dino_weights=args.dino_weights)
     if labels_dir is None:
         warn("interrupted while making pseudo-labels; run again to continue")
         return EXIT_INTERRUPTED
     augment = None if (args.no_augment or args.cache_embeddings) else AugmentConfig()
-    dataset = PseudoLabelDataset(args.images, labels_dir, max_masks=args.max_masks, augment=augment, seed=args.seed,
-                                 image_size=model.image_size)
-    for reason in dataset.skipped if ctx.is_main else ():
-        reporter({"event": "stage", "stage": "data", "message": f"skipped {reason}"})
     config = FinetuneConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                             lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay, trainable=args.trainable,
                             checkpoint_every=args.checkpoint_every, val_fraction=args.val_fraction,
@@ -328,8 +325,9 @@ def _train(args: argparse.Namespace, base_path: Path, device: Any, ctx: Any, rep
                             num_correction_clicks=args.correction_clicks,
                             cache_embeddings=args.cache_embeddings, augment=augment is not None,
                             mask_chunk=args.mask_chunk)
-    result = finetune(model, dataset, config, workdir=workdir, output=args.output, resume=args.resume,
-                      progress=reporter, cancel=cancel)
+    result = folder_run.train_on_folder(model, args.images, labels_dir, config, workdir=workdir, output=args.output,
+                                        report=reporter, cancel=cancel, augment=augment, resume=args.resume,
+                                        report_skipped=ctx.is_main)
     if result.cancelled:
         if ctx.is_main:
             warn(f"stopped at step {result.steps} of {result.max_steps}; checkpoint {result.checkpoint}. "
@@ -341,42 +339,8 @@ def _train(args: argparse.Namespace, base_path: Path, device: Any, ctx: Any, rep
     return EXIT_OK
 
 
-def torch_device_type(device: Any) -> str:
-    """``"cpu"``, ``"cuda"`` or ``"mps"`` of a torch device or a device name."""
-    return str(getattr(device, "type", device)).split(":")[0]
-
-
-def _make_pseudo_labels(args: argparse.Namespace, model: Any, workdir: Path, reporter: _Reporter,
-                        cancel: threading.Event) -> Path | None:
-    """Pseudo-label ``--images`` into ``<workdir>/pseudo-labels`` with the base model; None if cancelled."""
-    from unsamv2_engine.pseudo.pipeline import pseudo_label_folder
-
-    out_dir = workdir / "pseudo-labels"
-    reporter({"event": "stage", "stage": "pseudo-labels", "message": f"making pseudo-labels into {out_dir} ..."})
-
-    def progress(done: int, total: int, name: str) -> None:
-        reporter({"event": "stage", "stage": "pseudo-labels", "done": int(done), "total": int(total), "image": name,
-                  "message": f"pseudo-labelled {done}/{total}: {name}"})
-
-    if args.workers != 1 or args.scheduler:
-        return _make_pseudo_labels_on_dask(args, out_dir, progress, reporter, cancel)
-    # classical = the weight-free recipe of `unsamv2 pseudo-label` without a model (no model masks at g = 1)
-    summary = pseudo_label_folder(args.images, out_dir, model=None if args.backbone == "classical" else model,
-                                  backbone=args.backbone,
-                                  dino_weights=args.dino_weights, progress=progress, cancel=cancel,
-                                  overwrite=True)  # the workdir's labels are derived data: re-do other settings
-    if summary.cancelled or cancel.is_set():
-        return None
-    reporter({"event": "stage", "stage": "pseudo-labels",
-              "message": f"pseudo-labels: {len(summary.done)} images done, {len(summary.skipped)} already there, "
-                         f"{len(summary.failed)} failed, {summary.n_masks} masks"})
-    for name, reason in summary.failed.items():
-        reporter({"event": "stage", "stage": "pseudo-labels", "message": f"could not pseudo-label {name}: {reason}"})
-    return out_dir
-
-
-def _make_pseudo_labels_on_dask(args: argparse.Namespace, out_dir: Path, progress: Callable[[int, int, str], None],
-                                reporter: _Reporter, cancel: threading.Event) -> Path | None:
+def _make_pseudo_labels_on_dask(args: argparse.Namespace, out_dir: Path, reporter: _Reporter,
+                                cancel: threading.Event) -> Path | None:
     """The pseudo-labelling stage on Dask workers (``--workers N`` / ``--scheduler``); None if cancelled.
 
     The same recipe as the in-process stage: the base model's encoder and whole-image masks unless
@@ -387,6 +351,13 @@ def _make_pseudo_labels_on_dask(args: argparse.Namespace, out_dir: Path, progres
 
     if args.scheduler and args.workers != 1:
         raise CliError("give --workers N (a local Dask cluster) or --scheduler ADDRESS, not both")
+    reporter({"event": "stage", "stage": "pseudo-labels", "message": f"making pseudo-labels ({args.backbone}) into "
+                                                                     f"{out_dir} on Dask workers ..."})
+
+    def progress(done: int, total: int, name: str) -> None:
+        reporter({"event": "stage", "stage": "pseudo-labels", "done": int(done), "total": int(total), "image": name,
+                  "message": f"pseudo-labelled {done}/{total}: {name}"})
+
     with_model = args.backbone != "classical"
     options = {"checkpoint": str(weights.resolve_checkpoint(args.base)) if with_model else None, "model": None,
                "adapter": None, "allow_base_mismatch": False, "device": args.device, "backbone": args.backbone,

@@ -7,6 +7,8 @@ Modules, one concept each:
 * :mod:`.augment`: flips, 90 degree rotations, mild affine, intensity jitter;
 * :mod:`.dataset`: images + pseudo-label JSONs -> deterministic training samples;
 * :mod:`.trainer`: the training loop (``finetune``), checkpoints, resume, validation, adapter output;
+* :mod:`.folder_run`: a run from folders (base, pseudo-labels, dataset, training), shared by
+  ``unsamv2 finetune`` and a server's FineTune;
 * :mod:`.distributed`: DDP under ``torchrun``.
 
 The ``unsamv2 finetune`` command is :mod:`unsamv2_engine.cli.finetune`.
