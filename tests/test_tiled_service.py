@@ -55,10 +55,27 @@ def test_tiled_hierarchy_is_nested_with_ids_unique_across_levels(tiny_model):
     assert check_nesting(h) == []
 
 
-def test_a_sweep_on_a_tiled_image_says_what_to_do(tiny_model):
+def test_a_sweep_on_a_tiled_image_is_each_levels_click_nested_in_a_box(tiny_model):
+    """A sweep on a large image: every level is the click decoded at that g on its own view (as a Predict
+    would be), the masks and nested labels cover the union of those views only, and it all goes over the wire.
+    """
+    from unsamv2_engine.hierarchy import Hierarchy, check_nesting
     from unsamv2_engine.service import EngineService
+    from unsamv2_engine.tiling.interactive import TiledSession, union_box
 
+    image, gs, point = cells(), [0.2, 0.5, 0.9], np.array([[250.0, 300.0]])
     service = EngineService(tiny_model)
-    service.handle(p.SetImage("k", cells(), tiled=True))
-    reply = service.handle(p.SweepRequest("k", np.array([[120.0, 100.0]]), np.array([1]), [0.2, 0.8]))
-    assert isinstance(reply, p.Failure) and "not available on a large (tiled) image" in reply.message
+    service.handle(p.SetImage("k", image, tiled=True))
+    reply = service.handle(p.SweepRequest("k", point, np.array([1]), gs, nest=True))
+    assert isinstance(reply, p.SweepDecoded), reply
+    reference = TiledSession(tiny_model, image).sweep(point, [1], gs)
+    assert reply.box == union_box(r.box for r in reference) and reply.steps == [r.step for r in reference]
+    x0, y0, x1, y1 = reply.box
+    assert reply.masks.shape == reply.labels.shape == (3, y1 - y0, x1 - x0)
+    for level, ref in enumerate(reference):
+        np.testing.assert_array_equal(reply.masks[level], ref.full_mask(image.shape)[y0:y1, x0:x1])
+        assert reply.areas[level] == ref.area
+    assert check_nesting(Hierarchy(reply.labels, gs, ["a", "b", "c"], reply.table, {})) == []
+    back = wire.decode(wire.encode(reply))
+    assert back.box == reply.box and back.steps == reply.steps and back.note == reply.note
+    np.testing.assert_array_equal(back.labels, reply.labels)

@@ -3,7 +3,8 @@
 A layer plane with a side above the engine's rule (:data:`unsamv2_engine.tiling.grid.TILE_ABOVE`, 2048 px)
 goes to a tiled session in the engine: clicks are decoded on 256-px tiles of the 256-px test model
 (re-centred, then coarser views), the mask comes back over its view's box in image coordinates;
-dask layers are read one plane at a time; ``IMAGE.embeddings.zarr`` beside a TIFF is used; whole-image
+dask layers are read one plane at a time; a sweep's levels come back over a box around the click and become
+layers of that box only; ``IMAGE.embeddings.zarr`` beside a TIFF is used; whole-image
 segmentation reports progress per tile and a cancel keeps the finished tiles.
 """
 
@@ -136,6 +137,21 @@ def test_a_dask_stack_is_read_one_plane_at_a_time(make_napari_viewer, qtbot, che
         expected = TiledSession(model, image).predict([CLICK_RC[::-1]], [1], 0.5)
         assert reply.box == expected.box
         np.testing.assert_array_equal(reply.mask, expected.mask)
+        assert set(source.read) == {1}
+        # a sweep: one layer per level holding the sweep's box of this plane only, placed by its translate
+        w.sweep_edit.setText("0.2,0.9")
+        with qtbot.waitSignal(w.sweep_added, timeout=WAIT) as added:
+            w.sweep()
+        levels = TiledSession(model, image).sweep([CLICK_RC[::-1]], [1], [0.2, 0.9])
+        x0, y0, x1, y1 = (min(r.box[0] for r in levels), min(r.box[1] for r in levels),
+                          max(r.box[2] for r in levels), max(r.box[3] for r in levels))
+        for layer, level in zip(added.args[0], levels):
+            assert layer.data.shape == (1, y1 - y0, x1 - x0)
+            np.testing.assert_allclose(layer.translate, [1, y0, x0])
+            assert layer.metadata["unsamv2_hierarchy"]["box"] == [x0, y0, x1, y1]
+            # the level's mask, clipped to its parent: never more than the decoded mask, never outside the box
+            assert not (layer.data[0].astype(bool) & ~level.full_mask(image.shape)[y0:y1, x0:x1]).any()
+        assert added.args[0][-1].data.any()
         assert set(source.read) == {1}
         viewer.dims.set_current_step(0, 2)
         qtbot.waitUntil(lambda: w._embedded_key is not None and "@2|" in w._embedded_key, timeout=WAIT)

@@ -708,23 +708,43 @@ class UnSAMv2Widget(QWidget):
                      "sweep")
 
     def _add_sweep(self, reply) -> None:
-        """Show a sweep as one labels layer per level (nested by the engine: ``SweepRequest(nest=True)``)."""
-        self._idle(f"sweep of {len(reply.granularities)} granularities in {reply.seconds:.2f} s")
+        """Show a sweep as one labels layer per level (nested by the engine: ``SweepRequest(nest=True)``).
+
+        On a large (tiled) image the engine returns the levels over a box around the prompts: the layers then
+        hold that box of the current plane only, placed on the image by their translate.
+        """
+        note = f"; {reply.note}" if reply.note else ""
+        self._idle(f"sweep of {len(reply.granularities)} granularities in {reply.seconds:.2f} s{note}")
         self._sweep_count += 1
         layers = self._add_hierarchy_layers(reply.labels, reply.granularities, reply.table,
-                                            f"sweep {self._sweep_count}", {"sweep": self._sweep_count})
+                                            f"sweep {self._sweep_count}", {"sweep": self._sweep_count},
+                                            box=reply.box)
         if layers:
             self.sweep_added.emit(layers)
 
-    def _add_hierarchy_layers(self, labels: np.ndarray, granularities, table, prefix: str, extra: dict) -> list:
+    def _add_hierarchy_layers(self, labels: np.ndarray, granularities, table, prefix: str, extra: dict,
+                              box: tuple[int, int, int, int] | None = None) -> list:
         """One Labels layer per level (placed on the current plane), with features and the hierarchy
         in metadata, so the writer saves them as one hierarchy file.
+
+        box: None when ``labels`` ``[G, H, W]`` cover the whole plane (the layers then have the image's
+        shape); else the (x0, y0, x1, y1) image pixels they cover: each layer is ``[1, ..., 1, h, w]``,
+        the current plane's box only, moved into place by its translate (a large image's sweep never
+        allocates the whole image per level).
         """
         image = self.image_layer()
         if image is None:
             return []
         leading, shape = self._plane(image)
         meta = {"granularities": list(granularities), "table": table, "plane": list(leading), **extra}
+        scale = np.asarray(image.scale[-len(shape):], float)
+        translate = np.asarray(image.translate[-len(shape):], float)
+        if box is not None:
+            x0, y0, x1, y1 = (int(v) for v in box)
+            meta["box"] = [x0, y0, x1, y1]
+            translate = translate + scale * np.array([*leading, y0, x0], float)
+            shape = (*([1] * len(leading)), y1 - y0, x1 - x0)
+            leading = (0,) * len(leading)
         layers = []
         for level, g in enumerate(granularities):
             data = np.zeros(shape, np.uint32)
@@ -733,9 +753,8 @@ class UnSAMv2Widget(QWidget):
             features = {key: [r[key] for r in rows] for key in ("granularity", "parent", "area", "score")}
             features = {"index": [r["label"] for r in rows], **features}
             layers.append(self.viewer.add_labels(
-                data, name=f"{prefix} g={g:.2f}", features=features, scale=image.scale[-len(shape):],
-                translate=image.translate[-len(shape):], metadata={"unsamv2_hierarchy": {**meta, "level": level}},
-                opacity=0.6))
+                data, name=f"{prefix} g={g:.2f}", features=features, scale=scale, translate=translate,
+                metadata={"unsamv2_hierarchy": {**meta, "level": level}}, opacity=0.6))
         return layers
 
     def _whole_image_settings(self) -> dict:

@@ -262,6 +262,11 @@ class SweepDecoded:
     With ``nest``: labels uint32 ``[G, H, W]`` the nested hierarchy (one object per non-empty level,
     ids unique across levels, each inside its parent) and its table rows
     label/level/granularity/parent/area/score; None otherwise.
+
+    box: None for an ordinary image (masks and labels cover it whole); for a large (tiled) image the
+    (x0, y0, x1, y1) image pixels that masks and labels cover (``[G, y1 - y0, x1 - x0]``): the union of
+    the views the levels were decoded on. steps ``[G]``: each level's view reduction (1 = full
+    resolution; tiled images only); note: what happened, for the user.
     """
 
     request_id: int
@@ -273,6 +278,9 @@ class SweepDecoded:
     seconds: float
     labels: np.ndarray | None = None
     table: list[dict] | None = None
+    box: tuple[int, int, int, int] | None = None
+    steps: list[int] | None = None
+    note: str = ""
 
 
 @dataclass

@@ -158,9 +158,6 @@ class EngineService:
 
     def _activate(self, image_key: str):
         session = self._require_session()
-        if image_key in self._tiled:
-            raise EngineStateError("sweeps are not available on a large (tiled) image yet: click and turn the dial, "
-                                   "or crop the region into a layer of its own and sweep there")
         if image_key not in self._embeddings:
             raise EngineStateError(f"image {image_key!r} is not embedded (send SetImage first)")
         self._embeddings.move_to_end(image_key)
@@ -181,6 +178,9 @@ class EngineService:
                          pred.granularity, time.perf_counter() - start)
 
     def _sweep(self, request: p.SweepRequest) -> p.SweepDecoded:
+        if request.image_key in self._tiled:
+            self._tiled.move_to_end(request.image_key)
+            return self._tiled[request.image_key].sweep(request)
         session = self._activate(request.image_key)
         start = time.perf_counter()
         sweep = session.sweep(request.points_xy, request.labels, request.granularities, m2m=request.m2m,

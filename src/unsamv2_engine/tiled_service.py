@@ -76,6 +76,37 @@ class TiledImage:
                          time.perf_counter() - start, box=tuple(int(v) for v in pred.box), step=int(pred.step),
                          note=pred.note, views_embedded=self.session.embedded - before)
 
+    def sweep(self, request: p.SweepRequest) -> p.SweepDecoded:
+        """The prompts decoded at every granularity, each on its own view; masks (and, with ``nest``, the
+        nested labels) cover the union of those views (``box``), never the whole large image.
+        """
+        from unsamv2_engine.tiling.interactive import union_box
+
+        start = time.perf_counter()
+        preds = self.session.sweep(request.points_xy, request.labels, request.granularities, m2m=request.m2m,
+                                   mask_threshold=request.mask_threshold)
+        box = union_box(pr.box for pr in preds)
+        x0, y0, x1, y1 = box
+        masks = np.zeros((len(preds), y1 - y0, x1 - x0), bool)
+        for i, pr in enumerate(preds):
+            bx0, by0, bx1, by1 = pr.box
+            masks[i, by0 - y0:by1 - y0, bx0 - x0:bx1 - x0] = pr.mask
+        scores = [float(pr.score) for pr in preds]
+        labels = table = None
+        if request.nest:
+            from unsamv2_engine.hierarchy import sweep_hierarchy
+
+            nested = sweep_hierarchy(masks, request.granularities, scores)
+            labels, table = nested.labels, nested.table
+        coarse = sorted({pr.step for pr in preds if pr.step > 1})
+        note = (f"decoded on {x1 - x0}x{y1 - y0} px around the prompts"
+                + (f"; levels whose object outgrew a tile were decoded on views reduced {', '.join(map(str, coarse))}x"
+                   if coarse else " at full resolution"))
+        return p.SweepDecoded(request.request_id, request.image_key, [float(g) for g in request.granularities],
+                              masks, np.asarray(scores, np.float32), masks.reshape(len(masks), -1).sum(axis=1),
+                              time.perf_counter() - start, labels=labels, table=table, box=box,
+                              steps=[int(pr.step) for pr in preds], note=note)
+
     def whole_image(self, request, segmenter, emit, cancel) -> p.Segmented | p.HierarchyBuilt:
         """Segment all / build a hierarchy tile by tile; progress per tile; a cancel keeps the finished tiles."""
         from unsamv2_engine.tiling.auto import segment_tiled

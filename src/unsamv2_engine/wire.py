@@ -28,10 +28,11 @@ from unsamv2_engine import protocol as p
 from unsamv2_engine.video.data import ObjectPrompt
 
 #: Bumped whenever a message or field changes; client and server must agree.
-PROTOCOL_VERSION = 4  # 2: SweepRequest.nest, SweepDecoded.labels/table; 3: FineTune, FineTuned, FineTuneEvent,
+PROTOCOL_VERSION = 5  # 2: SweepRequest.nest, SweepDecoded.labels/table; 3: FineTune, FineTuned, FineTuneEvent,
 #: SegmentAll.want_masks, Segmented.stability/masks/points, BuildHierarchy.containment, HierarchyBuilt.masks_per_level;
 #: 4: tiled images (SetImage.image_path/frame/tiled/tile_size/overlap, ImageEmbedded.tiled/tiles/tile_size/note,
-#: Decoded.box/step/note/views_embedded, Segmented/HierarchyBuilt.tiles_done/tiles_total)
+#: Decoded.box/step/note/views_embedded, Segmented/HierarchyBuilt.tiles_done/tiles_total);
+#: 5: sweeps on tiled images (SweepDecoded.box/steps/note)
 _ALLOWED_DTYPES = {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "uint64", "float16",
                    "float32", "float64"}
 _HEADER = struct.Struct(">I")

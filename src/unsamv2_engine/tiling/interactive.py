@@ -80,6 +80,12 @@ def touches_inner_edge(mask: np.ndarray, box: tuple[int, int, int, int], image_h
                 or (x1 < w and mask[:, -1].any()) or (y1 < h and mask[-1].any()))
 
 
+def union_box(boxes) -> tuple[int, int, int, int]:
+    """The smallest (x0, y0, x1, y1) box holding every box given."""
+    boxes = np.asarray(list(boxes), np.int64)
+    return (int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max()))
+
+
 def centred_window(centre_xy: tuple[float, float], side: int, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """A ``side`` x ``side`` window centred on (x, y), shifted to lie inside the image (clipped if larger)."""
     h, w = image_hw
@@ -190,6 +196,14 @@ class TiledSession:
                 return TiledPrediction(pred.mask, box, pred.score, pred.object_score, pred.granularity, step, edge,
                                        _note(box, step, edge, len(tried), self.image_hw), pred.low_res_logits)
         raise AssertionError("unreachable: views() is never empty")
+
+    def sweep(self, points, labels, granularities, **decode_options) -> list[TiledPrediction]:
+        """One :class:`TiledPrediction` per granularity for the same prompts, in the order given.
+
+        Each level is decoded on its own view (a fine level at full resolution, a level whose object
+        outgrows the tile on a coarser view); views embedded for one level serve the next from memory.
+        """
+        return [self.predict(points, labels, g, **decode_options) for g in granularities]
 
     def _decode_on(self, box, step, tile, pts, lab, granularity, options) -> Prediction:
         x0, y0, x1, y1 = box
