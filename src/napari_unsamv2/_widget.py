@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unsamv2 import _layers as L
+from napari_unsamv2 import _result_layers as R
 from napari_unsamv2._form_rows import path_row
 from napari_unsamv2._propagate_panel import PURPOSE as PROPAGATE
 from napari_unsamv2._propagate_panel import PropagatePanel
@@ -724,38 +725,13 @@ class UnSAMv2Widget(QWidget):
 
     def _add_hierarchy_layers(self, labels: np.ndarray, granularities, table, prefix: str, extra: dict,
                               box: tuple[int, int, int, int] | None = None) -> list:
-        """One Labels layer per level (placed on the current plane), with features and the hierarchy
-        in metadata, so the writer saves them as one hierarchy file.
-
-        box: None when ``labels`` ``[G, H, W]`` cover the whole plane (the layers then have the image's
-        shape); else the (x0, y0, x1, y1) image pixels they cover: each layer is ``[1, ..., 1, h, w]``,
-        the current plane's box only, moved into place by its translate (a large image's sweep never
-        allocates the whole image per level).
-        """
+        """One Labels layer per level on the current plane (:func:`._result_layers.hierarchy_layers`)."""
         image = self.image_layer()
         if image is None:
             return []
         leading, shape = self._plane(image)
-        meta = {"granularities": list(granularities), "table": table, "plane": list(leading), **extra}
-        scale = np.asarray(image.scale[-len(shape):], float)
-        translate = np.asarray(image.translate[-len(shape):], float)
-        if box is not None:
-            x0, y0, x1, y1 = (int(v) for v in box)
-            meta["box"] = [x0, y0, x1, y1]
-            translate = translate + scale * np.array([*leading, y0, x0], float)
-            shape = (*([1] * len(leading)), y1 - y0, x1 - x0)
-            leading = (0,) * len(leading)
-        layers = []
-        for level, g in enumerate(granularities):
-            data = np.zeros(shape, np.uint32)
-            data[tuple(leading)] = labels[level]
-            rows = [r for r in table if r["level"] == level]
-            features = {key: [r[key] for r in rows] for key in ("granularity", "parent", "area", "score")}
-            features = {"index": [r["label"] for r in rows], **features}
-            layers.append(self.viewer.add_labels(
-                data, name=f"{prefix} g={g:.2f}", features=features, scale=scale, translate=translate,
-                metadata={"unsamv2_hierarchy": {**meta, "level": level}}, opacity=0.6))
-        return layers
+        return R.hierarchy_layers(self.viewer, image, leading, shape, labels, granularities, table, prefix, extra,
+                                  box=box)
 
     def _whole_image_settings(self) -> dict:
         return {"preset": self.preset_combo.currentText(), "mask_threshold": self.threshold_spin.value()}
@@ -807,15 +783,7 @@ class UnSAMv2Widget(QWidget):
         if image is None:
             return
         leading, shape = self._plane(image)
-        data = np.zeros(shape, np.uint32)
-        data[tuple(leading)] = reply.labels
-        n = len(reply.scores)
-        layer = self.viewer.add_labels(
-            data, name=f"all g={reply.granularity:.2f}", scale=image.scale[-len(shape):],
-            translate=image.translate[-len(shape):], opacity=0.6,
-            features={"index": list(range(1, n + 1)), "granularity": [reply.granularity] * n,
-                      "score": [float(s) for s in reply.scores], "area": [int(a) for a in reply.areas]})
-        self.whole_image_added.emit([layer])
+        self.whole_image_added.emit([R.segmented_layer(self.viewer, image, leading, shape, reply)])
 
     def _add_hierarchy_reply(self, reply) -> None:
         self._sweep_count += 1
