@@ -60,6 +60,34 @@ def test_source_uses_one_global_intensity_map():
     assert block_reduce(np.full((5, 5, 3), 9, np.uint8), 2).shape == (3, 3, 3)
 
 
+class RowReads:
+    """A uint16 image that records the rows of every read; converting it whole raises."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype = data, data.shape, data.dtype
+        self.rows_read: list[int] = []
+
+    def __getitem__(self, key):
+        rows = key[0]
+        self.rows_read.append(len(range(*rows.indices(self.shape[0]))))
+        return self.data[key]
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("the whole image was read at once")
+
+
+def test_a_coarse_window_is_read_in_bands_and_equals_reducing_it_whole():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 4000, (203, 157)).astype(np.uint16)
+    lazy = RowReads(img)
+    src = ImageSource(lazy, contrast_limits=(0, 4000))
+    box = (3, 5, 157, 203)
+    banded = src.window(box, 4, band_pixels=4 * 154 * 3)  # bands of 12 rows
+    whole = block_reduce(ImageSource(img, contrast_limits=(0, 4000)).window(box), 4)
+    np.testing.assert_array_equal(banded, whole)
+    assert banded.shape == (50, 39, 3) and max(lazy.rows_read) == 12
+
+
 def test_centred_window_stays_inside():
     assert centred_window((10, 10), 100, (1000, 800)) == (0, 0, 100, 100)
     assert centred_window((795, 500), 100, (1000, 800)) == (700, 450, 800, 550)

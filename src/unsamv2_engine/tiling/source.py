@@ -17,6 +17,7 @@ import numpy as np
 from unsamv2_engine.intensity import to_uint8_rgb
 
 BLOCK_ROWS = 1024
+BAND_PIXELS = 1 << 23  # full-resolution pixels read at a time for a reduced (coarse) window
 
 
 class ImageSource:
@@ -47,12 +48,22 @@ class ImageSource:
             self._limits = finite_range(self.data, self.rgb)
         return self._limits
 
-    def window(self, box: tuple[int, int, int, int], step: int = 1) -> np.ndarray:
-        """The uint8 RGB ``[h, w, 3]`` of ``box`` = (x0, y0, x1, y1), reduced by ``step`` (area mean) if > 1."""
+    def window(self, box: tuple[int, int, int, int], step: int = 1, *, band_pixels: int = BAND_PIXELS) -> np.ndarray:
+        """The uint8 RGB ``[h, w, 3]`` of ``box`` = (x0, y0, x1, y1), reduced by ``step`` (area mean) if > 1.
+
+        A reduced window is read in bands of whole ``step``-row blocks of about ``band_pixels`` pixels, each
+        converted and reduced before the next is read: a coarse view of a whole 16384^2 slide holds one band
+        at full resolution, never the window (the result equals reducing the whole window at once).
+        """
         x0, y0, x1, y1 = box
-        raw = np.asarray(self.data[y0:y1, x0:x1])
-        rgb8 = to_uint8_rgb(raw, contrast_limits=self.contrast_limits, rgb=self.rgb)
-        return block_reduce(rgb8, step) if step > 1 else rgb8
+        if step <= 1:
+            return self._rgb8(self.data[y0:y1, x0:x1])
+        rows = step * max(1, band_pixels // max(step * (x1 - x0), 1))
+        bands = [block_reduce(self._rgb8(self.data[y:min(y + rows, y1), x0:x1]), step) for y in range(y0, y1, rows)]
+        return bands[0] if len(bands) == 1 else np.concatenate(bands, axis=0)
+
+    def _rgb8(self, raw: Any) -> np.ndarray:
+        return to_uint8_rgb(np.asarray(raw), contrast_limits=self.contrast_limits, rgb=self.rgb)
 
     def signature_parts(self) -> dict[str, Any]:
         return {"shape": list(self.shape_hw), "dtype": self.dtype.str, "rgb": self.rgb,
