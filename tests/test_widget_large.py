@@ -91,7 +91,12 @@ def test_click_on_a_large_layer_is_decoded_on_tiles_in_image_coordinates(make_na
         np.testing.assert_array_equal(reply.mask, expected.mask)
         full = expected.full_mask((H, W))
         assert full.any()
-        np.testing.assert_array_equal(viewer.layers["UnSAMv2 preview"].data.astype(bool), full)
+        # the preview holds the reply's box only, placed on the image by its translate
+        preview = viewer.layers["UnSAMv2 preview"]
+        x0, y0, x1, y1 = expected.box
+        assert preview.data.shape == (y1 - y0, x1 - x0)
+        np.testing.assert_allclose(preview.translate, [y0, x0])
+        np.testing.assert_array_equal(preview.data.astype(bool), expected.mask)
         label = w.commit()
         objects = viewer.layers["UnSAMv2 objects"]
         assert objects.data.shape == (H, W)

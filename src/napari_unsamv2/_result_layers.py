@@ -26,17 +26,26 @@ def plane_layer(viewer, image, leading: Sequence[int], shape: Sequence[int], lab
     plane, else the (x0, y0, x1, y1) image pixels they cover.
     """
     scale = np.asarray(image.scale[-len(shape):], float)
-    translate = np.asarray(image.translate[-len(shape):], float)
-    leading = tuple(int(i) for i in leading)
     if box is not None:
-        x0, y0, x1, y1 = (int(v) for v in box)
-        translate = translate + scale * np.array([*leading, y0, x0], float)
-        shape = (*([1] * len(leading)), y1 - y0, x1 - x0)
-        leading = (0,) * len(leading)
-    data = np.zeros(tuple(shape), np.uint32)
-    data[leading] = labels
+        data, translate = box_on_plane(image, leading, shape, labels.astype(np.uint32, copy=False), box)
+    else:
+        data = np.zeros(tuple(shape), np.uint32)
+        data[tuple(int(i) for i in leading)] = labels
+        translate = np.asarray(image.translate[-len(shape):], float)
     return viewer.add_labels(data, name=name, features=features or {}, scale=scale, translate=translate,
                              metadata=metadata or {}, opacity=opacity)
+
+
+def box_on_plane(image, leading: Sequence[int], shape: Sequence[int], values: np.ndarray,
+                 box: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(data ``[1, ..., 1, h, w]``, translate) of a layer showing ``values`` ``[h, w]`` over ``box`` =
+    (x0, y0, x1, y1) image pixels at the plane ``leading`` of ``image`` (spatial ``shape``), in world units.
+    """
+    scale = np.asarray(image.scale[-len(shape):], float)
+    translate = np.asarray(image.translate[-len(shape):], float)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    data = values.reshape((1,) * len(leading) + (y1 - y0, x1 - x0))
+    return data, translate + scale * np.array([*(int(i) for i in leading), y0, x0], float)
 
 
 def hierarchy_layers(viewer, image, leading: Sequence[int], shape: Sequence[int], labels: np.ndarray,

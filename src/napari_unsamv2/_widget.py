@@ -569,11 +569,21 @@ class UnSAMv2Widget(QWidget):
             return
         self._last_decoded = reply
         leading, shape = self._plane(layer)
-        preview = self._labels_layer(PREVIEW_LAYER, shape, layer, opacity=0.5)
-        data = np.zeros(shape, np.uint8) if preview.data.shape != tuple(shape) else preview.data
-        data[...] = 0
-        data[L.box_index(leading, reply.box)] = reply.mask.astype(np.uint8)
-        preview.data = data
+        if reply.box is None:
+            preview = self._labels_layer(PREVIEW_LAYER, shape, layer, opacity=0.5)
+            data = np.zeros(shape, np.uint8) if preview.data.shape != tuple(shape) else preview.data
+            data[...] = 0
+            data[tuple(leading)] = reply.mask.astype(np.uint8)
+            preview.data = data
+        else:
+            # a large (tiled) image: the preview holds the reply's box of this plane only, placed by its
+            # translate, so a dial move repaints the box, not the whole plane
+            data, translate = R.box_on_plane(layer, leading, shape, reply.mask.astype(np.uint8), reply.box)
+            existing = self.viewer.layers[PREVIEW_LAYER] if PREVIEW_LAYER in self.viewer.layers else None
+            preview = existing if existing is not None and existing.data.ndim == data.ndim else \
+                self._labels_layer(PREVIEW_LAYER, data.shape, layer, opacity=0.5)
+            preview.data = data
+            preview.translate = translate
         self.preview_updated.emit(reply)
 
     # ================================================================== actions
