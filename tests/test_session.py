@@ -194,3 +194,23 @@ def test_cuda_bf16_agrees_with_cpu(tiny_model, session):
     agreement = (cpu_pred.mask == gpu_pred.mask).mean()
     assert agreement > 0.97
     assert gpu_pred.score == pytest.approx(cpu_pred.score, abs=0.02)
+
+
+def test_large_masks_are_upsampled_in_bands_like_the_whole_interpolation():
+    """Above the band size the logits are interpolated band by band (a whole slide's coarse view): the mask is
+    the whole interpolation's, except pixels whose logit lies within float rounding of the threshold.
+    """
+    import torch
+
+    from unsamv2_engine.model.decoding import upsample_logits, upsampled_masks
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 256, 256) * 4
+    size, threshold = (1111, 1500), 0.3
+    whole = upsample_logits(logits, size)[:, 0]
+    banded = upsampled_masks(logits, size, threshold, band_pixels=2 * 1500 * 37)  # bands of 37 rows
+    assert banded.shape == (2, *size) and banded.dtype == torch.bool
+    differ = banded != (whole > threshold)
+    assert (whole[differ] - threshold).abs().max().item() < 1e-3 if differ.any() else True
+    assert differ.float().mean().item() < 1e-5
+    assert torch.equal(upsampled_masks(logits, size, threshold), whole > threshold)  # below the band size: exact

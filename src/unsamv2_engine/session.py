@@ -30,7 +30,7 @@ from unsamv2_engine.model.decoding import (
     decode,
     encode_image,
     returned_iou,
-    upsample_logits,
+    upsampled_masks,
 )
 from unsamv2_engine.preprocess import preprocess_image
 from unsamv2_engine.prompts import (
@@ -225,7 +225,7 @@ class ImageSession:
             else:
                 logits, scores, obj = self._decode_plain_sam(features, granularities, points, labels, mask_input,
                                                              threshold, m2m)
-            masks = upsample_logits(logits, hw)[:, 0] > threshold
+            masks = upsampled_masks(logits, hw, threshold)
             low_res = clamp_low_res(logits)[:, 0]
         gs = np.array([np.nan if g is None else g for g in granularities], np.float64)
         return Sweep(gs, masks.cpu().numpy(), low_res.float().cpu().numpy(), scores.float().cpu().numpy(),

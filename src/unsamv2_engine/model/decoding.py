@@ -159,3 +159,33 @@ def clamp_low_res(logits: torch.Tensor) -> torch.Tensor:
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear (align_corners=False) upsampling of ``[B, C, 256, 256]`` logits straight to ``size`` (H, W)."""
     return F.interpolate(logits, size, mode="bilinear", align_corners=False)
+
+
+UPSAMPLE_BAND_PIXELS = 1 << 24
+
+
+def upsampled_masks(logits: torch.Tensor, size: tuple[int, int], threshold: float, *,
+                    band_pixels: int = UPSAMPLE_BAND_PIXELS) -> torch.Tensor:
+    """``upsample_logits(logits, size)[:, 0] > threshold`` as bool ``[B, H, W]``, in bounded memory.
+
+    Up to ``band_pixels`` output values this is exactly that expression. Larger outputs (a coarse view of a
+    whole slide: 16384^2 float logits would be 1 GiB) are interpolated separably: along x for the 256 low-res
+    rows, then along y one band of rows at a time with the same source-index rule, so only the bool mask is
+    ever whole. The two ways agree to ~1e-4 in the logits (float rounding of the same weights), so a pixel
+    whose logit lies that close to the threshold may differ.
+    """
+    b, _, h, _ = logits.shape
+    height, width = int(size[0]), int(size[1])
+    if b * height * width <= band_pixels:
+        return upsample_logits(logits, size)[:, 0] > threshold
+    wide = F.interpolate(logits[:, :1], (h, width), mode="bilinear", align_corners=False)[:, 0]  # [B, h, W]
+    out = torch.empty((b, height, width), dtype=torch.bool, device=logits.device)
+    rows = max(1, band_pixels // (b * width))
+    for y0 in range(0, height, rows):
+        y = torch.arange(y0, min(y0 + rows, height), device=logits.device, dtype=torch.float32)
+        src = ((y + 0.5) * (h / height) - 0.5).clamp(min=0)
+        i0 = src.floor().long().clamp(max=h - 1)
+        i1 = (i0 + 1).clamp(max=h - 1)
+        lam = (src - i0).unsqueeze(-1).to(wide.dtype)
+        out[:, y0:y0 + len(y)] = wide[:, i0] * (1 - lam) + wide[:, i1] * lam > threshold
+    return out
