@@ -50,13 +50,18 @@ def make_image(path: Path, side: int, seed: int = 0) -> np.ndarray:
     block = 1024
     for by in range(0, side, block):
         for bx in range(0, side, block):
-            yy, xx = np.mgrid[by:min(by + block, side), bx:min(bx + block, side)]
-            tile = rng.normal(300, 30, yy.shape)
+            bh, bw = min(by + block, side) - by, min(bx + block, side) - bx
+            tile = rng.normal(300, 30, (bh, bw))
             near = nuclei[(np.abs(nuclei[:, 0] - (by + block / 2)) < block / 2 + 12)
                           & (np.abs(nuclei[:, 1] - (bx + block / 2)) < block / 2 + 12)]
-            for cy, cx, r in near:
-                tile[np.hypot(yy - cy, xx - cx) < r] += 2500
-            out[by:by + yy.shape[0], bx:bx + yy.shape[1]] = np.clip(tile, 0, 65535).astype(np.uint16)
+            for cy, cx, r in near:  # each disc drawn inside its own box of the block
+                y0, y1 = max(int(cy - r) - 1, by), min(int(cy + r) + 2, by + bh)
+                x0, x1 = max(int(cx - r) - 1, bx), min(int(cx + r) + 2, bx + bw)
+                if y0 >= y1 or x0 >= x1:
+                    continue
+                yy, xx = np.mgrid[y0:y1, x0:x1]
+                tile[y0 - by:y1 - by, x0 - bx:x1 - bx][np.hypot(yy - cy, xx - cx) < r] += 2500
+            out[by:by + bh, bx:bx + bw] = np.clip(tile, 0, 65535).astype(np.uint16)
     out.flush()
     del out
     return nuclei
