@@ -102,6 +102,7 @@ def nested_spots(f: np.ndarray, containers: Sequence[np.ndarray], *, sign: int, 
         inner = ndi.binary_erosion(local, iterations=2)
         s_loc = np.pad(smooth[y0:y1, x0:x1], half)
         in_pad = np.pad(local, half)
+        inner_pad = np.pad(inner, half)
         taken = np.zeros_like(in_pad)
         mine = np.flatnonzero(owner == ci)
         mine = mine[np.argsort(-response[ys[mine], xs[mine]], kind="stable")]
@@ -111,7 +112,7 @@ def nested_spots(f: np.ndarray, containers: Sequence[np.ndarray], *, sign: int, 
                 continue
             win = s_loc[py:py + 2 * half + 1, px:px + 2 * half + 1]
             inside = in_pad[py:py + 2 * half + 1, px:px + 2 * half + 1]
-            far = inside & disc_far
+            far = inner_pad[py:py + 2 * half + 1, px:px + 2 * half + 1] & disc_far
             if np.count_nonzero(far) < 8:
                 continue
             centre = float(win[disc_core & inside].mean())
