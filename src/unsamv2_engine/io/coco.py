@@ -24,7 +24,8 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"a mask must be 2-D [H, W], got shape {m.shape}")
-    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    m = m.view(np.uint8) if m.dtype == bool else m.astype(np.uint8)  # a bool array is 0/1 bytes already
+    rle = mask_utils.encode(np.asfortranarray(m))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
