@@ -37,7 +37,7 @@ def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
         obj = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
     else:
         obj = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(obj).astype(bool)
+    return mask_utils.decode(obj).view(bool)  # 0/1 bytes: a view, not a copy
 
 
 def mask_to_annotation(mask: np.ndarray, *, ann_id: int, image_id: int, **fields: Any) -> dict[str, Any]:
