@@ -151,15 +151,24 @@ def _add_nucleoli(f: np.ndarray, polarity: str, trees: list[Hierarchy], s: Any, 
             containers.append(m)
     spots = nested_spots(f, containers, sign=spot_sign(polarity, s.nucleoli), noise=noise,
                          radius=s.nucleolus_radius, min_area=s.min_part_area, min_contrast=s.nucleolus_contrast)
+    part_areas: dict[int, list[int]] = {}
     for ci, spot in spots:
-        tree = trees[owners[ci]]
+        t = owners[ci]
+        tree = trees[t]
         spot = spot & tree.instance
         area = int(np.count_nonzero(spot))
         if area < s.min_part_area:
             continue
-        if any(np.count_nonzero(spot & p) > 0.8 * max(area, int(np.count_nonzero(p))) for p, _ in tree.parts):
-            continue
+        if t not in part_areas:
+            part_areas[t] = [int(np.count_nonzero(p)) for p, _ in tree.parts]
+        areas = part_areas[t]
+        sl = _union_box([spot])
+        local = spot[sl]
+        if any(0.8 * area < a < area / 0.8 and np.count_nonzero(local & p[sl]) > 0.8 * max(area, a)
+               for (p, _), a in zip(tree.parts, areas)):
+            continue  # IoU > 0.8 with a part already there
         tree.parts.append((spot, True))
+        areas.append(area)
     for tree in trees:
         tree.parts.sort(key=lambda p: -int(np.count_nonzero(p[0])))
 

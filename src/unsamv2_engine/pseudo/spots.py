@@ -62,12 +62,12 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 def nested_spots(f: np.ndarray, containers: Sequence[np.ndarray], *, sign: int, noise: float, radius: float = 2.5,
                  min_area: int = 16, max_fraction: float = 0.3, min_contrast: float = 1.5,
-                 min_container_area: int = 150) -> list[tuple[int, np.ndarray]]:
+                 min_container_area: int = 150, max_container_spots: float = 400.0) -> list[tuple[int, np.ndarray]]:
     """Spots inside ``containers`` (bool ``[H, W]`` each): ``[(container index, bool [H, W] spot mask), ...]``.
 
     ``f`` float ``[H, W]`` object channel, ``sign`` from :func:`spot_sign`, ``noise`` the noise standard
     deviation of ``f``. A spot is searched in the smallest container (of at least ``min_container_area``
-    px) holding its peak only.
+    px, at most ``max_container_spots`` spot discs of ``radius``) holding its peak only.
     """
     from scipy import ndimage as ndi
 
@@ -83,7 +83,8 @@ def nested_spots(f: np.ndarray, containers: Sequence[np.ndarray], *, sign: int, 
     areas = np.array([int(np.count_nonzero(c)) for c in containers], np.int64)
     owner = np.full(ys.size, -1, np.int64)
     best = np.full(ys.size, np.iinfo(np.int64).max)
-    for i in np.flatnonzero(areas >= min_container_area):
+    largest = max_container_spots * np.pi * radius ** 2  # a tissue or a cluster is not a nucleus
+    for i in np.flatnonzero((areas >= min_container_area) & (areas <= largest)):
         better = np.asarray(containers[i], bool)[ys, xs] & (areas[i] < best)
         owner[better] = i
         best[better] = areas[i]
