@@ -16,8 +16,9 @@ the nucleoli and costs precision (docs/pseudo-labels.md gives the numbers and th
 1. ``R = ±(G(f, σ) - G(f, 2σ))``, ``σ = radius / √2``, computed once for the image (the sign makes
    the expected spots positive); its local maxima (``2 radius + 1`` px neighbourhood) are the peaks;
 2. each peak belongs to the smallest container (a mask of an instance tree of at least
-   ``min_container_area`` px) holding it, so a spot belongs to its nucleus, not to the cell around it,
-   and must lie 2 px inside it;
+   ``min_container_area`` px and at most ``max_container_spots`` spot discs: not a tissue or a
+   cluster) holding it, so a spot belongs to its nucleus, not to the cell around it, and must lie
+   2 px inside it;
 3. the spot is cut out on ``G(f, 1)`` at half-way between the mean of its core (radius / 2) and the
    median of the container's pixels farther than 1.5 radius from the peak (within 4 radius), kept to
    the container, holes filled; a cut-out that reaches the edge of its 4-radius window is a leak, not
