@@ -275,3 +275,68 @@ def test_an_inner_part_may_stand_out_against_the_band_around_it():
     assert nested_contrast(f, part, whole) < 3 <= band_contrast(f, part, whole, 4)
     p, w = Proposal.from_mask(part, "blob-bright"), Proposal.from_mask(whole, "otsu-cc")
     assert _stands_out(f, p, w, 3.0, ring=4) and not _stands_out(f, p, w, 3.0, ring=0)
+
+
+def test_texture_specks_are_dropped_but_small_objects_in_a_large_region_stay():
+    from unsamv2_engine.pseudo.pixel import _specks
+
+    yy, xx = np.mgrid[:120, :120]
+    nucleus = (yy - 40) ** 2 + (xx - 40) ** 2 < 25 ** 2  # ~1960 px
+    speck = (yy - 40) ** 2 + (xx - 45) ** 2 < 3 ** 2  # ~29 px: 1.5 % of the nucleus, a chromatin spot
+    big_spot = (yy - 35) ** 2 + (xx - 35) ** 2 < 8 ** 2  # ~200 px: not a speck (>= 150 px)
+    assert _specks(nucleus, [big_spot, speck], max_area=150, max_fraction=0.08) == {1}
+    assert _specks(nucleus, [big_spot, speck], max_area=0, max_fraction=0.08) == set()  # off
+    small_nucleus = (yy - 100) ** 2 + (xx - 100) ** 2 < 6 ** 2  # ~113 px in its cell of ~450 px: 25 %, stays
+    cell = (yy - 100) ** 2 + (xx - 100) ** 2 < 12 ** 2
+    assert _specks(cell, [small_nucleus], max_area=150, max_fraction=0.08) == set()
+
+
+def test_spot_polarity_follows_the_image_polarity():
+    from unsamv2_engine.pseudo.spots import spot_sign
+
+    assert spot_sign("bright") == -1  # emission: nucleoli exclude the DNA stain, darker spots of f
+    assert spot_sign("dark") == 1  # absorption (f inverted): denser nucleoli, brighter spots of f
+    assert spot_sign("bright", "bright") == 1 and spot_sign("dark", "dark") == -1
+    with pytest.raises(ValueError):
+        spot_sign("bright", "sideways")
+    with pytest.raises(ValueError):
+        PseudoLabelSettings(nucleoli="maybe")
+
+
+def test_nucleoli_are_found_nested_inside_their_nuclei():
+    """Opt-in nucleolus search on a synthetic brightfield image (256 x 256): measured recall@0.5 0.34 of 41
+    nucleoli, every matched mask inside its instance and (median) wholly inside its true nucleus, finer
+    than the masks holding it; off by default.
+    """
+    from unsamv2_engine.synth import generate_sample
+
+    sample = generate_sample(1, modality="brightfield", shape=(256, 256))
+    nol, nuc = sample.labels["nucleolus"], sample.labels["nucleus"]
+    ids = np.unique(nol[nol > 0])
+
+    def matched(anns):
+        out = []
+        for a in anns:
+            m = decode_rle(a["segmentation"]).astype(bool)
+            lab, counts = np.unique(nol[m], return_counts=True)
+            j = lab[np.argmax(np.where(lab > 0, counts, -1))]
+            if j and (m & (nol == j)).sum() >= 0.5 * (m | (nol == j)).sum():
+                out.append((a, m, int(j)))
+        return out
+
+    anns = pseudo_label_image(sample.image, make_backbone("classical"), settings=PseudoLabelSettings(nucleoli="auto"))
+    found = matched(anns)
+    assert len({j for _, _, j in found}) >= 0.25 * ids.size
+    inside_nucleus = []
+    for a, m, j in found:
+        assert a["is_part"] and a["is_conquer"]
+        tree = [(b, decode_rle(b["segmentation"]).astype(bool)) for b in anns if b["instance_id"] == a["instance_id"]]
+        instance = next(mb for b, mb in tree if b["is_divide"])
+        assert (m & ~instance).sum() == 0  # nested in its instance
+        holders = [b for b, mb in tree if b is not a and (mb & m).sum() > 0.8 * m.sum() and mb.sum() > m.sum()]
+        assert holders and all(b["granularity"] > a["granularity"] for b in holders)  # finer than what holds it
+        true_nucleus = np.bincount(nuc[nol == j]).argmax()
+        inside_nucleus.append((m & (nuc == true_nucleus)).sum() / m.sum())
+    assert np.median(inside_nucleus) >= 0.95
+    default = pseudo_label_image(sample.image, make_backbone("classical"))
+    assert len({j for _, _, j in matched(default)}) < len({j for _, _, j in found})

@@ -24,7 +24,8 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"a mask must be 2-D [H, W], got shape {m.shape}")
-    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    m = m.view(np.uint8) if m.dtype == bool else m.astype(np.uint8)  # a bool array is 0/1 bytes already
+    rle = mask_utils.encode(np.asfortranarray(m))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
@@ -36,7 +37,7 @@ def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
         obj = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
     else:
         obj = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(obj).astype(bool)
+    return mask_utils.decode(obj).view(bool)  # 0/1 bytes: a view, not a copy
 
 
 def mask_to_annotation(mask: np.ndarray, *, ann_id: int, image_id: int, **fields: Any) -> dict[str, Any]:

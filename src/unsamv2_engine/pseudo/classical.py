@@ -162,14 +162,41 @@ def signal_check(f: np.ndarray, *, min_contrast: float = 0.02, min_structure: fl
 def _split_touching(fg: np.ndarray, *, min_distance: int, h: float = 1.0) -> np.ndarray:
     """Label image ``[H, W]`` int: the foreground split by a watershed on its distance transform."""
     from scipy import ndimage as ndi
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     dist = ndi.distance_transform_edt(fg)
     smooth = ndi.gaussian_filter(dist, max(1.0, min_distance / 4))
-    peaks = h_maxima(smooth, h) & fg
+    peaks = _h_maxima(smooth, h) & fg
     markers, _ = ndi.label(peaks)
     return watershed(-smooth, markers, mask=fg)
+
+
+def _h_maxima(image: np.ndarray, h: float) -> np.ndarray:
+    """``skimage.morphology.h_maxima(image, h)`` of a non-negative ``image`` that is 0 between objects (a
+    smoothed distance transform), computed per connected component of ``image > 0`` on its box: the same
+    maxima, without sorting the background (~30 % less time).
+
+    A grey reconstruction carries at most the value 0 across a zero pixel, so a component whose maximum
+    reaches ``h`` sees from the rest of the image only values it also reaches from its own zero margin; a
+    component below ``h`` has no h-maximum (its residue stays below ``h`` once any component reaches it;
+    when none does, the whole image is done at once).
+    """
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+
+    support, _ = ndi.label(image > 0, structure=np.ones((3, 3)))
+    out = np.zeros(image.shape, np.uint8)
+    strong = False
+    for k, sl in enumerate(ndi.find_objects(support), start=1):
+        if sl is None:
+            continue
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        crop = np.where(support[box] == k, image[box], 0.0)
+        if crop.max() < h:
+            continue
+        strong = True
+        out[box] |= h_maxima(crop, h)
+    return out if strong else h_maxima(image, h)
 
 
 def _masks_of(labels: np.ndarray, source: str, *, min_area: int, max_area: int) -> list[Proposal]:
@@ -329,7 +356,6 @@ def blob_instances(f: np.ndarray, *, radii: Sequence[float] = (2.5, 4.0, 6.0, 9.
     (the local background); a component reaching the window's edge is not a blob.
     """
     from scipy import ndimage as ndi
-    from skimage.feature import blob_log
 
     out: list[Proposal] = []
     smooth = ndi.gaussian_filter(f.astype(np.float64), 0.7)
@@ -340,8 +366,7 @@ def blob_instances(f: np.ndarray, *, radii: Sequence[float] = (2.5, 4.0, 6.0, 9.
         # the cut-out works on the image smoothed at a quarter of the blob's radius (texture inside a
         # nucleus must not break it up); one smoothed copy per scale
         by_scale = {round(r, 3): ndi.gaussian_filter(img, max(0.7, r / 4.0)) for r in radii}
-        blobs = blob_log(img, min_sigma=min(sigmas), max_sigma=max(sigmas), num_sigma=len(sigmas),
-                         threshold=threshold, overlap=1.0, exclude_border=False)
+        blobs = _blob_log_unpruned(img, min(sigmas), max(sigmas), len(sigmas), threshold)
         for y, x, s in blobs:
             r = float(s) * np.sqrt(2.0)
             scaled = by_scale[min(by_scale, key=lambda q: abs(q - r))]
@@ -369,6 +394,28 @@ def blob_instances(f: np.ndarray, *, radii: Sequence[float] = (2.5, 4.0, 6.0, 9.
                 continue  # leaks out of its window: not a blob
             out.append(Proposal.from_crop(local, (y0, x0), (h, w), f"blob-{polarity}"))
     return out
+
+
+def _blob_log_unpruned(image: np.ndarray, min_sigma: float, max_sigma: float, num_sigma: int, threshold: float
+                       ) -> np.ndarray:
+    """``skimage.feature.blob_log(image, min_sigma, max_sigma, num_sigma, threshold=threshold, overlap=1.0,
+    exclude_border=False)`` without its pruning pass: rows ``(y, x, sigma)`` float64, the same blobs in the
+    same order (with ``overlap=1.0`` the pruning removes nothing, as no two blobs overlap by more than all
+    of the smaller one, but it still compares every pair of nearby blobs: ~0.07 s per 512 x 512 image).
+    """
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+
+    image = np.asarray(image, np.float64)
+    sigma_list = np.linspace(np.full(2, min_sigma), np.full(2, max_sigma), num_sigma)
+    cube = np.empty(image.shape + (num_sigma,), np.float64)
+    for i, s in enumerate(sigma_list):
+        cube[..., i] = -ndi.gaussian_laplace(image, s) * np.mean(s) ** 2
+    peaks = peak_local_max(cube, threshold_abs=threshold, threshold_rel=None, exclude_border=False,
+                           footprint=np.ones((3, 3, 3)))
+    if peaks.size == 0:
+        return np.empty((0, 3))
+    return np.hstack([peaks[:, :-1].astype(np.float64), sigma_list[peaks[:, -1]][:, 0:1]])
 
 
 def contrast_ok(f: np.ndarray, mask: np.ndarray, sigma: float, *, k: float = 4.0, ring: int = 2) -> bool:

@@ -59,9 +59,16 @@ def windowed_mask_nms(
         for j in range(i + 1, min(i + step, n)):
             if removed[j] or not _may_exceed(areas[order[i]], areas[order[j]], iou_thresh):
                 continue
-            if mask_iou(arrs[order[i]], arrs[order[j]]) > iou_thresh:
+            if _iou_of(arrs[order[i]], arrs[order[j]], areas[order[i]], areas[order[j]]) > iou_thresh:
                 removed[j] = True
     return [int(order[k]) for k in range(n) if not removed[k]]
+
+
+def _iou_of(a: np.ndarray, b: np.ndarray, area_a: int, area_b: int) -> float:
+    """:func:`mask_iou` of bool masks of known areas (px): one pass over the pixels instead of three."""
+    inter = int(np.count_nonzero(a & b))
+    union = int(area_a) + int(area_b) - inter
+    return inter / union if union else 0.0
 
 
 def _may_exceed(area_a: int, area_b: int, iou_thresh: float) -> bool:
@@ -95,7 +102,8 @@ def protected_nms(
     """
     inst = np.asarray(instance, dtype=bool)
     inst_area = int(np.count_nonzero(inst))
-    survivors = [k for k, p in enumerate(parts)
-                 if not _may_exceed(inst_area, int(np.count_nonzero(p)), iou_thresh) or mask_iou(inst, p) <= iou_thresh]
+    areas = [int(np.count_nonzero(p)) for p in parts]
+    survivors = [k for k, p in enumerate(parts) if not _may_exceed(inst_area, areas[k], iou_thresh)
+                 or _iou_of(inst, np.asarray(p, dtype=bool), inst_area, areas[k]) <= iou_thresh]
     kept = windowed_mask_nms([parts[k] for k in survivors], iou_thresh, step)
     return [survivors[k] for k in kept]

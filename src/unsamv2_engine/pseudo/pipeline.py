@@ -72,7 +72,12 @@ class PseudoLabelSettings:
     ``conquer_contrast`` (how clearly a merged superpixel part stands out in its instance),
     ``solid_instance`` (an instance at least this solid, area / convex-hull area, is one object: its
     divide parts are kept only when they stand out in it by ``conquer_contrast``, like its merged parts;
-    above 1: off).
+    above 1: off), ``speck_area`` and ``speck_fraction`` (a part of fewer than ``speck_area`` px and less
+    than ``speck_fraction`` of the smallest mask of its tree holding it is a texture speck, e.g. a
+    chromatin spot, and is dropped; ``speck_area=0``: off), ``nucleoli`` (opt-in: search nested spots,
+    nucleoli, in the solid masks of every tree, :mod:`.spots`; ``"auto"`` takes the spot polarity from
+    the image polarity, ``"bright"``/``"dark"`` force it, ``"off"`` the default), ``nucleolus_radius``
+    (px) and ``nucleolus_contrast`` (|Δmean| / std of the band around the spot).
     Divide: ``divide_size`` (px) long side of the image given to the backbone for the normalized
     cuts (MaskCut's 480); ``max_instances`` cuts per image; ``affinity_tau`` cosine threshold of the
     affinity graph; ``min_instance_patches`` smallest cut kept; ``contain_thresh`` (0.8) and
@@ -112,6 +117,11 @@ class PseudoLabelSettings:
     inner_ring: int = 4
     conquer_contrast: float = 3.0
     solid_instance: float = 0.9
+    speck_area: int = 150
+    speck_fraction: float = 0.08
+    nucleoli: str = "off"
+    nucleolus_radius: float = 2.5
+    nucleolus_contrast: float = 1.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "thetas", tuple(float(t) for t in self.thetas))
@@ -138,7 +148,14 @@ class PseudoLabelSettings:
         for name in ("min_instance_area", "maskcut_instances", "inner_ring"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("contrast_k", "inner_contrast", "conquer_contrast", "solid_instance"):
+        if self.nucleoli not in ("off", "auto", "bright", "dark"):
+            raise ValueError(f"nucleoli must be off, auto, bright or dark, got {self.nucleoli!r}")
+        if self.nucleolus_radius <= 0:
+            raise ValueError(f"nucleolus_radius must be > 0 pixels, got {self.nucleolus_radius}")
+        if not 0.0 <= self.speck_fraction <= 1.0:
+            raise ValueError(f"speck_fraction must be in [0, 1], got {self.speck_fraction}")
+        for name in ("contrast_k", "inner_contrast", "conquer_contrast", "solid_instance", "speck_area",
+                     "nucleolus_contrast"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_side", "divide_size", "local_size"):
