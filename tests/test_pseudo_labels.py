@@ -303,10 +303,11 @@ def test_cli_end_to_end_and_errors(tmp_path, capsys):
     images = _cells_folder(tmp_path, n=1)
     out = tmp_path / "labels"
     assert main(["pseudo-label", str(images), "-o", str(out), "-q", "--max-instances", "4",
-                 "--thetas", "0.9,0.7,0.5"]) == 0
+                 "--thetas", "0.9,0.7,0.5", "--nucleoli", "auto"]) == 0
     assert (out / "cells_0.json").is_file() and (out / "overlays" / "cells_0.png").is_file()
     doc = json.loads((out / "cells_0.json").read_text())
     assert doc["info"]["settings"]["thetas"] == [0.9, 0.7, 0.5] and doc["info"]["settings"]["max_instances"] == 4
+    assert doc["info"]["settings"]["nucleoli"] == "auto"
     assert "wrote 1 pseudo-label file" in capsys.readouterr().out
 
     assert main(["pseudo-label", str(tmp_path / "missing"), "-o", str(out)]) == 2

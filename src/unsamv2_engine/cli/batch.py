@@ -190,7 +190,8 @@ def _pseudo_options(args: argparse.Namespace) -> dict[str, Any]:
             "allow_base_mismatch": args.allow_base_mismatch, "device": args.device, "backbone": args.backbone,
             "dino_weights": args.dino_weights, "no_overlays": args.no_overlays, "overwrite": args.overwrite,
             "settings": {"max_side": args.max_side, "max_instances": args.max_instances,
-                         "thetas": list(args.thetas) if args.thetas else None}}
+                         "thetas": list(args.thetas) if args.thetas else None,
+                         "nucleoli": getattr(args, "nucleoli", None)}}
 
 
 # ============================================================================ the commands' one call

@@ -4,6 +4,7 @@
 
     unsamv2 pseudo-label IMAGES_DIR -o OUT_DIR [--checkpoint CKPT | --model NAME] [--backbone classical|sam2|dino]
         [--dino-weights PATH] [--no-overlays] [--max-side PX] [--max-instances N] [--thetas 0.9,0.8,0.7,0.6,0.5]
+        [--nucleoli off|auto|bright|dark]
 
 Unlike ``segment``, no model is loaded unless ``--checkpoint`` or ``--model`` is given: the default
 is the weight-free classical backbone. With a model, the default backbone is its image encoder and
@@ -97,6 +98,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                        help="normalized cuts per image, i.e. at most N instances from the cuts (default: 8)")
     group.add_argument("--thetas", type=_thetas, metavar="T1,T2,...",
                        help="merging thresholds of the conquer stage, in order (default: 0.9,0.8,0.7,0.6,0.5)")
+    group.add_argument("--nucleoli", choices=("off", "auto", "bright", "dark"),
+                       help="also search nucleolus-sized spots nested in the finest mask of each object (auto: "
+                            "their polarity from the image; default: off, since on the benchmark it finds few "
+                            "nucleoli and costs precision and ~1 CPU s per 512^2 image, docs/pseudo-labels.md)")
     add_batch_options(parser)
     # the shared help names segment's default model, which does not apply here
     add_model_options(parser, help_texts={
@@ -138,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     from unsamv2_engine.pseudo.pipeline import PseudoLabelSettings, pseudo_label_folder
 
     settings = PseudoLabelSettings().with_(max_side=args.max_side, max_instances=args.max_instances,
-                                           thetas=args.thetas)
+                                           thetas=args.thetas, nucleoli=args.nucleoli)
     model = None
     if with_model:
         model = load_model_from_args(args).model
