@@ -194,3 +194,26 @@ def test_tiled_segment_decodes_a_click_on_one_tile(files, tmp_path, capsys, monk
     # a full-resolution tile, or (the random model's mask touched the tile edge) a coarser view, said so
     assert (meta["view_step"] == 1 and x1 - x0 == 1024) or ("larger than one tile" in meta["note"])
     assert counter.n == meta["tiles_embedded"] >= 1 and "tile(s) embedded" in stdout
+
+
+def test_tiled_sweep_writes_each_level_decoded_on_its_view(files, model, tmp_path, capsys):
+    """``unsamv2 sweep`` on a tiled image: page i is the click decoded at g_i as TiledSession decodes it, at full
+    image size, written tile by tile; the pages' views and steps are in the JSON and the CSV.
+    """
+    from unsamv2_engine.tiling.interactive import TiledSession
+
+    out, gs = tmp_path / "sweep.tif", [0.2, 0.9]
+    code, stdout, err = _run(capsys, "sweep", files["tif"], "--point", "1200,500", "--granularities", "0.2,0.9",
+                             "-o", out, "--tile-size", 1024, "--checkpoint", files["ckpt"], "--device", "cpu",
+                             "--json", tmp_path / "s.json", "--table", tmp_path / "s.csv")
+    assert code == 0, err
+    pages = tifffile.imread(out)
+    meta = json.loads((tmp_path / "s.json").read_text())
+    expected = TiledSession(model, files["img"], tile_size=1024).sweep([[1200, 500]], [1], gs)
+    assert pages.shape == (2, 1000, 1300) and pages.dtype == np.uint8
+    for page, level, row in zip(pages, expected, meta["pages"]):
+        np.testing.assert_array_equal(page.astype(bool), level.full_mask((1000, 1300)))
+        assert row["view_box"] == list(level.box) and row["view_step"] == level.step and row["area"] == level.area
+    with tifffile.TiffFile(out) as tif:
+        assert json.loads(tif.pages[0].description)["granularities"] == gs and tif.pages[0].is_tiled
+    assert "2 pages" in stdout and (tmp_path / "s.csv").read_text().count("\n") == 3

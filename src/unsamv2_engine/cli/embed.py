@@ -1,4 +1,5 @@
-"""Large images on the command line: ``unsamv2 embed`` and the tiled path of ``auto`` / ``hierarchy``.
+"""Large images on the command line: ``unsamv2 embed`` and the tiled paths of ``auto`` / ``hierarchy`` /
+``segment`` / ``sweep``.
 
 ::
 
@@ -6,6 +7,7 @@
         [--frame I] [model options]
     unsamv2 auto IMAGE -g G -o LABELS.ome.zarr|LABELS.tif --tile-size 1024 [--overlap PX] [--embeddings PATH]
     unsamv2 hierarchy IMAGE --granularities ... -o TREE.ome.zarr|TREE.tif --tile-size 1024 [--embeddings PATH]
+    unsamv2 segment|sweep IMAGE --point X,Y ... -o OUT.tif [--tile-size 1024] [--embeddings PATH]
 
 ``auto`` / ``hierarchy`` take the tiled path when ``--tile-size`` or ``--embeddings`` is given, when the
 output is an ``.ome.zarr`` folder, or when the image is larger than :data:`AUTO_TILE_ABOVE` px on a side;
@@ -27,6 +29,7 @@ from unsamv2_engine.tiling.grid import TILE_ABOVE  # standard library only
 from unsamv2_engine.tiling.grid import wants_tiles as _wants_tiles
 
 __all__ = ["AUTO_TILE_ABOVE", "add_tiling_options", "register", "run", "run_tiled", "run_tiled_segment",
+           "run_tiled_sweep",
            "wants_tiles"]
 
 #: Images with a side above this are segmented tile by tile even without --tile-size: the engine's rule
@@ -257,3 +260,73 @@ def run_tiled_segment(args: argparse.Namespace, granularity: float) -> int:
     summary(args, f"wrote {args.output} (area {pred.area} px, score {pred.score:.2f}, granularity "
                   f"{granularity:g}; {session.embedded} tile(s) embedded, view reduced {pred.step}x)")
     return EXIT_OK
+
+
+def run_tiled_sweep(args: argparse.Namespace, granularities: list[float]) -> int:
+    """``unsamv2 sweep`` on a large image: each granularity decoded on its own view (a part at full resolution
+    on its tile, a whole that outgrows the tile on a coarser view), written page by page in tiles, so neither
+    the image nor a page is ever whole in memory.
+    """
+    from unsamv2_engine.cli.sweep import print_pages
+    from unsamv2_engine.outputs import staged_outputs
+    from unsamv2_engine.tiling.interactive import TiledSession
+
+    source, model, size, _ = _open(args)
+    points, labels = prompt_arrays(args, source.shape_hw)
+    cache = _open_cache(args, args.embeddings, source, model, size) if args.embeddings else None
+    session = TiledSession(model, source, tile_size=size, overlap=args.overlap, mask_threshold=args.mask_threshold,
+                           features=cache.lookup_to(model.device) if cache else None)
+    say(args, f"decoding {len(granularities)} granularities on {size} px tiles ...")
+    preds, decode_s = timed(lambda: session.sweep(points, labels, granularities, m2m=args.m2m), model.device)
+    rows = [{"page": i, "granularity": g, "area": p.area, "score": float(p.score),
+             "object_score": float(p.object_score), "view_box": list(p.box), "view_step": p.step}
+            for i, (g, p) in enumerate(zip(granularities, preds))]
+    tags = {"granularities": granularities, "areas": [r["area"] for r in rows], "scores": [r["score"] for r in rows],
+            "object_scores": [r["object_score"] for r in rows], "model": model.info.label, "points": points.tolist(),
+            "labels": labels.tolist(), "mask_threshold": args.mask_threshold, "m2m": args.m2m}
+    meta = {**tags, "pages": rows, "output": str(args.output), "table": args.table,
+            "tiles_embedded": session.embedded, "timings": {"decode_s": decode_s}}
+    from unsamv2_engine.io import write_table_csv
+
+    with staged_outputs() as out:
+        write_box_pages(out.path(args.output), source.shape_hw, [(p.mask, p.box) for p in preds], tags)
+        if args.table:
+            write_table_csv(out.path(args.table), rows, columns=["page", "granularity", "area", "score",
+                                                                 "object_score"])
+        emit_json(out.path(args.json), meta)
+    for p in preds:
+        if p.step > 1:
+            say(args, p.note)
+    print_pages(args, rows, args.table)
+    return EXIT_OK
+
+
+def write_box_pages(path: Any, image_hw: tuple[int, int], pages: list[tuple[Any, tuple[int, int, int, int]]],
+                    metadata: dict[str, Any], tile: int = 1024) -> None:
+    """A multi-page uint8 mask TIFF of ``image_hw``, page i = ``pages[i]`` (bool mask over its box (x0, y0, x1,
+    y1), 0 elsewhere), written in ``tile`` px tiles (zlib): memory is one tile and the masks, never a page.
+    """
+    import json
+
+    import numpy as np
+    import tifffile
+
+    from unsamv2_engine.io import to_jsonable
+
+    h, w = image_hw
+
+    def tiles(mask, box):
+        bx0, by0, bx1, by1 = box
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                out = np.zeros((tile, tile), np.uint8)
+                ix0, iy0, ix1, iy1 = max(x, bx0), max(y, by0), min(x + tile, w, bx1), min(y + tile, h, by1)
+                if ix0 < ix1 and iy0 < iy1:
+                    out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = mask[iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0]
+                yield out
+
+    with tifffile.TiffWriter(str(path), bigtiff=h * w * len(pages) > 2**31) as tif:
+        for i, (mask, box) in enumerate(pages):
+            tif.write(tiles(mask, box), shape=(h, w), dtype=np.uint8, tile=(tile, tile), compression="zlib",
+                      photometric="minisblack", description=json.dumps(to_jsonable(metadata)) if i == 0 else None,
+                      metadata=None)

@@ -13,6 +13,8 @@ from unsamv2_engine.cli.segment import INFERENCE_OPTIONS, base_metadata, prepare
 
 def register(sub: Any) -> None:
     """Add ``sweep`` to the ``unsamv2`` subparsers."""
+    from unsamv2_engine.cli.embed import add_tiling_options
+
     parser = subparser(
         sub, "sweep", "segment one prompt at several granularities",
         "Decode the same prompt at every granularity and write a multi-page label TIFF, one page per "
@@ -25,6 +27,7 @@ def register(sub: Any) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT.tif", help="multi-page label TIFF to write")
     parser.add_argument("--table", metavar="SWEEP.csv", help="also write one CSV row per granularity")
     parser.add_argument("--json", metavar="META.json", help="also write the sweep's metadata as JSON ('-': stdout)")
+    add_tiling_options(parser)
     finish(parser, INFERENCE_OPTIONS, run)
 
 
@@ -41,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
         from unsamv2_engine.cli import remote
 
         return remote.sweep(args, granularities)
+    from unsamv2_engine.cli.embed import run_tiled_sweep, wants_tiles  # large images: each level on its own view
+
+    if wants_tiles(args):
+        return run_tiled_sweep(args, granularities)
     job = prepare(args)
     say(args, f"decoding {len(granularities)} granularities ...")
     sweep, decode_s = timed(lambda: job.session.sweep(job.points, job.labels, granularities, m2m=args.m2m),
