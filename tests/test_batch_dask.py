@@ -39,13 +39,10 @@ def _watchdog():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, Path]:
+def data(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     """A tiny 256-px UnSAMv2 checkpoint, N_IMAGES cell images and one corrupt file."""
-    from unsamv2_engine.model import build_model
-    from unsamv2_engine.model.checkpoint import save_checkpoint
-
     root = tmp_path_factory.mktemp("batch")
-    ckpt = save_checkpoint(build_model("tiny", seed=0, image_size=256), root / "tiny256.pt", kind="unsamv2")
+    ckpt = tiny_checkpoint
     images = root / "images"
     images.mkdir()
     base = make_cells_image()

@@ -31,14 +31,13 @@ NEG_POINT = "95,55,neg"  # the right blob
 
 # ============================================================================ fixtures
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
+def ckpts(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     """Real checkpoint files (256-px input): an UnSAMv2 one, a plain SAM 2.1 one and a truncated copy."""
     from unsamv2_engine.model import build_model
     from unsamv2_engine.model.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("ckpts")
-    paths = {"unsamv2": save_checkpoint(build_model("tiny", seed=0, image_size=256), folder / "unsamv2_tiny.pt",
-                                        kind="unsamv2"),
+    paths = {"unsamv2": tiny_checkpoint,
              "sam2": save_checkpoint(build_model("tiny", granularity=False, seed=0, image_size=256),
                                      folder / "sam2_tiny.pt", kind="sam2")}
     data = paths["unsamv2"].read_bytes()

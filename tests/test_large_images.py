@@ -23,9 +23,7 @@ SMALL = ["--points-per-side", 4, "--points-per-batch", 16, "--pred-iou-thresh", 
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    from unsamv2_engine.model import build_model
-    from unsamv2_engine.model.checkpoint import save_checkpoint
+def files(tmp_path_factory, tiny_checkpoint):
 
     folder = tmp_path_factory.mktemp("large")
     img = np.zeros((1000, 1300), np.uint16)  # two 1024-px tiles (--tile-size 1024), each resized to the 256-px model
@@ -33,7 +31,7 @@ def files(tmp_path_factory):
     for cy, cx in rng.integers(20, 980, (40, 2)):
         img[cy - 8:cy + 8, cx - 8:cx + 8] = 3000
     tifffile.imwrite(folder / "big.tif", img)
-    return {"ckpt": save_checkpoint(build_model("tiny", seed=0, image_size=256), folder / "tiny.pt", kind="unsamv2"),
+    return {"ckpt": tiny_checkpoint,
             "tif": folder / "big.tif", "img": img, "dir": folder}
 
 

@@ -20,15 +20,14 @@ TOKEN = "commands-token"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, tiny_checkpoint):
     """(checkpoint path, server URL, a folder with cells.png and stack.tif)."""
     from PIL import Image
 
-    from unsamv2_engine.model import build_model
-    from unsamv2_engine.model.checkpoint import load_checkpoint, save_checkpoint
+    from unsamv2_engine.model.checkpoint import load_checkpoint
 
     folder = tmp_path_factory.mktemp("remote_commands")
-    checkpoint = save_checkpoint(build_model("tiny", seed=0, image_size=256), folder / "tiny256.pt", kind="unsamv2")
+    checkpoint = tiny_checkpoint
     Image.fromarray(make_cells_image()).save(folder / "cells.png")
     grey = make_cells_image()[..., 0]
     tifffile.imwrite(folder / "stack.tif", np.stack([np.roll(grey, 2 * z, axis=1) for z in range(3)]),

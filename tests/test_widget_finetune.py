@@ -16,12 +16,10 @@ FAST = ("--cache-embeddings", "--batch-size", "1", "--max-masks", "2", "--correc
 
 
 @pytest.fixture(scope="module")
-def lab_folder(tmp_path_factory) -> dict[str, Path]:
+def lab_folder(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     """Two small synthetic images, their classical pseudo-labels and a tiny random base checkpoint."""
     import tifffile
 
-    from unsamv2_engine.model import build_model
-    from unsamv2_engine.model.checkpoint import save_checkpoint
     from unsamv2_engine.pseudo.pipeline import pseudo_label_folder
     from unsamv2_engine.synth import generate_sample
 
@@ -34,7 +32,7 @@ def lab_folder(tmp_path_factory) -> dict[str, Path]:
     labels = root / "pseudo"
     summary = pseudo_label_folder(images, labels, backbone="classical", overlays=False)
     assert len(summary.done) == 2 and summary.n_masks > 0
-    base = save_checkpoint(build_model("tiny", seed=0, image_size=256), root / "tiny.pt", kind="unsamv2")
+    base = tiny_checkpoint
     return {"images": images, "labels": labels, "base": base, "root": root}
 
 

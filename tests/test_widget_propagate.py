@@ -95,13 +95,12 @@ def small_widget(make_napari_viewer, small_model, sample):
 
 
 @pytest.mark.slow
-def test_tiny_checkpoint_propagates_the_stack_like_the_engine(make_napari_viewer, qtbot, tmp_path, sample):
+def test_tiny_checkpoint_propagates_the_stack_like_the_engine(make_napari_viewer, qtbot, tiny_checkpoint, sample):
     from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
     from unsamv2_engine.client import EngineClient, ThreadTransport
-    from unsamv2_engine.model import build_model
-    from unsamv2_engine.model.checkpoint import load_checkpoint, save_checkpoint
+    from unsamv2_engine.model.checkpoint import load_checkpoint
 
-    checkpoint = save_checkpoint(build_model("tiny", seed=0, image_size=256), tmp_path / "tiny.pt", kind="unsamv2")
+    checkpoint = tiny_checkpoint
     viewer = make_napari_viewer()
     image = viewer.add_image(sample.image[:3], name="stack")
     w = UnSAMv2Widget(viewer, engine=EngineClient(ThreadTransport()))

@@ -89,18 +89,17 @@ def test_a_wrong_token_or_no_server_is_a_message(widget, server, qtbot):
     assert server.n_sessions == 0
 
 
-def test_the_finetune_panel_runs_on_the_server_folder(widget, tmp_path, qtbot):
+def test_the_finetune_panel_runs_on_the_server_folder(widget, tmp_path, qtbot, tiny_checkpoint):
     """With the server engine, the panel sends FineTune with server paths (relative to --data-root) instead of
     starting a local process; the adapter is written on the server and the panel says so.
     """
     from napari_unsamv2._finetune_job import RemoteFinetuneJob
     from tests.test_finetune import write_pseudo_labels
-    from unsamv2_engine.model import build_model
-    from unsamv2_engine.model.checkpoint import load_checkpoint, save_checkpoint
+    from unsamv2_engine.model.checkpoint import load_checkpoint
 
     root = tmp_path / "root"
     write_pseudo_labels(root)
-    base = save_checkpoint(build_model("tiny", seed=0, image_size=256), tmp_path / "base.pt", kind="unsamv2")
+    base = tiny_checkpoint
     srv = EngineServer(load_checkpoint(base, device="cpu"), port=0, token=TOKEN, data_root=root, checkpoint=base)
     srv.start()
     try:
