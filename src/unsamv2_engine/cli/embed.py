@@ -231,20 +231,27 @@ def _asdict(settings):
 
 
 # ============================================================================ segment
-def run_tiled_segment(args: argparse.Namespace, granularity: float) -> int:
-    """``unsamv2 segment`` on a large image: the click is decoded on a full-resolution tile (then a tile centred on
-    the prompts, then coarser views if the object is larger), never on the whole image squashed.
-    """
-    from unsamv2_engine.io import write_labels
+def _prompted_session(args: argparse.Namespace):
+    """(ImageSource, model, TiledSession reading ``--embeddings`` if given, points, labels) for segment / sweep."""
     from unsamv2_engine.tiling.interactive import TiledSession
 
-    check_output_suffix(args.output, "output", TIFF_SUFFIXES)
     source, model, size, _ = _open(args)
     points, labels = prompt_arrays(args, source.shape_hw)
     cache = _open_cache(args, args.embeddings, source, model, size) if args.embeddings else None
     session = TiledSession(model, source, tile_size=size, overlap=args.overlap, mask_threshold=args.mask_threshold,
                            features=cache.lookup_to(model.device) if cache else None)
-    say(args, f"decoding at granularity {granularity:g} on {size} px tiles ...")
+    return source, model, session, points, labels
+
+
+def run_tiled_segment(args: argparse.Namespace, granularity: float) -> int:
+    """``unsamv2 segment`` on a large image: the click is decoded on a full-resolution tile (then a tile centred on
+    the prompts, then coarser views if the object is larger), never on the whole image squashed.
+    """
+    from unsamv2_engine.io import write_labels
+
+    check_output_suffix(args.output, "output", TIFF_SUFFIXES)
+    source, model, session, points, labels = _prompted_session(args)
+    say(args, f"decoding at granularity {granularity:g} on {session.tile_size} px tiles ...")
     pred, decode_s = timed(lambda: session.predict(points, labels, granularity, m2m=args.m2m), model.device)
     say(args, pred.note)
     meta = {"granularity": granularity, "score": pred.score, "object_score": pred.object_score, "area": pred.area,
@@ -269,14 +276,9 @@ def run_tiled_sweep(args: argparse.Namespace, granularities: list[float]) -> int
     """
     from unsamv2_engine.cli.sweep import print_pages
     from unsamv2_engine.outputs import staged_outputs
-    from unsamv2_engine.tiling.interactive import TiledSession
 
-    source, model, size, _ = _open(args)
-    points, labels = prompt_arrays(args, source.shape_hw)
-    cache = _open_cache(args, args.embeddings, source, model, size) if args.embeddings else None
-    session = TiledSession(model, source, tile_size=size, overlap=args.overlap, mask_threshold=args.mask_threshold,
-                           features=cache.lookup_to(model.device) if cache else None)
-    say(args, f"decoding {len(granularities)} granularities on {size} px tiles ...")
+    source, model, session, points, labels = _prompted_session(args)
+    say(args, f"decoding {len(granularities)} granularities on {session.tile_size} px tiles ...")
     preds, decode_s = timed(lambda: session.sweep(points, labels, granularities, m2m=args.m2m), model.device)
     rows = [{"page": i, "granularity": g, "area": p.area, "score": float(p.score),
              "object_score": float(p.object_score), "view_box": list(p.box), "view_step": p.step}

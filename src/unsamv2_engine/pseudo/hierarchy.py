@@ -18,7 +18,8 @@ from unsamv2_engine.pseudo.divide import DividedInstance
 __all__ = ["build_instances"]
 
 
-def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) of the mask's pixels (end exclusive), None if it is empty."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None
@@ -42,7 +43,7 @@ def build_instances(masks: Sequence[np.ndarray], *, sources: Sequence[str] | Non
     kept_names: list[str] = []
     for m, name in zip(masks, names):
         m = np.asarray(m, bool)
-        box = _box(m)
+        box = mask_box(m)
         if box is None:
             continue
         area = int(np.count_nonzero(m))

@@ -37,6 +37,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from unsamv2_engine.pseudo.hierarchy import mask_box
+
 __all__ = ["nested_spots", "spot_sign"]
 
 
@@ -51,14 +53,6 @@ def spot_sign(image_polarity: str, polarity: str = "auto") -> int:
     if polarity in ("bright", "dark"):
         return 1 if polarity == "bright" else -1
     raise ValueError(f"spot polarity must be auto, bright or dark, got {polarity!r}")
-
-
-def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def nested_spots(f: np.ndarray, containers: Sequence[np.ndarray], *, sign: int, noise: float, radius: float = 2.5,
@@ -98,7 +92,7 @@ def nested_spots(f: np.ndarray, containers: Sequence[np.ndarray], *, sign: int, 
     disc_far = yy * yy + xx * xx > (1.5 * radius) ** 2
     for ci in np.unique(owner[owner >= 0]):
         cont = np.asarray(containers[ci], bool)
-        box = _box(cont)
+        box = mask_box(cont)
         y0, y1, x0, x1 = box
         local = cont[y0:y1, x0:x1]
         inner = ndi.binary_erosion(local, iterations=2)
