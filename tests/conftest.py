@@ -70,3 +70,21 @@ def make_cells_image() -> np.ndarray:
 @pytest.fixture
 def cells_image() -> np.ndarray:
     return make_cells_image()
+
+
+def start_widget(viewer, qtbot, checkpoint, *, dock: bool = False, timeout_ms: int = 60_000):
+    """An UnSAMv2 widget on ``viewer`` with an in-process engine, ``checkpoint`` loaded on the CPU and the
+    chosen image embedded (waited for); docked when ``dock``.
+    """
+    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
+    from unsamv2_engine.client import EngineClient, ThreadTransport
+
+    w = UnSAMv2Widget(viewer, engine=EngineClient(ThreadTransport()))
+    if dock:
+        viewer.window.add_dock_widget(w)
+    w.model_combo.setCurrentText(CHECKPOINT_CHOICE)
+    w.checkpoint_edit.setText(str(checkpoint))
+    w.device_combo.setCurrentText("cpu")
+    w.load_model()
+    qtbot.waitUntil(lambda: w._embedded_key is not None, timeout=timeout_ms)
+    return w

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import make_cells_image
+from tests.conftest import make_cells_image, start_widget
 
 pytestmark = pytest.mark.gui
 WAIT = 60_000  # ms
@@ -29,18 +29,9 @@ def reference(checkpoint):
 
 @pytest.fixture
 def widget(make_napari_viewer, qtbot, checkpoint):
-    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
-    from unsamv2_engine.client import EngineClient, ThreadTransport
-
     viewer = make_napari_viewer()
     viewer.add_image(make_cells_image(), name="cells", rgb=True)
-    w = UnSAMv2Widget(viewer, engine=EngineClient(ThreadTransport()))
-    viewer.window.add_dock_widget(w)
-    w.model_combo.setCurrentText(CHECKPOINT_CHOICE)
-    w.checkpoint_edit.setText(str(checkpoint))
-    w.device_combo.setCurrentText("cpu")
-    w.load_model()
-    qtbot.waitUntil(lambda: w._embedded_key is not None, timeout=WAIT)
+    w = start_widget(viewer, qtbot, checkpoint, dock=True, timeout_ms=WAIT)
     yield w
     w.close_engine()
 

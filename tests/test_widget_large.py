@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import start_widget
+
 pytestmark = pytest.mark.gui
 WAIT = 60_000  # ms
 H, W = 2080, 2120  # > TILE_ABOVE: tiled; 11 x 11 tiles of 256 px (overlap 64)
@@ -48,19 +50,6 @@ def model(checkpoint):
     from unsamv2_engine.model.checkpoint import load_checkpoint
 
     return load_checkpoint(checkpoint)
-
-
-def start_widget(viewer, qtbot, checkpoint):
-    from napari_unsamv2._widget import CHECKPOINT_CHOICE, UnSAMv2Widget
-    from unsamv2_engine.client import EngineClient, ThreadTransport
-
-    w = UnSAMv2Widget(viewer, engine=EngineClient(ThreadTransport()))
-    w.model_combo.setCurrentText(CHECKPOINT_CHOICE)
-    w.checkpoint_edit.setText(str(checkpoint))
-    w.device_combo.setCurrentText("cpu")
-    w.load_model()
-    qtbot.waitUntil(lambda: w._embedded_key is not None, timeout=WAIT)
-    return w
 
 
 def service_of(w):

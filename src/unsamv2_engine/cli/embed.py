@@ -306,29 +306,19 @@ def run_tiled_sweep(args: argparse.Namespace, granularities: list[float]) -> int
 def write_box_pages(path: Any, image_hw: tuple[int, int], pages: list[tuple[Any, tuple[int, int, int, int]]],
                     metadata: dict[str, Any], tile: int = 1024) -> None:
     """A multi-page uint8 mask TIFF of ``image_hw``, page i = ``pages[i]`` (bool mask over its box (x0, y0, x1,
-    y1), 0 elsewhere), written in ``tile`` px tiles (zlib): memory is one tile and the masks, never a page.
+    y1), 0 elsewhere), written in ``tile`` px tiles: memory is one tile and the masks, never a page.
     """
-    import json
-
     import numpy as np
-    import tifffile
 
-    from unsamv2_engine.io import to_jsonable
+    from unsamv2_engine.tiling.auto import write_tiled_pages
 
-    h, w = image_hw
+    def block(page: int, box: tuple[int, int, int, int]) -> np.ndarray:
+        mask, (bx0, by0, bx1, by1) = pages[page]
+        x, y, x1, y1 = box
+        out = np.zeros((y1 - y, x1 - x), np.uint8)
+        ix0, iy0, ix1, iy1 = max(x, bx0), max(y, by0), min(x1, bx1), min(y1, by1)
+        if ix0 < ix1 and iy0 < iy1:
+            out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = mask[iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0]
+        return out
 
-    def tiles(mask, box):
-        bx0, by0, bx1, by1 = box
-        for y in range(0, h, tile):
-            for x in range(0, w, tile):
-                out = np.zeros((tile, tile), np.uint8)
-                ix0, iy0, ix1, iy1 = max(x, bx0), max(y, by0), min(x + tile, w, bx1), min(y + tile, h, by1)
-                if ix0 < ix1 and iy0 < iy1:
-                    out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = mask[iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0]
-                yield out
-
-    with tifffile.TiffWriter(str(path), bigtiff=h * w * len(pages) > 2**31) as tif:
-        for i, (mask, box) in enumerate(pages):
-            tif.write(tiles(mask, box), shape=(h, w), dtype=np.uint8, tile=(tile, tile), compression="zlib",
-                      photometric="minisblack", description=json.dumps(to_jsonable(metadata)) if i == 0 else None,
-                      metadata=None)
+    write_tiled_pages(path, image_hw, len(pages), block, np.uint8, metadata, tile=tile)

@@ -205,25 +205,36 @@ def write_tiled_result(path: str, result: TiledResult, meta: dict[str, Any], *, 
 def write_tiled_tiff(path: str, result: TiledResult, dtype: Any, meta: dict[str, Any], hierarchy: bool,
                      tile: int = 1024) -> None:
     """Write a tiled label TIFF (one page per level for a hierarchy), tile by tile from the objects."""
+    levels = list(range(len(result.levels))) if hierarchy else [0]
+    write_tiled_pages(path, result.image_hw, len(levels), lambda page, box: result.paint_block(box, levels[page]),
+                      dtype, {**meta, "level": 0}, tile=tile)
+
+
+def write_tiled_pages(path: str, image_hw: tuple[int, int], pages: int,
+                      block: Callable[[int, tuple[int, int, int, int]], np.ndarray], dtype: Any,
+                      metadata: dict[str, Any] | None, tile: int = 1024) -> None:
+    """A multi-page ``image_hw`` TIFF written in ``tile`` px tiles (zlib), page by page: ``block(page, (x0, y0,
+    x1, y1))`` gives each tile's pixels, so neither the image nor a page is ever whole in memory; ``metadata``
+    goes as JSON into the first page's description.
+    """
     import json
 
     import tifffile
 
     from unsamv2_engine.io import to_jsonable
 
-    h, w = result.image_hw
-    levels = range(len(result.levels)) if hierarchy else [0]
+    h, w = image_hw
 
-    def tiles(level):
+    def tiles(page):
         for y in range(0, h, tile):
             for x in range(0, w, tile):
-                block = result.paint_block((x, y, min(x + tile, w), min(y + tile, h)), level).astype(dtype)
+                pixels = block(page, (x, y, min(x + tile, w), min(y + tile, h))).astype(dtype, copy=False)
                 out = np.zeros((tile, tile), dtype)
-                out[:block.shape[0], :block.shape[1]] = block
+                out[:pixels.shape[0], :pixels.shape[1]] = pixels
                 yield out
 
-    with tifffile.TiffWriter(path, bigtiff=h * w * np.dtype(dtype).itemsize * len(levels) > 2**31) as tif:
-        for i in levels:
+    description = None if metadata is None else json.dumps(to_jsonable(metadata))
+    with tifffile.TiffWriter(str(path), bigtiff=h * w * np.dtype(dtype).itemsize * pages > 2**31) as tif:
+        for i in range(pages):
             tif.write(tiles(i), shape=(h, w), dtype=dtype, tile=(tile, tile), compression="zlib",
-                      description=json.dumps(to_jsonable({**meta, "level": i})) if i == 0 else None,
-                      metadata=None)
+                      photometric="minisblack", description=description if i == 0 else None, metadata=None)
