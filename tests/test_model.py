@@ -117,3 +117,46 @@ def test_every_sam21_size_builds_with_the_same_granularity_module(size):
     assert detect_size(state) == size
     assert sum(p.numel() for p in model.granularity_parameters().values()) == 345_760
     assert len(lora_layers(model.sam)) == 28
+
+
+def test_the_builder_equals_upstream_build_sam2():
+    """The cached-config builder gives what ``sam2.build_sam.build_sam2`` gives: same weights from the same
+    seed, same decoder settings (the post-processing flags build_sam2 adds), same input size.
+    """
+    from sam2.build_sam import build_sam2
+
+    ours = build_model("tiny", granularity=False, seed=3, image_size=256).sam
+    build_model("tiny", granularity=False, seed=1, image_size=256)  # a second build reuses the cached config
+    torch.manual_seed(3)
+    theirs = build_sam2(SIZES["tiny"].config, ckpt_path=None, device="cpu", mode="eval",
+                        hydra_overrides_extra=["++model.image_size=256"])
+    assert type(ours) is type(theirs) and not ours.training and ours.image_size == theirs.image_size == 256
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("dynamic_multimask_via_stability", "dynamic_multimask_stability_delta",
+                 "dynamic_multimask_stability_thresh"):
+        assert getattr(ours.sam_mask_decoder, name) == getattr(theirs.sam_mask_decoder, name)
+    assert ours.sam_mask_decoder.dynamic_multimask_via_stability is True
+
+
+def test_skipping_random_init_is_for_loading_only_and_this_thread_only():
+    """``random_init=False`` leaves SAM's weights unfilled but still initialises the granularity module
+    (LoRA is the identity), and the skipping mode does not reach another thread.
+    """
+    import threading
+
+    from unsamv2_engine.model.build import _SkipRandomInit
+
+    model = build_model("tiny", seed=0, image_size=256, random_init=False)
+    b = [p for n, p in model.sam.named_parameters() if "lora_B" in n]
+    assert b and all(float(p.abs().max()) == 0 for p in b)
+    assert float(model.granularity_parameters()["sam_prompt_encoder.granularity_embedding.weight"].std()) > 0
+
+    filled = []
+    with _SkipRandomInit():
+        skipped = torch.zeros(64).uniform_(1.0, 2.0)
+        thread = threading.Thread(target=lambda: filled.append(torch.zeros(64).uniform_(1.0, 2.0)))
+        thread.start()
+        thread.join()
+    assert float(skipped.abs().max()) == 0  # the fill was skipped here
+    assert float(filled[0].min()) >= 1.0  # and done in the other thread

@@ -52,6 +52,14 @@ def model(checkpoint):
     return load_checkpoint(checkpoint)
 
 
+@pytest.fixture(scope="module")
+def reference(model, image):
+    """The expected results: one TiledSession on ``image`` (its views stay in memory from test to test)."""
+    from unsamv2_engine.tiling.interactive import TiledSession
+
+    return TiledSession(model, image)
+
+
 def service_of(w):
     """The engine service behind the widget's in-process engine (its tiled sessions, by image key)."""
     return w.engine._transport.service
@@ -64,9 +72,7 @@ def click_and_wait(w, qtbot, rc=CLICK_RC):
 
 
 def test_click_on_a_large_layer_is_decoded_on_tiles_in_image_coordinates(make_napari_viewer, qtbot, checkpoint,
-                                                                          model, image):
-    from unsamv2_engine.tiling.interactive import TiledSession
-
+                                                                          reference, image):
     viewer = make_napari_viewer()
     viewer.add_image(image, name="big")
     w = start_widget(viewer, qtbot, checkpoint)
@@ -75,7 +81,7 @@ def test_click_on_a_large_layer_is_decoded_on_tiles_in_image_coordinates(make_na
         tiled = service_of(w)._tiled[w._embedded_key]
         assert tiled.session.embedded == 0  # nothing embedded before the first click
         reply = click_and_wait(w, qtbot)
-        expected = TiledSession(model, image).predict([CLICK_RC[::-1]], [1], 0.5)
+        expected = reference.predict([CLICK_RC[::-1]], [1], 0.5)
         assert reply.box == expected.box and reply.step == expected.step
         np.testing.assert_array_equal(reply.mask, expected.mask)
         full = expected.full_mask((H, W))
@@ -112,10 +118,8 @@ class PlaneReads:
         raise AssertionError("the whole stack was converted to numpy")
 
 
-def test_a_dask_stack_is_read_one_plane_at_a_time(make_napari_viewer, qtbot, checkpoint, model, image):
+def test_a_dask_stack_is_read_one_plane_at_a_time(make_napari_viewer, qtbot, checkpoint, reference, image):
     import dask.array as da
-
-    from unsamv2_engine.tiling.interactive import TiledSession
 
     source = PlaneReads(np.stack([np.zeros_like(image), image, image[::-1].copy()]))
     stack = da.from_array(source, chunks=(1, 1024, 1024), asarray=False)
@@ -128,7 +132,7 @@ def test_a_dask_stack_is_read_one_plane_at_a_time(make_napari_viewer, qtbot, che
         assert "@1|" in w._embedded_key
         assert set(source.read) == {1}, "the widget read planes it does not show"
         reply = click_and_wait(w, qtbot)
-        expected = TiledSession(model, image).predict([CLICK_RC[::-1]], [1], 0.5)
+        expected = reference.predict([CLICK_RC[::-1]], [1], 0.5)
         assert reply.box == expected.box
         np.testing.assert_array_equal(reply.mask, expected.mask)
         assert set(source.read) == {1}
@@ -136,7 +140,7 @@ def test_a_dask_stack_is_read_one_plane_at_a_time(make_napari_viewer, qtbot, che
         w.sweep_edit.setText("0.2,0.9")
         with qtbot.waitSignal(w.sweep_added, timeout=WAIT) as added:
             w.sweep()
-        levels = TiledSession(model, image).sweep([CLICK_RC[::-1]], [1], [0.2, 0.9])
+        levels = reference.sweep([CLICK_RC[::-1]], [1], [0.2, 0.9])
         x0, y0, x1, y1 = (min(r.box[0] for r in levels), min(r.box[1] for r in levels),
                           max(r.box[2] for r in levels), max(r.box[3] for r in levels))
         for layer, level in zip(added.args[0], levels):

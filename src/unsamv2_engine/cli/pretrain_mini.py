@@ -21,6 +21,7 @@ from typing import Any
 from unsamv2_engine.cli.loading import resolve_device
 from unsamv2_engine.cli.options import (
     add_common_options,
+    fraction,
     non_negative_int,
     parse_device,
     positive_float,
@@ -75,6 +76,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                              "are visible from the first step (default: 1.5; 0: PyTorch's default init)")
     parser.add_argument("--correction-clicks", type=non_negative_int, default=1, metavar="N",
                         help="correction passes after the first click (default: 1)")
+    parser.add_argument("--innermost-clicks", type=fraction, default=0.0, metavar="F",
+                        help="fraction of targets clicked as the evaluator clicks (innermost pixel of the object, "
+                             "then of the largest error) instead of uniformly as SAM samples (default: 0)")
     parser.add_argument("--grad-accum", type=positive_int, default=1, metavar="N",
                         help="images per optimizer step (default: 1)")
     parser.add_argument("--lr", type=positive_float, default=1.5e-4,
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     config = PretrainConfig(steps=args.steps, max_minutes=args.max_minutes, size=args.size,
                             image_size=args.image_size, synth_shape=args.synth_shape, objects=args.objects,
                             correction_clicks=args.correction_clicks, grad_accum=args.grad_accum, lr=args.lr,
-                            attention_init_gain=args.attention_init_gain,
+                            attention_init_gain=args.attention_init_gain, innermost_clicks=args.innermost_clicks,
                             min_lr=args.lr / 20, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes)
     device = resolve_device(args.device)
 

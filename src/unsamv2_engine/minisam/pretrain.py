@@ -35,7 +35,7 @@ KIND = "synthetic-miniature-sam2.1"
 WARNING = ("A miniature SAM 2.1-architecture model trained from random weights on synthetic microscopy only "
            "(unsamv2 pretrain-mini); NOT a real SAM 2.1 checkpoint and not for real images.")
 _RUN_FIELDS = ("size", "image_size", "synth_shape", "objects", "correction_clicks", "lr", "min_lr",
-               "weight_decay", "warmup", "seed", "modality", "grad_accum", "attention_init_gain")
+               "weight_decay", "warmup", "seed", "modality", "grad_accum", "attention_init_gain", "innermost_clicks")
 
 Progress = Callable[[dict], None]
 
@@ -50,7 +50,9 @@ class PretrainConfig:
     grad_accum: images per optimizer step; lr / min_lr: peak and final learning rate; warmup: linear
     warm-up steps; checkpoint_minutes: how often ``last.pt`` is written; seed; modality;
     attention_init_gain: gain of :func:`~unsamv2_engine.minisam.init.positional_attention_init` applied
-    to the fresh model (0: PyTorch's default initialisation, which does not learn to use clicks).
+    to the fresh model (0: PyTorch's default initialisation, which does not learn to use clicks);
+    innermost_clicks: fraction of targets clicked by the evaluator's rule (innermost pixel, then the
+    deepest error) instead of uniformly (SAM's sampling).
     """
 
     steps: int = 20000
@@ -69,6 +71,7 @@ class PretrainConfig:
     seed: int = 0
     modality: str = "fluorescence"
     attention_init_gain: float = 1.5
+    innermost_clicks: float = 0.0
 
     def validate(self) -> None:
         for name in ("steps", "objects", "grad_accum", "synth_shape"):
@@ -78,6 +81,8 @@ class PretrainConfig:
             raise ValueError("max_minutes and checkpoint_minutes must be positive")
         if self.image_size < 64 or self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 and at least 64, got {self.image_size}")
+        if not 0.0 <= self.innermost_clicks <= 1.0:
+            raise ValueError(f"innermost_clicks must be in [0, 1], got {self.innermost_clicks}")
         if self.attention_init_gain < 0:
             raise ValueError(f"attention_init_gain must be >= 0, got {self.attention_init_gain}")
         if not 0 <= self.min_lr <= self.lr:
@@ -180,7 +185,8 @@ def pretrain(config: PretrainConfig, output: str | os.PathLike, *, workdir: str 
                 continue
             generator = torch.Generator().manual_seed(seed)
             out = interaction_loss(sam, sample.pixels.to(device), sample.masks.to(device),
-                                   correction_clicks=config.correction_clicks, generator=generator)
+                                   correction_clicks=config.correction_clicks, generator=generator,
+                                   innermost=config.innermost_clicks)
             (out["loss"] / config.grad_accum).backward()
             for key in record:
                 value = out[key]

@@ -2,10 +2,12 @@
 
 For ``K`` targets of one image:
 
-1. pass 0: one positive click uniform inside each target; the decoder's three multimask outputs
+1. pass 0: one positive click inside each target (uniform, or, for a fraction ``innermost`` of the
+   targets, at the target's innermost pixel as the RITM evaluator clicks); the decoder's three multimask outputs
    (mask tokens 1-3) are all scored, and only the best one (lowest ``20 focal + dice``) is supervised
    (SAM's ambiguity-aware loss); the IoU head is supervised on all three (L1 to the actual IoU);
-2. passes 1..C: one correction click from the error of the previous prediction (the output with the
+2. passes 1..C: one correction click from the error of the previous prediction (uniform over the error,
+   or, for the same fraction of targets, at the deepest error pixel as the evaluator clicks; the output with the
    highest predicted IoU, as at inference), all clicks so far plus the previous low-res logits as
    prompts, and the single-mask output (token 0) supervised;
 3. objectness: binary cross-entropy towards "present" (every target is a real object).
@@ -38,9 +40,32 @@ def _per_mask(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor
     return focal, dice, iou
 
 
+def _innermost_clicks(coords: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, pred: torch.Tensor | None,
+                      chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace the clicks of the ``chosen`` targets (bool ``[K]``) by the RITM evaluator's click.
+
+    ``coords`` float ``[K, 1, 2]`` (x, y) and ``labels`` int ``[K, 1]`` are the uniform clicks of this pass;
+    ``masks`` bool ``[K, S, S]`` the targets; ``pred`` bool ``[K, S, S]`` the previous prediction (None on
+    the first pass: the innermost pixel of the target).
+    """
+    from unsamv2_engine.evaluate.clicker import next_click
+
+    coords, labels = coords.clone(), labels.clone()
+    for k in torch.nonzero(chosen).flatten().tolist():
+        gt = masks[k].cpu().numpy()
+        previous = pred[k].cpu().numpy() if pred is not None else gt & False
+        click = next_click(gt, previous)
+        coords[k, 0, 0], coords[k, 0, 1] = float(click.col), float(click.row)
+        labels[k, 0] = click.label
+    return coords, labels
+
+
 def interaction_loss(sam: nn.Module, pixels: torch.Tensor, masks: torch.Tensor, *, correction_clicks: int,
-                     generator: torch.Generator) -> dict[str, torch.Tensor | float]:
+                     generator: torch.Generator, innermost: float = 0.0) -> dict[str, torch.Tensor | float]:
     """The SAM loss of one simulated interaction per target (see the module docstring).
+
+    ``innermost``: fraction of targets (drawn with ``generator``) whose clicks follow the evaluator's rule
+    (innermost pixel of the target, then of the largest error) instead of uniform sampling.
 
     Returns ``"loss"`` (scalar with graph; weights as :data:`LOSS_WEIGHTS`), the unweighted terms as
     floats, and ``"iou_first"``: the mean IoU of the best of the three first-click outputs (no grad).
@@ -49,6 +74,9 @@ def interaction_loss(sam: nn.Module, pixels: torch.Tensor, masks: torch.Tensor, 
     size = tuple(masks.shape[-2:])
     targets = masks[:, None].float()
     coords, labels = batch_initial_clicks(masks, generator)
+    evaluator_style = torch.rand(masks.shape[0], generator=generator) < innermost
+    if bool(evaluator_style.any()):
+        coords, labels = _innermost_clicks(coords, labels, masks, None, evaluator_style)
     coords, labels = coords.to(pixels.device), labels.to(pixels.device)
     terms: dict[str, torch.Tensor] = {}
     mask_input = None
@@ -57,6 +85,8 @@ def interaction_loss(sam: nn.Module, pixels: torch.Tensor, masks: torch.Tensor, 
     for step in range(1 + correction_clicks):
         if step:
             new_c, new_l = batch_correction_clicks(prev_high.detach() > 0, masks, generator)
+            if bool(evaluator_style.any()):
+                new_c, new_l = _innermost_clicks(new_c, new_l, masks, prev_high.detach() > 0, evaluator_style)
             coords = torch.cat([coords, new_c.to(coords.device)], 1)
             labels = torch.cat([labels, new_l.to(labels.device)], 1)
         out = decode(sam, features, coords, labels, None, mask_input, return_sam_logits=True)

@@ -8,10 +8,12 @@ the published UnSAMv2 layout.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from unsamv2_engine.model.granularity import attach_granularity_module, has_granularity_module
 from unsamv2_engine.model.lora import DEFAULT_ALPHA, DEFAULT_RANK, inject_lora, lora_layers, merge_lora, unmerge_lora
@@ -42,19 +44,69 @@ class ModelInfo:
         return text + (f" + adapter {self.adapter}" if self.adapter else "")
 
 
-def _build_upstream(size: str, device: torch.device, granularity: bool, image_size: int | None = None) -> nn.Module:
-    import sam2  # noqa: F401  (initialises sam2's hydra config module)
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from sam2.build_sam import build_sam2
+# What ``sam2.build_sam.build_sam2`` adds to every config (its ``apply_postprocessing=True``, the default that
+# the official predictors use); tests/test_model.py checks that a model built here equals build_sam2's.
+SAM2_POSTPROCESSING_OVERRIDES = (
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+)
 
-    if not GlobalHydra.instance().is_initialized():  # someone cleared it (ENVIRONMENT.md trap 5)
+
+class _SkipRandomInit(TorchFunctionMode):
+    """Leaves the in-place random fills of weight initialisation (``uniform_``, ``normal_``) undone.
+
+    For a model whose every weight is loaded right after it is built (:func:`load_checkpoint`): the
+    fills cost about a quarter of building hiera-tiny. A torch function mode is active in the
+    thread that entered it only, so other threads building models are not affected.
+    """
+
+    SKIPPED = frozenset({torch.Tensor.uniform_, torch.Tensor.normal_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SKIPPED:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+@functools.lru_cache(maxsize=16)
+def _upstream_config(config_name: str, overrides: tuple[str, ...]):
+    """sam2's hydra config ``config_name`` with ``overrides``, composed and resolved once per process.
+
+    Composing costs about as much as instantiating hiera-tiny; hydra's ``instantiate`` copies the
+    config it is given, so the cached one is never changed.
+    """
+    import sam2  # noqa: F401  (initialises sam2's hydra config module)
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    if not GlobalHydra.instance().is_initialized():  # another library cleared hydra's global state
         initialize_config_module("sam2", version_base="1.2")
+    cfg = compose(config_name=config_name, overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def _build_upstream(size: str, device: torch.device, granularity: bool, image_size: int | None = None,
+                    random_init: bool = True) -> nn.Module:
+    """sam2's ``SAM2Base`` as ``sam2.build_sam.build_sam2`` builds it (no checkpoint), in eval mode.
+
+    ``random_init=False`` skips the random fills of the weights (:class:`_SkipRandomInit`): only for a
+    model whose state is loaded next.
+    """
+    from hydra.utils import instantiate
+
     overrides = list(UNSAMV2_OVERRIDES) if granularity else []
     if image_size is not None:
         overrides.append(f"++model.image_size={int(image_size)}")
-    return build_sam2(SIZES[size].config, ckpt_path=None, device=str(device), mode="eval",
-                      hydra_overrides_extra=overrides)
+    cfg = _upstream_config(SIZES[size].config, tuple(overrides) + SAM2_POSTPROCESSING_OVERRIDES)
+    if random_init:
+        sam = instantiate(cfg.model, _recursive_=True)
+    else:
+        with _SkipRandomInit():
+            sam = instantiate(cfg.model, _recursive_=True)
+    return sam.to(device).eval()
 
 
 class UnSAMv2Model:
@@ -126,13 +178,16 @@ def is_added_parameter(name: str) -> bool:
 
 def build_model(size: str = "small", *, granularity: bool = True, device: str | torch.device = "cpu",
                 lora_rank: int = DEFAULT_RANK, lora_alpha: float = DEFAULT_ALPHA, seed: int | None = None,
-                image_size: int | None = None) -> UnSAMv2Model:
+                image_size: int | None = None, random_init: bool = True) -> UnSAMv2Model:
     """A randomly initialised model of the given SAM 2.1 size, in eval mode.
 
     ``granularity=False`` gives plain SAM 2.1. ``seed`` makes the random weights reproducible
     (tests and benchmarks). ``image_size``: the square input side in pixels (default the config's
     1024; a multiple of 32, e.g. 256 for the miniature models of :mod:`unsamv2_engine.minisam`; the
     weights do not depend on it). Load weights with :mod:`unsamv2_engine.model.checkpoint`.
+    ``random_init=False`` leaves SAM 2.1's own weights unfilled (uninitialised memory) because every one of
+    them is loaded next (:func:`~unsamv2_engine.model.checkpoint.load_checkpoint`); the granularity
+    module is always initialised (LoRA starts as the identity).
     """
     size = normalise_size(size)
     if image_size is not None and (int(image_size) < 64 or int(image_size) % 32):
@@ -140,7 +195,7 @@ def build_model(size: str = "small", *, granularity: bool = True, device: str | 
     device = torch.device(device)
     if seed is not None:
         torch.manual_seed(seed)
-    sam = _build_upstream(size, torch.device("cpu"), granularity, image_size)
+    sam = _build_upstream(size, torch.device("cpu"), granularity, image_size, random_init=random_init)
     model = UnSAMv2Model(sam, ModelInfo(size=size, family="sam2.1"))
     if granularity:
         model.add_granularity_module(lora_rank=lora_rank, lora_alpha=lora_alpha)

@@ -193,7 +193,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         size = detect_size(state)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    model = build_model(size, granularity=kind == "unsamv2", device="cpu", image_size=checkpoint_image_size(obj, path))
+    model = build_model(size, granularity=kind == "unsamv2", device="cpu", image_size=checkpoint_image_size(obj, path),
+                        random_init=False)  # every SAM 2.1 weight is loaded below (strict)
     model.info = ModelInfo(size=size, family="unsamv2" if kind == "unsamv2" else "sam2.1", source=source or str(path),
                            extra=dict(obj.get("metadata") or {}))
     load_state_dict_strict(model, state, source=str(path))
