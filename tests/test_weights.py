@@ -456,3 +456,18 @@ def test_list_models(server: FakeServer) -> None:
     assert row["cached"] is True and row["path"] == str(path)
     assert row["url"] == weights.REGISTRY[NAME].url
     assert {"family", "size", "approx_mb"} <= set(row)
+
+
+def test_remembered_sha256_follows_each_version_of_the_file(tmp_path: Path) -> None:
+    """Hashed once per version: the same answer as sha256_file, and a replaced or grown file is hashed again."""
+    path = tmp_path / "base.pt"
+    path.write_bytes(b"a" * 1000)
+    first = weights.sha256_file_remembered(path)
+    assert first == weights.sha256_file(path) == weights.sha256_file_remembered(tmp_path / "." / "base.pt")
+    replacement = tmp_path / "new.pt"
+    replacement.write_bytes(b"b" * 1000)  # same size, another inode
+    os.replace(replacement, path)
+    assert weights.sha256_file_remembered(path) == weights.sha256_file(path) != first
+    with open(path, "ab") as fh:
+        fh.write(b"c")
+    assert weights.sha256_file_remembered(path) == weights.sha256_file(path)

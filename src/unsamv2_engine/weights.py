@@ -39,6 +39,7 @@ Why this downloader and not ``pooch`` or ``huggingface_hub``
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -70,6 +71,7 @@ __all__ = [
     "record_path",
     "resolve_checkpoint",
     "sha256_file",
+    "sha256_file_remembered",
     "verify_file",
 ]
 
@@ -320,6 +322,24 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = _CHUNK) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of_version(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return sha256_file(path)
+
+
+def sha256_file_remembered(path: str | os.PathLike[str]) -> str:
+    """:func:`sha256_file`, computed once per process for each version of the file.
+
+    A version is the resolved path with its size, modification time (ns) and inode: a file rewritten in
+    place or replaced is hashed again. For the base hash that every adapter load checks (the widget loads
+    adapters on the same base model again and again; a large base takes seconds to hash), not for
+    verifying a download (:func:`verify_file` always reads the file).
+    """
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return _sha256_of_version(real, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def record_path(path: str | os.PathLike[str]) -> Path:

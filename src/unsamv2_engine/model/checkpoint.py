@@ -210,9 +210,9 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
 
 
 def _sha256(path: Path) -> str:
-    from unsamv2_engine.weights import sha256_file
+    from unsamv2_engine.weights import sha256_file_remembered
 
-    return sha256_file(path)
+    return sha256_file_remembered(path)
 
 
 # ----------------------------------------------------------------------------------------- adapters

@@ -33,10 +33,10 @@ def default_backbone(device: Any) -> str:
 def load_base(base: str | Path, device: Any, *, source: str | None = None):
     """The base model for training: LoRA not merged (trained separately), its file's SHA-256 recorded."""
     from unsamv2_engine.model.checkpoint import load_checkpoint
-    from unsamv2_engine.weights import sha256_file
+    from unsamv2_engine.weights import sha256_file_remembered
 
     model = load_checkpoint(Path(base), device=device, merge_lora=False, source=source or str(base))
-    model.info.base_sha256 = sha256_file(Path(base))
+    model.info.base_sha256 = sha256_file_remembered(Path(base))
     return model
 
 
