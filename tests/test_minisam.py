@@ -31,7 +31,7 @@ def test_recipe_supervises_the_best_of_three_and_reaches_every_weight():
     model.sam.train()
     sample = make_sample(5, image_size=64, synth_shape=128, objects=3)
     out = interaction_loss(model.sam, sample.pixels, sample.masks, correction_clicks=1,
-                           generator=torch.Generator().manual_seed(0))
+                           generator=torch.Generator().manual_seed(0), innermost=0.5)
     assert torch.isfinite(out["loss"]) and 0.0 <= out["iou_first"] <= 1.0
     out["loss"].backward()
     trunk = model.sam.image_encoder.trunk.patch_embed.proj.weight
@@ -137,3 +137,31 @@ def test_positional_init_makes_the_click_visible_to_the_decoder():
     assert default_hits <= 6, default_hits  # 1-2 of 24 for seeds 0-2
     t = sam.sam_mask_decoder.transformer
     assert torch.equal(t.final_attn_token_to_image.q_proj.weight, t.final_attn_token_to_image.k_proj.weight)
+
+
+def test_innermost_clicks_follow_the_evaluators_rule():
+    """``--innermost-clicks F``: the chosen targets are clicked where the RITM evaluator clicks (the innermost
+    pixel first, then the deepest error), the others keep SAM's uniform clicks.
+    """
+    import numpy as np
+
+    from unsamv2_engine.evaluate.clicker import next_click
+    from unsamv2_engine.minisam.pretrain import PretrainConfig
+    from unsamv2_engine.minisam.recipe import _innermost_clicks
+
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[0, 4:20, 6:14] = True
+    masks[1, 10:30, 10:30] = True
+    uniform = torch.tensor([[[7.0, 5.0]], [[11.0, 11.0]]])
+    labels = torch.ones(2, 1, dtype=torch.int32)
+    coords, new_labels = _innermost_clicks(uniform, labels, masks, None, torch.tensor([True, False]))
+    first = next_click(masks[0].numpy(), np.zeros((32, 32), bool))
+    assert coords[0, 0].tolist() == [first.col, first.row] and new_labels[0, 0] == 1
+    assert torch.equal(coords[1], uniform[1])  # not chosen: unchanged
+    pred = masks.clone()
+    pred[0, 4:20, 6:10] = False  # a missed left half: the correction is positive, inside the miss
+    coords, new_labels = _innermost_clicks(uniform, labels, masks, pred, torch.tensor([True, False]))
+    x, y = coords[0, 0].tolist()
+    assert new_labels[0, 0] == 1 and 6 <= x < 10 and 4 <= y < 20
+    with pytest.raises(ValueError, match="innermost_clicks"):
+        PretrainConfig(innermost_clicks=1.5).validate()
