@@ -187,6 +187,7 @@ def test_cancel_keeps_the_finished_slices(small_widget, qtbot, small_model, samp
     with qtbot.waitSignal(panel.propagated, timeout=WAIT):
         panel.propagate()
         assert "sending the stack" in panel.status_label.text()
+        panel.cancel()  # what this run had to show is shown; no need to track the whole stack again
 
 
 def test_2d_images_and_missing_prompts_are_notifications(make_napari_viewer):
