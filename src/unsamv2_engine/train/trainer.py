@@ -289,7 +289,8 @@ def finetune(model: UnSAMv2Model, data: PseudoLabelDataset | tuple[str | os.Path
         raise InputError(f"{workdir} holds checkpoints of an earlier run: pass resume=True (--resume) to continue "
                          "it, or use another work folder")
     if not model.has_granularity:
-        model.add_granularity_module()
+        with seeded_rng(config.seed, torch.device("cpu")):  # the same --seed gives the same fresh module
+            model.add_granularity_module()
     model.unmerge_lora()
     sam = model.sam
     flags = {name: p.requires_grad for name, p in sam.named_parameters()}
