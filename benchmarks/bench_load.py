@@ -62,16 +62,15 @@ def main() -> int:
             path = save_checkpoint(build_model(size, seed=0), Path(tmp) / f"{size}.pt", kind="unsamv2")
             mib = path.stat().st_size / 2**20
             times = {"before": [], "now": []}
+            loaded = {}
             for _ in range(args.repeats):
                 for name, load in (("before", _load_before), ("now", load_checkpoint)):
                     t0 = time.perf_counter()
-                    model = load(path)
+                    loaded[name] = load(path)
                     times[name].append(time.perf_counter() - t0)
-                    if name == "now":
-                        again = _load_before(path)
-                        a, b = model.sam.state_dict(), again.sam.state_dict()
-                        assert all(torch.equal(a[k], b[k]) for k in a), "the two loads differ"
-                    del model
+            a, b = loaded["before"].sam.state_dict(), loaded["now"].sam.state_dict()
+            assert all(torch.equal(a[k], b[k]) for k in a), "the two loads differ"
+            del loaded
             before, now = statistics.median(times["before"]), statistics.median(times["now"])
             rows.append((size, mib, before, now))
             print(f"{size}: {mib:.0f} MiB, before {before:.2f} s, now {now:.2f} s", file=sys.stderr)

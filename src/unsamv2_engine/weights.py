@@ -334,8 +334,9 @@ def sha256_file_remembered(path: str | os.PathLike[str]) -> str:
 
     A version is the resolved path with its size, modification time (ns) and inode: a file rewritten in
     place or replaced is hashed again. For the base hash that every adapter load checks (the widget loads
-    adapters on the same base model again and again; a large base takes seconds to hash), not for
-    verifying a download (:func:`verify_file` always reads the file).
+    adapters on the same base model again and again; a large base takes seconds to hash). The same rule as
+    :func:`verify_file`'s in-process memo (``_VERIFIED``), plus the inode, and without a digest record
+    beside the file: a base model is a user's file, not an entry of the weights cache.
     """
     real = os.path.realpath(path)
     st = os.stat(real)

@@ -18,6 +18,7 @@ masks bool ``[K, S, S]``; logits are compared at the model input size S.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,7 +54,7 @@ def _innermost_clicks(coords: torch.Tensor, labels: torch.Tensor, masks: torch.T
     coords, labels = coords.clone(), labels.clone()
     for k in torch.nonzero(chosen).flatten().tolist():
         gt = masks[k].cpu().numpy()
-        previous = pred[k].cpu().numpy() if pred is not None else gt & False
+        previous = pred[k].cpu().numpy() if pred is not None else np.zeros_like(gt)
         click = next_click(gt, previous)
         coords[k, 0, 0], coords[k, 0, 1] = float(click.col), float(click.row)
         labels[k, 0] = click.label

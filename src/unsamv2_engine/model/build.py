@@ -73,7 +73,7 @@ class _SkipRandomInit(TorchFunctionMode):
 def _upstream_config(config_name: str, overrides: tuple[str, ...]):
     """sam2's hydra config ``config_name`` with ``overrides``, composed and resolved once per process.
 
-    Composing costs about as much as instantiating hiera-tiny; hydra's ``instantiate`` copies the
+    Composing was about a third of building hiera-tiny in a profile; hydra's ``instantiate`` copies the
     config it is given, so the cached one is never changed.
     """
     import sam2  # noqa: F401  (initialises sam2's hydra config module)
