@@ -345,7 +345,8 @@ sys.exit(main(sys.argv[1:]))
 
 def test_serve_command_and_segment_with_server_on_a_torch_free_client(tmp_path, tiny_model):
     """`unsamv2 serve` in its own process; `unsamv2 segment/sweep --server` with torch unimportable gives the
-    local engine's masks; a wrong token is a one-line error with exit code 2.
+    local engine's masks; a wrong token is a one-line error with exit code 2; SIGUSR1 prints the server's
+    stacks and it goes on; Ctrl-C stops it with exit code 0.
     """
     import tifffile
     from PIL import Image
@@ -387,10 +388,20 @@ def test_serve_command_and_segment_with_server_on_a_torch_free_client(tmp_path, 
                   str(tmp_path / "x.tif"), "--server", url, token="wrong")
         assert out.returncode == 2 and "refused the token" in out.stderr and "Traceback" not in out.stderr
         assert not (tmp_path / "x.tif").exists()
+        server.send_signal(signal.SIGUSR1)  # an operator asks a running server what its threads are doing
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(60)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.send_signal(signal.SIGUSR1)  # serve prints its threads' stacks
+            time.sleep(2)
+            server.kill()
+            pytest.fail(f"unsamv2 serve did not stop within 60 s of Ctrl-C; its stderr:\n{server.stderr.read()}")
     assert server.returncode == 0
+    after = server.stderr.read()
+    # the stacks (written by whichever thread took the signal, so maybe after the next line) and the clean stop
+    assert "most recent call first" in after and "serve_forever" in after and "unsamv2 serve: stopping" in after
 
 
 def test_serve_refuses_a_public_address_without_a_token(tmp_path):

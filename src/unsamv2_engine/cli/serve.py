@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"unsamv2 serve: listening on {server.url} (model {model.info.label} on {model.device}; token "
           f"{'required' if token else 'not required'}; fine-tuning "
           f"{f'in {data_root.resolve()}' if data_root else 'off'}); Ctrl-C stops", file=sys.stderr, flush=True)
+    _dump_stacks_on_sigusr1()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -104,3 +105,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
+
+
+def _dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 PID`` prints every thread's stack to stderr: what a server that does not answer is doing."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):  # not on Windows
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
