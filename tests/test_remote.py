@@ -358,8 +358,10 @@ def test_serve_command_and_segment_with_server_on_a_torch_free_client(tmp_path, 
     image = make_cells_image()
     Image.fromarray(image).save(tmp_path / "cells.png")
     env = {**os.environ, "UNSAMV2_TOKEN": TOKEN}
+    # started with SIGINT ignored, as `unsamv2 serve &` in a script is (and as a test worker may leave it)
     server = subprocess.Popen([sys.executable, "-m", "unsamv2_engine", "serve", "--checkpoint", str(checkpoint),
-                               "--port", "0", "--device", "cpu"], stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+                               "--port", "0", "--device", "cpu"], stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         line = ""
         while "listening on" not in line:

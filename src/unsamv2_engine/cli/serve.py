@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
           f"{'required' if token else 'not required'}; fine-tuning "
           f"{f'in {data_root.resolve()}' if data_root else 'off'}); Ctrl-C stops", file=sys.stderr, flush=True)
     _dump_stacks_on_sigusr1()
+    _stop_on_sigint_and_sigterm()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -114,3 +115,20 @@ def _dump_stacks_on_sigusr1() -> None:
 
     if hasattr(signal, "SIGUSR1"):  # not on Windows
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
+def _stop_on_sigint_and_sigterm() -> None:
+    """Ctrl-C (SIGINT) and ``kill PID`` (SIGTERM, what schedulers and containers send) stop the server cleanly.
+
+    Set explicitly: a process started with SIGINT ignored (``unsamv2 serve &`` in a script, or a parent that
+    ignores it) would otherwise never see Ctrl-C, as Python leaves an inherited "ignore" in place.
+    """
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():  # main() called from a thread: leave signals alone
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stop)
