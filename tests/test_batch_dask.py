@@ -40,7 +40,7 @@ def _watchdog():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
-    """A tiny 256-px UnSAMv2 checkpoint, N_IMAGES cell images and one corrupt file."""
+    """A tiny 128-px UnSAMv2 checkpoint, N_IMAGES cell images and one corrupt file."""
     root = tmp_path_factory.mktemp("batch")
     ckpt = tiny_checkpoint
     images = root / "images"

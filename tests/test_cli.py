@@ -1,6 +1,6 @@
 """The ``unsamv2`` command line: real checkpoint files, real images, real outputs.
 
-Checkpoints are tiny random-weight models at a 256-px input size saved as real files (full
+Checkpoints are tiny random-weight models at a reduced input size saved as real files (full
 resolution is not what these tests are about; it keeps every real load and embedding cheap). CLI
 calls run in-process (``main([...])``), each loading its model and embedding its image for real.
 """
@@ -31,15 +31,13 @@ NEG_POINT = "95,55,neg"  # the right blob
 
 # ============================================================================ fixtures
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
-    """Real checkpoint files (256-px input): an UnSAMv2 one, a plain SAM 2.1 one and a truncated copy."""
-    from unsamv2_engine.model import build_model
+def ckpts(tmp_path_factory, tiny_checkpoint, tiny_sam2_model) -> dict[str, Path]:
+    """Real checkpoint files (the shared tiny models): an UnSAMv2 one, a plain SAM 2.1 one and a truncated copy."""
     from unsamv2_engine.model.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("ckpts")
     paths = {"unsamv2": tiny_checkpoint,
-             "sam2": save_checkpoint(build_model("tiny", granularity=False, seed=0, image_size=256),
-                                     folder / "sam2_tiny.pt", kind="sam2")}
+             "sam2": save_checkpoint(tiny_sam2_model, folder / "sam2_tiny.pt", kind="sam2")}
     data = paths["unsamv2"].read_bytes()
     paths["truncated"] = folder / "truncated.pt"
     paths["truncated"].write_bytes(data[: len(data) // 2])

@@ -557,7 +557,8 @@ def test_smoke_tiny_unsamv2_and_sam2(tiny_model, tiny_sam2_model, cells_image):
     # the sam-single path is SAM's token 0 with the feedback logits accepted
     out = baseline.predict(np.array([[40.0, 40.0]]), np.array([1]), None, None)
     out2 = baseline.predict(np.array([[40.0, 40.0]]), np.array([1]), None, out.low_res_logits)
-    assert out.mask.shape == (96, 128) and out.low_res_logits.shape == (64, 64) and out2.mask.dtype == bool
+    low = tiny_sam2_model.image_size // 4  # SAM's low-res logits: a quarter of the model input
+    assert out.mask.shape == (96, 128) and out.low_res_logits.shape == (low, low) and out2.mask.dtype == bool
     assert len(baseline.candidates(np.array([[40.0, 40.0]]), np.array([1]), None)) == 3
     with pytest.raises(ValueError, match="plain SAM"):
         predictor.candidates(np.array([[40.0, 40.0]]), np.array([1]), None)

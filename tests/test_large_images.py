@@ -26,7 +26,7 @@ SMALL = ["--points-per-side", 4, "--points-per-batch", 16, "--pred-iou-thresh", 
 def files(tmp_path_factory, tiny_checkpoint):
 
     folder = tmp_path_factory.mktemp("large")
-    img = np.zeros((1000, 1300), np.uint16)  # two 1024-px tiles (--tile-size 1024), each resized to the 256-px model
+    img = np.zeros((1000, 1300), np.uint16)  # two 1024-px tiles (--tile-size 1024), each resized to the model input
     rng = np.random.default_rng(0)
     for cy, cx in rng.integers(20, 980, (40, 2)):
         img[cy - 8:cy + 8, cx - 8:cx + 8] = 3000

@@ -226,9 +226,10 @@ def test_make_backbone_errors():
 def test_sam2_backbone_and_pipeline_with_a_model(tiny_model):
     backbone = make_backbone(None, model=tiny_model)
     assert isinstance(backbone, Sam2Backbone) and backbone.patch_size == 16
-    image = make_cells_image()  # 96 x 128 -> resized to 192 x 256 for the 256-px model: 12 x 16 cells of 16 px
+    image = make_cells_image()  # 96 x 128, long side resized to the model input, in cells of 16 px
     feats = backbone.features(image)
-    assert feats.shape == (12, 16, 256) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    cols = tiny_model.image_size // 16
+    assert feats.shape == (cols * 3 // 4, cols, 256) and feats.dtype == np.float32 and np.isfinite(feats).all()
     settings = PseudoLabelSettings(local_size=256, max_instances=2, model_points_per_side=4)
     anns = pseudo_label_image(image, backbone, model=tiny_model, settings=settings, image_id=7)
     assert isinstance(anns, list)

@@ -1,6 +1,6 @@
 """``--server`` on ``auto``, ``hierarchy`` and ``propagate``: the same files as the local commands.
 
-One in-process server on 127.0.0.1 (a free port) serving a tiny 256-px random-weight checkpoint; each
+One in-process server on 127.0.0.1 (a free port) serving a tiny 128-px random-weight checkpoint; each
 command runs once locally on that checkpoint and once through the server, and the outputs are compared.
 """
 

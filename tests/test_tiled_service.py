@@ -19,10 +19,10 @@ def cells(h: int = 600, w: int = 700) -> np.ndarray:
     return img
 
 
-def test_a_server_refuses_to_read_the_clients_files(tiny_model, tmp_path):
+def test_a_server_refuses_to_read_the_clients_files(tiny_model_256, tmp_path):
     from unsamv2_engine.service import EngineService
 
-    reply = EngineService(tiny_model, allow_paths=False).handle(
+    reply = EngineService(tiny_model_256, allow_paths=False).handle(
         p.SetImage("k", None, image_path=str(tmp_path / "big.tif")))
     assert isinstance(reply, p.Failure) and reply.user_error and "send the image's pixels" in reply.message
 
@@ -38,11 +38,11 @@ def test_tiled_replies_travel_over_the_wire():
     np.testing.assert_array_equal(back.mask, decoded.mask)
 
 
-def test_tiled_hierarchy_is_nested_with_ids_unique_across_levels(tiny_model):
+def test_tiled_hierarchy_is_nested_with_ids_unique_across_levels(tiny_model_256):
     from unsamv2_engine.hierarchy import Hierarchy, check_nesting
     from unsamv2_engine.service import EngineService
 
-    service = EngineService(tiny_model)
+    service = EngineService(tiny_model_256)
     embedded = service.handle(p.SetImage("k", cells(), tiled=True))
     assert embedded.tiled and embedded.tiles == 12 and embedded.tile_size == 256
     progress = []
@@ -55,7 +55,7 @@ def test_tiled_hierarchy_is_nested_with_ids_unique_across_levels(tiny_model):
     assert check_nesting(h) == []
 
 
-def test_a_sweep_on_a_tiled_image_is_each_levels_click_nested_in_a_box(tiny_model):
+def test_a_sweep_on_a_tiled_image_is_each_levels_click_nested_in_a_box(tiny_model_256):
     """A sweep on a large image: every level is the click decoded at that g on its own view (as a Predict
     would be), the masks and nested labels cover the union of those views only, and it all goes over the wire.
     """
@@ -64,11 +64,11 @@ def test_a_sweep_on_a_tiled_image_is_each_levels_click_nested_in_a_box(tiny_mode
     from unsamv2_engine.tiling.interactive import TiledSession, union_box
 
     image, gs, point = cells(), [0.2, 0.5, 0.9], np.array([[250.0, 300.0]])
-    service = EngineService(tiny_model)
+    service = EngineService(tiny_model_256)
     service.handle(p.SetImage("k", image, tiled=True))
     reply = service.handle(p.SweepRequest("k", point, np.array([1]), gs, nest=True))
     assert isinstance(reply, p.SweepDecoded), reply
-    reference = TiledSession(tiny_model, image).sweep(point, [1], gs)
+    reference = TiledSession(tiny_model_256, image).sweep(point, [1], gs)
     assert reply.box == union_box(r.box for r in reference) and reply.steps == [r.step for r in reference]
     x0, y0, x1, y1 = reply.box
     assert reply.masks.shape == reply.labels.shape == (3, y1 - y0, x1 - x0)

@@ -154,11 +154,11 @@ def test_object_larger_than_a_tile_is_decoded_on_a_coarser_view(tiny_model):
     assert sess.embedded == 4  # grid tile, centred tile, 2x view, 4x view
 
 
-def test_real_model_click_returns_a_full_resolution_mask_in_image_coordinates(tiny_model):
+def test_real_model_click_returns_a_full_resolution_mask_in_image_coordinates(tiny_model_256):
     # the tests' model takes 256 px: this image is 1.6 x 2 model inputs, as 1600x2100 is at 1024 px
     img = np.zeros((400, 525), np.uint16)
     img[175:180, 375:380] = 4000
-    sess = TiledSession(tiny_model, img, max_step=2, overlap=64)
+    sess = TiledSession(tiny_model_256, img, max_step=2, overlap=64)
     pred = sess.predict([[377, 177]], [1], 0.2)
     x0, y0, x1, y1 = pred.box
     assert pred.mask.shape == (y1 - y0, x1 - x0) and pred.mask.dtype == bool
@@ -261,12 +261,12 @@ def test_cancel_keeps_finished_tiles():
     assert len(result.levels[0]) > 0
 
 
-def test_tiled_auto_with_the_real_model_runs_on_a_uint16_image(tiny_model):
+def test_tiled_auto_with_the_real_model_runs_on_a_uint16_image(tiny_model_256):
     from unsamv2_engine.automatic.settings import AutoSettings
 
     img = np.zeros((275, 275), np.uint16)  # 2 x 2 tiles of the tests' 256-px model
     img[125:135, 250:260] = 3000
-    result = segment_tiled(tiny_model, img, [0.5], settings=AutoSettings.cpu().with_(points_per_side=4),
+    result = segment_tiled(tiny_model_256, img, [0.5], settings=AutoSettings.cpu().with_(points_per_side=4),
                            overlap=32)
     assert result.complete and result.tiles_total == 4
     labels = result.label_image(0)

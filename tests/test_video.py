@@ -1,10 +1,11 @@
 """Propagation through z-stacks and time-lapses (``unsamv2_engine.video``), its CLI and its protocol.
 
-Two random-weight models. ``tiny_model`` (hiera-tiny at the real 1024 px input) checks that a prompted
-slice equals the image path and runs the CLI on a real checkpoint file. Every other test uses
-``small_model``: the same hiera-tiny UnSAMv2 architecture built by upstream hydra with a 256 px input
-(``++model.image_size=256``), because on CPU one tracked slice at 1024 px costs seconds (memory
-attention over 7 x 64 x 64 memory tokens) and these tests track dozens. The code under test reads the
+Two random-weight models. ``tiny_model`` (the shared hiera-tiny, see ``conftest.py``) checks that a
+prompted slice equals the image path and runs the CLI on a real checkpoint file. Every other test uses
+``small_model``: the same hiera-tiny UnSAMv2 architecture built by upstream hydra with a 128 px input
+(``++model.image_size=128``), because on CPU one tracked slice at 1024 px costs seconds (memory
+attention over 7 x 64 x 64 memory tokens) and these tests track dozens: at 128 px this module and the
+widget's propagation tests took 41 s instead of 70 s at 256 px. The code under test reads the
 input size from the model, so both exercise the same paths. Stacks are synthetic (``synth``).
 """
 
@@ -26,11 +27,12 @@ from unsamv2_engine.video import ObjectPrompt, Propagation, StackFrames, VideoSe
 
 REPO = Path(__file__).resolve().parents[1]
 N_SLICES = 6
+SMALL_INPUT = 128  # px: the video models' input size (see the module docstring)
 
 
 # ============================================================================ fixtures
 def _small_input_model(granularity: bool = True):
-    """hiera-tiny SAM 2.1 / UnSAMv2 with random weights and a 256 px input (see the module docstring)."""
+    """hiera-tiny SAM 2.1 / UnSAMv2 with random weights and a SMALL_INPUT px input (see the module docstring)."""
     import sam2  # noqa: F401  (initialises sam2's hydra configs)
     import torch
     from sam2.build_sam import build_sam2
@@ -39,7 +41,7 @@ def _small_input_model(granularity: bool = True):
     from unsamv2_engine.model.specs import SIZES
 
     torch.manual_seed(0)
-    overrides = (list(UNSAMV2_OVERRIDES) if granularity else []) + ["++model.image_size=256"]
+    overrides = (list(UNSAMV2_OVERRIDES) if granularity else []) + [f"++model.image_size={SMALL_INPUT}"]
     sam = build_sam2(SIZES["tiny"].config, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=overrides)
     model = UnSAMv2Model(sam, ModelInfo(size="tiny", family="sam2.1"))
     if granularity:

@@ -40,8 +40,8 @@ def image() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_checkpoint):
-    return tiny_checkpoint
+def checkpoint(tiny_checkpoint_256):
+    return tiny_checkpoint_256
 
 
 @pytest.fixture(scope="module")

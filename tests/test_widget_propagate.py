@@ -1,7 +1,7 @@
 """The "Propagate through slices" panel in a real napari viewer (Xvfb), against the engine's direct result.
 
-One test goes the user's way: the tiny random hiera-tiny checkpoint loaded by the widget (1024 px
-input). The others inject an engine holding the same hiera-tiny architecture with a 256 px input
+One test goes the user's way: the tiny random hiera-tiny checkpoint loaded by the widget (the shared
+128-px test checkpoint). The others inject an engine holding the same hiera-tiny architecture with a 128 px input
 (``tests.test_video._small_input_model``), because each tracked slice at 1024 px costs seconds on a
 CPU; the widget code under test is the same. Every result is compared with a direct
 :class:`~unsamv2_engine.video.VideoSession` on the same model, prompts, contrast limits and threshold.
