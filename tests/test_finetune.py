@@ -280,7 +280,7 @@ def test_overfit_halves_the_loss(tiny_model, pl_data, tmp_path):
     adapter = read_checkpoint(result.output)
     assert adapter["format_version"] == 2
     assert adapter["extra_state_dict"] and all(k.startswith("sam_mask_decoder.") for k in adapter["extra_state_dict"])
-    rebuilt = build_model("tiny", seed=0, image_size=256)
+    rebuilt = build_model("tiny", seed=0, image_size=tiny_model.image_size)
     apply_adapter(rebuilt, result.output)
     trained, restored = model.sam.state_dict(), rebuilt.sam.state_dict()
     assert set(trained) == set(restored) and all(torch.equal(restored[k], trained[k]) for k in trained)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_cells_image
+from tests.conftest import TINY_INPUT, make_cells_image
 from unsamv2_engine import protocol as p
 from unsamv2_engine import wire
 from unsamv2_engine.client import EngineClient, EngineRequestError, RemoteEngineError, RemoteTransport
@@ -297,7 +297,7 @@ _SERVER_SCRIPT = """
 import sys
 from unsamv2_engine.model import build_model
 from unsamv2_engine.remote_server import EngineServer
-server = EngineServer(build_model("tiny", seed=0, image_size=256), port=int(sys.argv[1]))
+server = EngineServer(build_model("tiny", seed=0, image_size=128), port=int(sys.argv[1]))
 server.start()
 print("listening", flush=True)
 server.serve_forever()
@@ -531,7 +531,7 @@ def test_sessions_leave_no_objects_or_tensors_behind():
     from unsamv2_engine.model import build_model
     from unsamv2_engine.remote_server import _ClientSession
 
-    srv = EngineServer(build_model("tiny", seed=0, image_size=256), port=0)
+    srv = EngineServer(build_model("tiny", seed=0, image_size=TINY_INPUT), port=0)
     srv.start()
     image = make_cells_image()
 

@@ -1,7 +1,7 @@
 """Fine-tuning started by a remote client (``FineTune``) on the server's folders, through a real server.
 
 The server listens on 127.0.0.1 (a free port) with ``data_root`` a temporary folder holding two small
-synthetic images and their pseudo-labels; the base is a tiny 256-px random-weight checkpoint.
+synthetic images and their pseudo-labels; the base is a tiny 128-px random-weight checkpoint.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from tests.conftest import TINY_INPUT
 from tests.test_finetune import write_pseudo_labels
 from unsamv2_engine import protocol as p
 from unsamv2_engine.client import EngineClient, EngineRequestError, RemoteTransport
@@ -27,7 +28,7 @@ def data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("data_root")
     write_pseudo_labels(root)
-    base = save_checkpoint(build_model("tiny", seed=0, image_size=256), tmp_path_factory.mktemp("base") / "b.pt")
+    base = save_checkpoint(build_model("tiny", seed=0, image_size=TINY_INPUT), tmp_path_factory.mktemp("base") / "b.pt")
     return root, base
 
 
