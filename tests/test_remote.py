@@ -413,6 +413,30 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path):
     assert out.returncode == 2 and "without a token" in out.stderr
 
 
+def test_serve_called_from_python_stops_on_sigterm_and_gives_the_handlers_back(tiny_checkpoint, capsys):
+    """`main(["serve", ...])` in this process: SIGTERM stops it with exit code 0 and afterwards SIGINT and
+    SIGTERM have the handlers they had before (a notebook or a test runner keeps its own Ctrl-C).
+    """
+    import threading
+
+    from unsamv2_engine.cli import main
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def terminate_once_serving():
+        deadline = time.monotonic() + 120
+        while signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM] and time.monotonic() < deadline:
+            time.sleep(0.02)  # serve installs its handlers once it listens
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_once_serving, daemon=True)
+    killer.start()
+    code = main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", "0", "--device", "cpu"])
+    killer.join(5)
+    assert code == 0 and "unsamv2 serve: stopping" in capsys.readouterr().err
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
 # ------------------------------------------------------------------------ a cut network
 class PausableForwarder:
     """A TCP forwarder on 127.0.0.1 (a free port) to ``target``; :meth:`pause` stops forwarding in both

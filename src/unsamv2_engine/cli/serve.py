@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from unsamv2_engine.cli.loading import load_model_from_args
@@ -97,28 +99,45 @@ def run(args: argparse.Namespace) -> int:
     print(f"unsamv2 serve: listening on {server.url} (model {model.info.label} on {model.device}; token "
           f"{'required' if token else 'not required'}; fine-tuning "
           f"{f'in {data_root.resolve()}' if data_root else 'off'}); Ctrl-C stops", file=sys.stderr, flush=True)
-    _dump_stacks_on_sigusr1()
-    _stop_on_sigint_and_sigterm()
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("unsamv2 serve: stopping", file=sys.stderr, flush=True)
-    finally:
-        server.stop()
+    with _stacks_on_sigusr1(), _stop_on_sigint_and_sigterm():
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("unsamv2 serve: stopping", file=sys.stderr, flush=True)
+        finally:
+            server.stop()
     return 0
 
 
-def _dump_stacks_on_sigusr1() -> None:
-    """``kill -USR1 PID`` prints every thread's stack to stderr: what a server that does not answer is doing."""
+@contextmanager
+def _stacks_on_sigusr1() -> Iterator[None]:
+    """While serving, ``kill -USR1 PID`` prints every thread's stack to stderr: what a server that does not
+    answer is doing.
+    """
     import faulthandler
     import signal
 
+    registered = False
     if hasattr(signal, "SIGUSR1"):  # not on Windows
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        # the process's stderr: sys.stderr may have no file descriptor (a notebook, captured output)
+        for stream in (sys.stderr, sys.__stderr__):
+            try:
+                faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
+            except (AttributeError, ValueError, OSError):
+                continue
+            registered = True
+            break
+    try:
+        yield
+    finally:
+        if registered:
+            faulthandler.unregister(signal.SIGUSR1)
 
 
-def _stop_on_sigint_and_sigterm() -> None:
-    """Ctrl-C (SIGINT) and ``kill PID`` (SIGTERM, what schedulers and containers send) stop the server cleanly.
+@contextmanager
+def _stop_on_sigint_and_sigterm() -> Iterator[None]:
+    """While serving, Ctrl-C (SIGINT) and ``kill PID`` (SIGTERM, what schedulers and containers send) stop the
+    server cleanly; the previous handlers come back afterwards (``main()`` may be called from Python).
 
     Set explicitly: a process started with SIGINT ignored (``unsamv2 serve &`` in a script, or a parent that
     ignores it) would otherwise never see Ctrl-C, as Python leaves an inherited "ignore" in place.
@@ -126,9 +145,16 @@ def _stop_on_sigint_and_sigterm() -> None:
     import signal
     import threading
 
+    if threading.current_thread() is not threading.main_thread():  # main() called from a thread: leave them
+        yield
+        return
+
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():  # main() called from a thread: leave signals alone
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
