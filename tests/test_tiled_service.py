@@ -43,13 +43,14 @@ def test_tiled_hierarchy_is_nested_with_ids_unique_across_levels(tiny_model_256)
     from unsamv2_engine.service import EngineService
 
     service = EngineService(tiny_model_256)
-    embedded = service.handle(p.SetImage("k", cells(), tiled=True))
-    assert embedded.tiled and embedded.tiles == 12 and embedded.tile_size == 256
+    # 2 x 2 tiles of 256 px (overlap 64); the cell at (300, 250) lies across the tiles' shared columns
+    embedded = service.handle(p.SetImage("k", cells(440, 440), tiled=True))
+    assert embedded.tiled and embedded.tiles == 4 and embedded.tile_size == 256
     progress = []
     reply = service.handle(p.BuildHierarchy("k", [0.3, 1.0], {"points_per_side": 4, "pred_iou_thresh": 0.0,
                                                                "stability_score_thresh": 0.0}), progress.append)
     assert isinstance(reply, p.HierarchyBuilt), reply
-    assert [m.done for m in progress] == list(range(1, 13)) and reply.tiles_done == reply.tiles_total == 12
+    assert [m.done for m in progress] == list(range(1, 5)) and reply.tiles_done == reply.tiles_total == 4
     assert len(reply.table) >= 2
     h = Hierarchy(reply.labels, reply.granularities, ["fine", "coarse"], reply.table, {})
     assert check_nesting(h) == []
