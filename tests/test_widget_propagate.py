@@ -158,14 +158,17 @@ def test_two_objects_then_a_correction_follow_the_engine(small_widget, qtbot, sm
 @pytest.mark.slow
 def test_cancel_keeps_the_finished_slices(small_widget, qtbot, small_model, sample):
     w = small_widget
+    # the stack twice over: 12 slices, so that the cancel has 11 slices' time to reach the engine before the end
+    w.image_layer().data = np.concatenate([sample.image, sample.image])
+    n_slices = 2 * N_SLICES
     spec = (1, 0, 0.5, [("cell", True)])
     _click(w, sample, spec)
     w.propagate_panel.direction_combo.setCurrentText("forward")
     panel = w.propagate_panel
     with qtbot.waitSignal(panel.propagated, timeout=WAIT) as blocker:
         panel.propagate()
-        # cancel after the first slice: the engine stops before one of the 5 slices still to go
-        qtbot.waitUntil(lambda: panel.progress_bar.maximum() == N_SLICES and panel.progress_bar.value() >= 1,
+        # cancel after the first slice: the engine stops before one of the slices still to go
+        qtbot.waitUntil(lambda: panel.progress_bar.maximum() == n_slices and panel.progress_bar.value() >= 1,
                         timeout=WAIT)
         panel.cancel()
     layer = blocker.args[0]
