@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from unsamv2_engine.cli.options import (
     subparser,
 )
 from unsamv2_engine.cli.output import EXIT_INTERRUPTED, EXIT_OK, CliError, user_error_message, warn
+from unsamv2_engine.cli.signals import on_stop_signals
 
 __all__ = ["register", "run"]
 
@@ -189,26 +188,6 @@ class _Reporter:
             self.bar = None
 
 
-@contextmanager
-def _sigint_sets(event: threading.Event):
-    """While inside, Ctrl-C / SIGINT / SIGTERM set ``event`` (a clean stop) instead of raising."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: Any) -> None:
-        event.set()
-
-    for sig in previous:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def _workdir(args: argparse.Namespace) -> Path:
     if args.workdir:
         return Path(args.workdir)
@@ -284,7 +263,7 @@ def _run(args: argparse.Namespace) -> int:
     reporter = _Reporter(args, ctx.is_main)
     cancel = threading.Event()
     try:
-        with _sigint_sets(cancel):
+        with on_stop_signals(lambda signum, frame: cancel.set()):  # a clean stop, not an exception
             code = _train(args, base_path, device, ctx, reporter, cancel)
     finally:
         reporter.close()

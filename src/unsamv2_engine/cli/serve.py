@@ -20,6 +20,7 @@ from typing import Any
 from unsamv2_engine.cli.loading import load_model_from_args
 from unsamv2_engine.cli.options import add_common_options, add_model_options, positive_float, positive_int, subparser
 from unsamv2_engine.cli.output import CliError
+from unsamv2_engine.cli.signals import on_stop_signals
 
 _EPILOG = """\
 The model is chosen here, by the server's operator: clients (the napari widget, 'unsamv2 segment
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"unsamv2 serve: listening on {server.url} (model {model.info.label} on {model.device}; token "
           f"{'required' if token else 'not required'}; fine-tuning "
           f"{f'in {data_root.resolve()}' if data_root else 'off'}); Ctrl-C stops", file=sys.stderr, flush=True)
-    with _stacks_on_sigusr1(), _stop_on_sigint_and_sigterm():
+    with _stacks_on_sigusr1(), on_stop_signals(_stop):  # Ctrl-C and `kill PID` stop it cleanly
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -134,27 +135,5 @@ def _stacks_on_sigusr1() -> Iterator[None]:
             faulthandler.unregister(signal.SIGUSR1)
 
 
-@contextmanager
-def _stop_on_sigint_and_sigterm() -> Iterator[None]:
-    """While serving, Ctrl-C (SIGINT) and ``kill PID`` (SIGTERM, what schedulers and containers send) stop the
-    server cleanly; the previous handlers come back afterwards (``main()`` may be called from Python).
-
-    Set explicitly: a process started with SIGINT ignored (``unsamv2 serve &`` in a script, or a parent that
-    ignores it) would otherwise never see Ctrl-C, as Python leaves an inherited "ignore" in place.
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():  # main() called from a thread: leave them
-        yield
-        return
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # serve_forever ends; the server closes every session
